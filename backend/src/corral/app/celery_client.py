@@ -1,0 +1,130 @@
+"""The app's Celery client: it only sends tasks by registry name and revokes them.
+
+Celery's client calls are synchronous socket I/O, so they run in worker threads (bounded by a
+limiter) and never block the event loop. The ``queued`` event is written before the message is
+published, so it is always the first entry of the task's stream.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import anyio
+import redis.asyncio as aioredis
+from celery import Celery
+from pydantic import BaseModel
+
+from corral.app.settings import AppSettings
+from corral.config import StreamSettings
+from corral.task_schemas import (
+    ErrorEvent,
+    Queue,
+    QueuedEvent,
+    TaskSpec,
+    _Event,
+    encode_event,
+    message_kwargs,
+    task_events_key,
+)
+
+
+class QueueNotAllowed(ValueError):
+    """The task is not consumed on the requested queue."""
+
+
+class BrokerUnavailable(RuntimeError):
+    """The task could not be published."""
+
+
+def build_celery_client(settings: AppSettings) -> Celery:
+    client = Celery(
+        "corral-app",
+        broker=settings.redis.broker_url,
+        backend=settings.redis.backend_url,
+        set_as_current=False,
+    )
+    client.conf.update(
+        task_serializer="json",
+        result_serializer="json",
+        accept_content=["json"],
+        result_accept_content=["json"],
+        enable_utc=True,
+        timezone="UTC",
+        broker_connection_retry_on_startup=True,
+        broker_connection_timeout=5,
+        broker_transport_options={"visibility_timeout": 3600, "max_retries": 3},
+        result_backend_transport_options={"socket_timeout": 10},
+    )
+    return client
+
+
+class TaskSender:
+    def __init__(
+        self, client: Celery, streams: aioredis.Redis, stream_settings: StreamSettings
+    ) -> None:
+        self.client = client
+        self._streams = streams
+        self._stream_settings = stream_settings
+        self._limiter = anyio.CapacityLimiter(16)
+
+    async def publish_event(self, task_id: str, event: _Event) -> str:
+        key = task_events_key(task_id)
+        pipe = self._streams.pipeline(transaction=False)
+        pipe.xadd(key, encode_event(event), maxlen=self._stream_settings.maxlen, approximate=True)
+        pipe.expire(key, self._stream_settings.ttl_s)
+        entry_id, _ = await pipe.execute()
+        return entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
+
+    def resolve_queue(self, spec: TaskSpec[Any, Any], queue: Queue | None) -> Queue:
+        if queue is None:
+            return spec.default_queue
+        if queue not in spec.queues:
+            allowed = ", ".join(q.value for q in spec.queues)
+            raise QueueNotAllowed(
+                f"{spec.name} does not run on {queue.value}; use one of {allowed}"
+            )
+        return queue
+
+    async def send(
+        self,
+        spec: TaskSpec[Any, Any],
+        task_input: BaseModel,
+        *,
+        owner_id: str,
+        queue: Queue | None = None,
+        task_id: str | None = None,
+        priority: int | None = None,
+    ) -> str:
+        """Publish ``spec`` with its input; returns the task id. ``expires`` comes from the spec."""
+        target = self.resolve_queue(spec, queue)
+        task_id = task_id or str(uuid.uuid4())
+        await self.publish_event(task_id, QueuedEvent(task_name=spec.name, queue=target.value))
+        try:
+            await anyio.to_thread.run_sync(
+                lambda: self.client.send_task(
+                    spec.name,
+                    kwargs=message_kwargs(task_input, owner_id),
+                    task_id=task_id,
+                    queue=target.value,
+                    expires=spec.expires_s,
+                    priority=priority,
+                    retry=True,
+                    retry_policy={"max_retries": 3, "interval_start": 0.2, "interval_step": 0.5},
+                ),
+                limiter=self._limiter,
+            )
+        except Exception as exc:
+            await self.publish_event(
+                task_id,
+                ErrorEvent(error_type="BrokerUnavailable", message=f"could not queue: {exc}"),
+            )
+            raise BrokerUnavailable(f"the task queue is unreachable: {exc}") from exc
+        return task_id
+
+    async def revoke(self, task_id: str) -> None:
+        """Stop the task wherever it is: discarded if queued, its process killed if running."""
+        await anyio.to_thread.run_sync(
+            lambda: self.client.control.revoke(task_id, terminate=True, signal="SIGTERM"),
+            limiter=self._limiter,
+        )

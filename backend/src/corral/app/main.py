@@ -1,0 +1,52 @@
+"""The FastAPI application: ``uvicorn --factory corral.app.main:create_app``."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from fastapi import APIRouter, FastAPI
+from fastapi.staticfiles import StaticFiles
+
+from corral.app.health.router import router as health_router
+from corral.app.services import Services
+from corral.app.settings import AppSettings
+from corral.app.task_runs.router import router as tasks_router
+from corral.app.tools.router import router as tools_router
+
+REPO_ROOT = Path(__file__).resolve().parents[4]
+
+
+def _frontend_dir(settings: AppSettings) -> Path | None:
+    if settings.frontend_dir is not None:
+        return settings.frontend_dir
+    for candidate in (REPO_ROOT / "frontend" / "dist", REPO_ROOT / "frontend"):
+        if (candidate / "index.html").is_file():
+            return candidate
+    return None
+
+
+def create_app(settings: AppSettings | None = None) -> FastAPI:
+    settings = settings or AppSettings()  # type: ignore[call-arg]
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        services = await Services.start(settings)
+        app.state.services = services
+        try:
+            yield
+        finally:
+            await services.aclose()
+
+    app = FastAPI(title="Corral", version="0.1.0", lifespan=lifespan)
+    api = APIRouter(prefix="/api")
+    api.include_router(health_router)
+    api.include_router(tools_router)
+    api.include_router(tasks_router)
+    app.include_router(api)
+
+    frontend = _frontend_dir(settings)
+    if frontend is not None:
+        app.mount("/", StaticFiles(directory=frontend, html=True), name="frontend")
+    return app

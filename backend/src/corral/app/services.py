@@ -1,0 +1,127 @@
+"""The app's long-lived collaborators, built once in the lifespan and injected per request."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+import redis.asyncio as aioredis
+from celery import Celery
+
+from corral.app.auth.service import TokenVerifier
+from corral.app.celery_client import TaskSender, build_celery_client
+from corral.app.settings import AppSettings
+from corral.app.streams import ResultBackendReader, StreamHub
+from corral.app.task_runs.repository import TaskRunRepository
+from corral.task_schemas import ALL_QUEUES
+
+
+@dataclass
+class Readiness:
+    redis: bool
+    queues: dict[str, list[str]]
+    problems: list[str]
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+@dataclass
+class ReadinessProbe:
+    """Redis ping plus which workers consume each queue; cached, bounded, one probe at a time."""
+
+    redis: aioredis.Redis
+    celery: Celery
+    timeout_s: float
+    cache_s: float
+    _cached: tuple[float, Readiness] | None = None
+    _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    async def check(self) -> Readiness:
+        async with self._lock:
+            now = time.monotonic()
+            if self._cached is not None and now - self._cached[0] < self.cache_s:
+                return self._cached[1]
+            result = await self._probe()
+            self._cached = (time.monotonic(), result)
+            return result
+
+    async def _probe(self) -> Readiness:
+        problems: list[str] = []
+        redis_ok = True
+        try:
+            with anyio.fail_after(self.timeout_s):
+                await self.redis.ping()
+        except Exception as exc:
+            redis_ok = False
+            problems.append(f"redis unreachable: {exc or type(exc).__name__}")
+        queues: dict[str, list[str]] = {q.value: [] for q in ALL_QUEUES}
+        if redis_ok:
+            try:
+                with anyio.fail_after(self.timeout_s + 2):
+                    replies: dict[str, Any] | None = await anyio.to_thread.run_sync(
+                        lambda: self.celery.control.inspect(timeout=self.timeout_s).active_queues()
+                    )
+            except Exception as exc:
+                replies = None
+                problems.append(f"could not ask workers: {exc or type(exc).__name__}")
+            for worker, consumed in (replies or {}).items():
+                for queue in consumed:
+                    if queue.get("name") in queues:
+                        queues[queue["name"]].append(worker)
+        for name, workers in queues.items():
+            if redis_ok and not workers:
+                problems.append(f"no worker consuming {name}")
+        return Readiness(redis=redis_ok, queues=queues, problems=problems)
+
+
+@dataclass
+class Services:
+    settings: AppSettings
+    redis: aioredis.Redis
+    celery: Celery
+    sender: TaskSender
+    hub: StreamHub
+    results: ResultBackendReader
+    verifier: TokenVerifier
+    task_runs: TaskRunRepository
+    readiness: ReadinessProbe
+
+    @classmethod
+    async def start(cls, settings: AppSettings) -> Services:
+        redis = aioredis.Redis.from_url(
+            settings.redis.streams_url,
+            decode_responses=True,
+            socket_timeout=10,
+            socket_connect_timeout=5,
+            max_connections=64,
+        )
+        celery = build_celery_client(settings)
+        hub = StreamHub(settings.redis.streams_url)
+        await hub.start()
+        return cls(
+            settings=settings,
+            redis=redis,
+            celery=celery,
+            sender=TaskSender(celery, redis, settings.streams),
+            hub=hub,
+            results=ResultBackendReader(celery, settings.redis.backend_url),
+            verifier=TokenVerifier(settings.auth),
+            task_runs=TaskRunRepository(redis, settings.streams.ttl_s),
+            readiness=ReadinessProbe(
+                redis=redis,
+                celery=celery,
+                timeout_s=settings.readiness_timeout_s,
+                cache_s=settings.readiness_cache_s,
+            ),
+        )
+
+    async def aclose(self) -> None:
+        await self.hub.aclose()
+        await self.results.aclose()
+        await self.redis.aclose()
+        self.celery.close()

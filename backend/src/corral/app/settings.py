@@ -1,0 +1,67 @@
+"""App settings: prefix ``CORRAL_``, nested delimiter ``__``, file ``.env.app``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from corral.config import RedisSettings, StorageSettings, StreamSettings, reject_placeholder
+
+
+class AuthSettings(BaseModel):
+    """``dev``: one local user with an HS256 token; ``oidc``: RS/ES tokens checked with JWKS."""
+
+    mode: Literal["dev", "oidc"] = "dev"
+    dev_secret: SecretStr | None = Field(
+        default=None, description="Signs the dev user's token; required in dev mode."
+    )
+    dev_user_id: str = "dev-user"
+    oidc_issuer: str | None = None
+    oidc_audience: str | None = None
+    oidc_jwks_url: str | None = None
+    algorithms: list[str] = Field(default_factory=lambda: ["RS256", "ES256"])
+    leeway_s: int = Field(default=30, ge=0, le=600, description="Allowed clock skew.")
+
+    @field_validator("dev_secret")
+    @classmethod
+    def _no_placeholder(cls, value: SecretStr | None) -> SecretStr | None:
+        value = reject_placeholder(value, "auth.dev_secret")
+        if value is not None and len(value.get_secret_value()) < 32:
+            raise ValueError("auth.dev_secret must be at least 32 characters")
+        return value
+
+    @model_validator(mode="after")
+    def _mode_complete(self) -> AuthSettings:
+        if self.mode == "dev" and self.dev_secret is None:
+            raise ValueError("auth.mode=dev needs CORRAL_AUTH__DEV_SECRET (32+ random characters)")
+        if self.mode == "oidc" and not (
+            self.oidc_issuer and self.oidc_audience and self.oidc_jwks_url
+        ):
+            raise ValueError(
+                "auth.mode=oidc needs CORRAL_AUTH__OIDC_ISSUER, _OIDC_AUDIENCE and _OIDC_JWKS_URL"
+            )
+        return self
+
+
+class AppSettings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="CORRAL_",
+        env_nested_delimiter="__",
+        env_file=".env.app",
+        extra="ignore",
+    )
+
+    redis: RedisSettings = Field(default_factory=RedisSettings)
+    streams: StreamSettings = Field(default_factory=StreamSettings)
+    storage: StorageSettings = Field(default_factory=StorageSettings)
+    auth: AuthSettings
+    frontend_dir: Path | None = Field(
+        default=None, description="Built frontend served at /; default: the repo's frontend/."
+    )
+    readiness_cache_s: float = Field(default=5.0, ge=0)
+    readiness_timeout_s: float = Field(default=1.0, gt=0, le=10)
+    max_invoke_timeout_s: float = Field(default=600.0, gt=0)
+    sse_ping_s: float = Field(default=15.0, gt=0)

@@ -1,0 +1,198 @@
+"""One XREAD reader per process, multiplexing every task stream anyone is waiting on.
+
+Waiters subscribe to a stream key from a cursor (``0-0`` by default, so an event written before
+the waiter arrived is never missed). A single connection blocks on ``XREAD`` over every awaited
+key plus this hub's control stream; a new subscription appends to the control stream to make
+the reader re-issue its ``XREAD`` with the new key. Connections stay constant however many
+subscriptions exist: one blocking reader plus a small pool for control writes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import AsyncIterator
+from types import TracebackType
+
+import redis.asyncio as aioredis
+import structlog
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from corral.task_schemas import TaskEvent, decode_event
+
+log = structlog.get_logger(__name__)
+
+
+def _parse_id(entry_id: str) -> tuple[int, int]:
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
+class Subscription:
+    """Entries of one stream after a cursor, delivered in order, each once."""
+
+    def __init__(self, hub: StreamHub, key: str, last_id: str) -> None:
+        self.hub = hub
+        self.key = key
+        self.last_id = last_id
+        self._last = _parse_id(last_id)
+        self._queue: asyncio.Queue[tuple[str, TaskEvent]] = asyncio.Queue()
+
+    def _deliver(self, entries: list[tuple[str, TaskEvent]]) -> None:
+        for entry_id, event in entries:
+            parsed = _parse_id(entry_id)
+            if parsed > self._last:
+                self._last = parsed
+                self.last_id = entry_id
+                self._queue.put_nowait((entry_id, event))
+
+    async def get(self) -> tuple[str, TaskEvent]:
+        return await self._queue.get()
+
+    def close(self) -> None:
+        self.hub._remove(self)
+
+    async def __aenter__(self) -> Subscription:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __aiter__(self) -> AsyncIterator[tuple[str, TaskEvent]]:
+        return self
+
+    async def __anext__(self) -> tuple[str, TaskEvent]:
+        return await self.get()
+
+
+class StreamHub:
+    def __init__(
+        self,
+        redis_url: str,
+        *,
+        block_ms: int = 5_000,
+        batch: int = 500,
+        client_name: str = "corral-waiter",
+    ) -> None:
+        self._block_ms = block_ms
+        self._batch = batch
+        self._reader = aioredis.Redis.from_url(
+            redis_url,
+            socket_timeout=block_ms / 1000 + 10,
+            socket_connect_timeout=5,
+            client_name=client_name,
+            max_connections=1,
+            decode_responses=True,
+        )
+        self._writer = aioredis.Redis(
+            connection_pool=aioredis.BlockingConnectionPool.from_url(
+                redis_url,
+                max_connections=1,
+                timeout=10,
+                socket_timeout=10,
+                socket_connect_timeout=5,
+                client_name=client_name,
+                decode_responses=True,
+            )
+        )
+        self._subs: dict[str, set[Subscription]] = {}
+        self._control_key = f"corral:hub:{uuid.uuid4().hex}:control"
+        self._control_last = "0-0"
+        self._wake_pending = False
+        self._task: asyncio.Task[None] | None = None
+        self._closed = False
+
+    @property
+    def waiting_keys(self) -> int:
+        return len(self._subs)
+
+    async def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="corral-stream-hub")
+
+    async def aclose(self) -> None:
+        self._closed = True
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+        with contextlib.suppress(Exception):
+            await self._writer.delete(self._control_key)
+        await self._reader.aclose()
+        await self._writer.aclose()
+
+    def subscribe(self, key: str, last_id: str = "0-0") -> Subscription:
+        """Follow ``key`` from after ``last_id``; use as ``async with`` to unsubscribe."""
+        _parse_id(last_id)  # reject malformed cursors before they reach Redis
+        sub = Subscription(self, key, last_id)
+        self._subs.setdefault(key, set()).add(sub)
+        self._wake()
+        return sub
+
+    def _remove(self, sub: Subscription) -> None:
+        subs = self._subs.get(sub.key)
+        if subs is not None:
+            subs.discard(sub)
+            if not subs:
+                del self._subs[sub.key]
+
+    def _wake(self) -> None:
+        if not self._wake_pending and self._task is not None and not self._closed:
+            self._wake_pending = True
+            asyncio.get_running_loop().create_task(self._send_wake())
+
+    async def _send_wake(self) -> None:
+        # Cleared before the write: a subscription added after this point schedules its own wake.
+        self._wake_pending = False
+        try:
+            pipe = self._writer.pipeline(transaction=False)
+            pipe.xadd(self._control_key, {"w": "1"}, maxlen=100, approximate=True)
+            pipe.expire(self._control_key, 3600)
+            await pipe.execute()
+        except (RedisConnectionError, RedisTimeoutError) as exc:
+            log.warning("stream hub wake failed", error=str(exc))
+
+    def _cursors(self) -> dict[str, str]:
+        streams = {self._control_key: self._control_last}
+        for key, subs in self._subs.items():
+            streams[key] = min(subs, key=lambda s: s._last).last_id
+        return streams
+
+    async def _run(self) -> None:
+        backoff = 0.05
+        while not self._closed:
+            try:
+                response = await self._reader.xread(
+                    self._cursors(), count=self._batch, block=self._block_ms
+                )
+                backoff = 0.05
+            except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+                log.warning("stream hub read failed; retrying", error=str(exc), retry_in=backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
+                continue
+            for key, entries in response or []:
+                if key == self._control_key:
+                    self._control_last = entries[-1][0]
+                    continue
+                decoded = []
+                for entry_id, fields in entries:
+                    try:
+                        decoded.append((entry_id, decode_event(fields)))
+                    except ValueError:
+                        log.warning("skipping malformed stream entry", key=key, entry_id=entry_id)
+                for sub in list(self._subs.get(key, ())):
+                    sub._deliver(decoded)
+                # A malformed last entry must still move the cursor on.
+                if entries and key in self._subs:
+                    for sub in self._subs[key]:
+                        if _parse_id(entries[-1][0]) > sub._last:
+                            sub._last = _parse_id(entries[-1][0])
+                            sub.last_id = entries[-1][0]

@@ -1,0 +1,106 @@
+"""The tools an agent or a user can invoke, each backed by one registry task.
+
+A tool has its own argument model (what callers send, shown as JSON schema in
+``GET /api/tools``), turns those arguments into the task's input and queue, and may turn the
+task's output into what callers see (``present``: e.g. object keys into presigned URLs).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from corral.task_schemas import (
+    SYSTEM_ECHO,
+    SYSTEM_FAIL,
+    EchoInput,
+    FailInput,
+    Queue,
+    TaskSpec,
+)
+
+if TYPE_CHECKING:
+    from corral.app.auth.service import User
+    from corral.app.services import Services
+
+
+@dataclass(frozen=True)
+class ToolCall:
+    """What the app knows when turning arguments into input and output into a response."""
+
+    user: User
+    services: Services
+
+
+InputBuilder = Callable[[Any, ToolCall], Awaitable[tuple[BaseModel, Queue | None]]]
+Presenter = Callable[[Any, ToolCall], Awaitable[Any]]
+
+
+async def _keep_output(output: Any, call: ToolCall) -> Any:
+    return output
+
+
+@dataclass(frozen=True)
+class Tool:
+    name: str
+    description: str
+    arguments: type[BaseModel]
+    task: TaskSpec[Any, Any]
+    build_input: InputBuilder
+    present: Presenter = _keep_output
+
+    def parameters_schema(self) -> dict[str, Any]:
+        return self.arguments.model_json_schema()
+
+
+TOOLS: dict[str, Tool] = {}
+
+
+def register_tool(tool: Tool) -> Tool:
+    if tool.name in TOOLS:
+        raise ValueError(f"tool {tool.name} registered twice")
+    TOOLS[tool.name] = tool
+    return tool
+
+
+class EchoArguments(EchoInput):
+    model_config = ConfigDict(extra="forbid")
+
+    queue: Queue = Field(default=Queue.PYTHON, description="Which worker pool runs it.")
+
+
+class FailArguments(FailInput):
+    model_config = ConfigDict(extra="forbid")
+
+    queue: Queue = Field(default=Queue.PYTHON, description="Which worker pool runs it.")
+
+
+async def _echo_input(args: EchoArguments, call: ToolCall) -> tuple[BaseModel, Queue | None]:
+    return EchoInput.model_validate(args.model_dump(exclude={"queue"})), args.queue
+
+
+async def _fail_input(args: FailArguments, call: ToolCall) -> tuple[BaseModel, Queue | None]:
+    return FailInput.model_validate(args.model_dump(exclude={"queue"})), args.queue
+
+
+register_tool(
+    Tool(
+        name="echo",
+        description="Return `payload` after sleeping `sleep_s` in `steps` steps (health/bench).",
+        arguments=EchoArguments,
+        task=SYSTEM_ECHO,
+        build_input=_echo_input,
+    )
+)
+register_tool(
+    Tool(
+        name="fail",
+        description="Fail with a DeliberateFailure carrying `message` (exercises error paths).",
+        arguments=FailArguments,
+        task=SYSTEM_FAIL,
+        build_input=_fail_input,
+    )
+)

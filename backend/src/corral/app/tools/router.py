@@ -1,0 +1,43 @@
+"""``/api/tools``: list tools with their argument schemas and invoke them."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, HTTPException, status
+
+from corral.app.celery_client import BrokerUnavailable, QueueNotAllowed
+from corral.app.deps import CurrentUser, ServicesDep
+from corral.app.tools import service
+from corral.app.tools.registry import TOOLS
+from corral.app.tools.schemas import InvokeRequest, InvokeResponse, ToolOut
+
+router = APIRouter(prefix="/tools", tags=["tools"])
+
+
+@router.get("", response_model=list[ToolOut])
+async def list_tools(user: CurrentUser) -> list[ToolOut]:
+    return [
+        ToolOut(name=t.name, description=t.description, parameters=t.parameters_schema())
+        for t in TOOLS.values()
+    ]
+
+
+@router.post("/{name}/invoke", response_model=InvokeResponse)
+async def invoke_tool(
+    name: str, body: InvokeRequest, user: CurrentUser, services: ServicesDep
+) -> InvokeResponse:
+    limit = services.settings.max_invoke_timeout_s
+    if body.timeout_s > limit:
+        raise HTTPException(
+            status.HTTP_422_UNPROCESSABLE_ENTITY,
+            f"timeout_s must be at most {limit:g}; follow longer tasks at /api/tasks/{{id}}/events",
+        )
+    try:
+        return await service.invoke(services, user, name, body.arguments, body.timeout_s)
+    except service.UnknownTool as exc:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from exc
+    except service.BadArguments as exc:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY, exc.errors) from exc
+    except QueueNotAllowed as exc:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY, str(exc)) from exc
+    except BrokerUnavailable as exc:
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, str(exc)) from exc

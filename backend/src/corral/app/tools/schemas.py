@@ -1,0 +1,30 @@
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class ToolOut(BaseModel):
+    name: str
+    description: str
+    parameters: dict[str, Any]
+
+
+class InvokeRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    arguments: dict[str, Any] = Field(default_factory=dict)
+    timeout_s: float = Field(default=30.0, gt=0, description="How long to wait for the result.")
+
+
+class InvokeError(BaseModel):
+    type: str
+    message: str
+
+
+class InvokeResponse(BaseModel):
+    task_id: str
+    status: Literal["done", "error", "cancelled", "timeout"]
+    output: Any | None = None
+    error: InvokeError | None = None

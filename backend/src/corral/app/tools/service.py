@@ -1,0 +1,105 @@
+"""Invoking a tool: validate arguments, send its task, wait for the typed outcome."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import ValidationError
+
+from corral.app.auth.service import User
+from corral.app.services import Services
+from corral.app.streams import (
+    TaskCancelled,
+    TaskDone,
+    TaskFailed,
+    TaskTimedOut,
+    long_poll_celery_result,
+)
+from corral.app.streams.long_poll import OnEvent
+from corral.app.task_runs import service as task_runs
+from corral.app.tools.registry import TOOLS, Tool, ToolCall
+from corral.app.tools.schemas import InvokeError, InvokeResponse
+
+
+class UnknownTool(LookupError):
+    def __init__(self, name: str) -> None:
+        super().__init__(f"unknown tool {name!r}; available: {', '.join(sorted(TOOLS))}")
+
+
+class BadArguments(ValueError):
+    def __init__(self, tool: str, errors: list[dict[str, Any]]) -> None:
+        super().__init__(f"invalid arguments for {tool}")
+        self.errors = errors
+
+
+def get_tool(name: str) -> Tool:
+    try:
+        return TOOLS[name]
+    except KeyError:
+        raise UnknownTool(name) from None
+
+
+async def start(
+    services: Services, user: User, name: str, arguments: dict[str, Any]
+) -> tuple[Tool, str]:
+    """Validate and send; returns the tool and the task id."""
+    tool = get_tool(name)
+    try:
+        args = tool.arguments.model_validate(arguments)
+    except ValidationError as exc:
+        raise BadArguments(name, exc.errors(include_url=False, include_context=False)) from exc
+    call = ToolCall(user=user, services=services)
+    task_input, queue = await tool.build_input(args, call)
+    task_id = await task_runs.submit(
+        services, tool.task, task_input, owner_id=user.id, queue=queue, tool=tool.name
+    )
+    return tool, task_id
+
+
+async def wait(
+    services: Services,
+    user: User,
+    tool: Tool,
+    task_id: str,
+    timeout_s: float,
+    on_event: OnEvent | None = None,
+) -> InvokeResponse:
+    outcome = await long_poll_celery_result(
+        task_id,
+        timeout_s=timeout_s,
+        hub=services.hub,
+        backend=services.results,
+        on_event=on_event,
+    )
+    match outcome:
+        case TaskDone(output=output):
+            presented = await tool.present(output, ToolCall(user=user, services=services))
+            return InvokeResponse(task_id=task_id, status="done", output=presented)
+        case TaskFailed(error_type=error_type, message=message):
+            return InvokeResponse(
+                task_id=task_id, status="error", error=InvokeError(type=error_type, message=message)
+            )
+        case TaskCancelled(reason=reason):
+            return InvokeResponse(
+                task_id=task_id,
+                status="cancelled",
+                error=InvokeError(type="Cancelled", message=reason),
+            )
+        case TaskTimedOut(state=state):
+            return InvokeResponse(
+                task_id=task_id,
+                status="timeout",
+                error=InvokeError(
+                    type="Timeout",
+                    message=f"no result within {timeout_s:g}s (task is {state.lower()}); "
+                    f"follow it at /api/tasks/{task_id}",
+                ),
+            )
+    raise AssertionError(f"unhandled outcome {outcome!r}")
+
+
+async def invoke(
+    services: Services, user: User, name: str, arguments: dict[str, Any], timeout_s: float
+) -> InvokeResponse:
+    tool, task_id = await start(services, user, name, arguments)
+    return await wait(services, user, tool, task_id, timeout_s)

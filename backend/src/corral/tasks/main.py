@@ -1,0 +1,16 @@
+"""Celery entry point: ``celery -A corral.tasks.main worker -Q <queue>``.
+
+Importing this module registers every task (each worker knows every name, but consumes only the
+queues given with ``-Q``) and the lifecycle signal handlers.
+"""
+
+from __future__ import annotations
+
+from corral.tasks import (  # noqa: F401  (imported for registration)
+    lifecycle,
+    system_echo_task,
+    system_fail_task,
+)
+from corral.tasks.celery_app import app
+
+__all__ = ["app"]

@@ -1,0 +1,76 @@
+"""Worker settings: prefix ``TASKS_``, nested delimiter ``__``, file ``.env.tasks``."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from corral.config import RedisSettings, StorageSettings, StreamSettings
+
+
+class CeleryOptionError(ValueError):
+    """A ``TASKS_CELERY__<option>`` names no Celery setting or has a bad value."""
+
+
+def coerce_celery_options(raw: dict[str, Any]) -> dict[str, Any]:
+    """Check every override names a real Celery setting and convert it to that setting's type.
+
+    Celery itself silently ignores unknown lowercase keys; we refuse them so a typo never
+    leaves a worker running with a setting nobody asked for.
+    """
+    from celery.app.defaults import NAMESPACES, flatten
+
+    known = dict(flatten(NAMESPACES))
+    out: dict[str, Any] = {}
+    for name, value in raw.items():
+        key = name.lower()
+        option = known.get(key)
+        if option is None:
+            close = sorted(k for k in known if key.split("_")[0] in k)[:5]
+            hint = f" (did you mean one of {close}?)" if close else ""
+            raise CeleryOptionError(f"TASKS_CELERY__{name}: unknown Celery option{hint}")
+        if isinstance(value, str) and option.type in {"dict", "tuple", "any", "int", "float"}:
+            try:
+                value = json.loads(value)
+            except json.JSONDecodeError as exc:
+                if option.type in {"dict", "tuple"}:
+                    raise CeleryOptionError(
+                        f"TASKS_CELERY__{name}: expected JSON for a {option.type}"
+                    ) from exc
+        try:
+            out[key] = option.to_python(value) if value is not None else None
+        except (TypeError, ValueError) as exc:
+            raise CeleryOptionError(
+                f"TASKS_CELERY__{name}={value!r}: not a valid {option.type}"
+            ) from exc
+    return out
+
+
+class TasksSettings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="TASKS_",
+        env_nested_delimiter="__",
+        env_file=".env.tasks",
+        extra="ignore",
+    )
+
+    redis: RedisSettings = Field(default_factory=RedisSettings)
+    streams: StreamSettings = Field(default_factory=StreamSettings)
+    storage: StorageSettings = Field(default_factory=StorageSettings)
+    celery: dict[str, Any] = Field(
+        default_factory=dict, description="Any Celery option, e.g. TASKS_CELERY__worker_concurrency"
+    )
+    expose_tracebacks: bool = Field(
+        default=False, description="Put Python tracebacks into `error` events (dev only)."
+    )
+    result_expires_s: int = Field(default=86_400, ge=60)
+    log_level: str = "INFO"
+    log_json: bool = True
+
+    @field_validator("celery", mode="after")
+    @classmethod
+    def _known_celery_options(cls, value: dict[str, Any]) -> dict[str, Any]:
+        return coerce_celery_options(value)

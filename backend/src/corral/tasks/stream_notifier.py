@@ -1,0 +1,102 @@
+"""Publishing a task's events to its Redis stream (``task:{id}:events``).
+
+``task_stream_notifier`` wraps a task body: it writes ``started`` on entry and hands the body a
+``StreamNotifier`` to report progress. ``done`` and ``error`` are not written here: Celery stores
+the result only after the body returns, so they are written from the ``task_success`` /
+``task_failure`` signals (see ``corral.tasks.lifecycle``), which fire after the store.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import redis
+import structlog
+
+from corral.config import StreamSettings
+from corral.task_schemas import (
+    CancelledEvent,
+    DoneEvent,
+    ErrorEvent,
+    ProgressEvent,
+    StartedEvent,
+    _Event,
+    encode_event,
+    task_events_key,
+)
+
+log = structlog.get_logger(__name__)
+
+_lock = threading.Lock()
+_clients: dict[tuple[int, str], redis.Redis] = {}
+
+
+def _client(url: str) -> redis.Redis:
+    """One client per process and URL: prefork children must not share their parent's sockets."""
+    key = (os.getpid(), url)
+    with _lock:
+        client = _clients.get(key)
+        if client is None:
+            client = redis.Redis.from_url(
+                url, socket_timeout=10, socket_connect_timeout=5, health_check_interval=30
+            )
+            _clients[key] = client
+        return client
+
+
+class StreamNotifier:
+    """Writes events of one task; every write bounds the stream (MAXLEN ~) and renews its TTL."""
+
+    def __init__(self, task_id: str, *, redis_url: str, settings: StreamSettings) -> None:
+        self.task_id = task_id
+        self._url = redis_url
+        self._settings = settings
+        self.key = task_events_key(task_id)
+
+    def publish(self, event: _Event) -> str:
+        pipe = _client(self._url).pipeline(transaction=False)
+        pipe.xadd(self.key, encode_event(event), maxlen=self._settings.maxlen, approximate=True)
+        pipe.expire(self.key, self._settings.ttl_s)
+        entry_id, _ = pipe.execute()
+        return entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
+
+    def started(self, attempt: int = 1) -> None:
+        self.publish(StartedEvent(worker=f"{socket.gethostname()}:{os.getpid()}", attempt=attempt))
+
+    def progress(
+        self,
+        current: float | None = None,
+        total: float | None = None,
+        message: str = "",
+        data: Any = None,
+    ) -> None:
+        """Report progress; ``data`` (any JSON value) lets a task stream partial output."""
+        encoded = None if data is None else json.dumps(data)
+        self.publish(ProgressEvent(current=current, total=total, message=message, data=encoded))
+
+    def done(self, result: Any) -> None:
+        text = json.dumps(result)
+        inline = text if len(text.encode()) <= self._settings.inline_result_max_bytes else None
+        self.publish(DoneEvent(result=inline))
+
+    def error(self, error_type: str, message: str, traceback: str | None = None) -> None:
+        self.publish(ErrorEvent(error_type=error_type, message=message, traceback=traceback))
+
+    def cancelled(self, reason: str) -> None:
+        self.publish(CancelledEvent(reason=reason))
+
+
+@contextmanager
+def task_stream_notifier(
+    task_id: str, *, redis_url: str, settings: StreamSettings, attempt: int = 1
+) -> Iterator[StreamNotifier]:
+    """Announce ``started`` and give the body a notifier for progress."""
+    notifier = StreamNotifier(task_id, redis_url=redis_url, settings=settings)
+    notifier.started(attempt=attempt)
+    yield notifier

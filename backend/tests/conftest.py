@@ -1,0 +1,109 @@
+"""Shared fixtures: a real redis-server, real Celery workers (one per queue), a real app server.
+
+Set CORRAL_TEST_REDIS_URL to use an existing Redis instead of starting one.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from corral.task_schemas import ALL_QUEUES
+from tests.support.procs import (
+    RedisServer,
+    UvicornThread,
+    Worker,
+    start_redis,
+    start_worker,
+    wait_workers_ready,
+)
+
+DEV_SECRET = "test-" + secrets.token_hex(24)
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    given = os.environ.get("CORRAL_TEST_REDIS_URL")
+    if given:
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(given)
+        yield RedisServer(parts.hostname or "127.0.0.1", parts.port or 6379, parts.password, None)
+        return
+    server = start_redis()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def stack_env(redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """Environment shared by the app and the workers under test."""
+    objects = tmp_path_factory.mktemp("objects")
+    return {
+        "TASKS_REDIS__URL": redis_server.url,
+        "CORRAL_REDIS__URL": redis_server.url,
+        "CORRAL_AUTH__MODE": "dev",
+        "CORRAL_AUTH__DEV_SECRET": DEV_SECRET,
+        "TASKS_STORAGE__LOCAL_DIR": str(objects),
+        "CORRAL_STORAGE__LOCAL_DIR": str(objects),
+    }
+
+
+@pytest.fixture(scope="session")
+def workers(stack_env: dict[str, str], redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Worker]]:
+    """One worker per queue, as deployed."""
+    log_dir = tmp_path_factory.mktemp("worker-logs")
+    started = {
+        q.value: start_worker((q.value,), stack_env, name=f"{q.value}@test", log_dir=log_dir)
+        for q in ALL_QUEUES
+    }
+    try:
+        wait_workers_ready(redis_server.url + "/0", list(started.values()))
+        yield started
+    finally:
+        for w in started.values():
+            w.stop()
+
+
+@dataclass
+class LiveApp:
+    url: str
+    token: str
+    server: UvicornThread
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"}
+
+    def client(self, timeout: float = 30) -> httpx.AsyncClient:
+        return httpx.AsyncClient(base_url=self.url, headers=self.headers, timeout=timeout)
+
+
+@pytest.fixture(scope="session")
+def live_app(stack_env: dict[str, str], workers: dict[str, Worker]) -> Iterator[LiveApp]:
+    from corral.app.auth.service import issue_dev_token
+    from corral.app.main import create_app
+    from corral.app.settings import AppSettings
+    from tests.support.procs import env_vars
+
+    with env_vars(stack_env):
+        settings = AppSettings()  # type: ignore[call-arg]
+    with UvicornThread(create_app(settings)) as server:
+        yield LiveApp(server.url, issue_dev_token(settings.auth), server)
+
+
+@pytest.fixture
+async def api(live_app: LiveApp) -> AsyncIterator[httpx.AsyncClient]:
+    async with live_app.client() as client:
+        yield client
+
+
+@pytest.fixture(scope="session")
+def backend_dir() -> Path:
+    return Path(__file__).resolve().parents[1]
