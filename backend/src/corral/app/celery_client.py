@@ -8,7 +8,7 @@ published, so it is always the first entry of the task's stream.
 from __future__ import annotations
 
 import uuid
-from typing import Any
+from typing import Any, cast
 
 import anyio
 import redis.asyncio as aioredis
@@ -18,6 +18,8 @@ from pydantic import BaseModel
 from corral.app.settings import AppSettings
 from corral.config import StreamSettings
 from corral.task_schemas import (
+    PRIORITY_NORMAL,
+    PRIORITY_STEPS,
     ErrorEvent,
     Queue,
     QueuedEvent,
@@ -53,7 +55,12 @@ def build_celery_client(settings: AppSettings) -> Celery:
         timezone="UTC",
         broker_connection_retry_on_startup=True,
         broker_connection_timeout=5,
-        broker_transport_options={"visibility_timeout": 3600, "max_retries": 3},
+        # priority_steps must match the workers' (see corral.task_schemas.PRIORITY_STEPS).
+        broker_transport_options={
+            "visibility_timeout": 3600,
+            "max_retries": 3,
+            "priority_steps": list(PRIORITY_STEPS),
+        },
         result_backend_transport_options={"socket_timeout": 10},
     )
     return client
@@ -71,7 +78,12 @@ class TaskSender:
     async def publish_event(self, task_id: str, event: _Event) -> str:
         key = task_events_key(task_id)
         pipe = self._streams.pipeline(transaction=False)
-        pipe.xadd(key, encode_event(event), maxlen=self._stream_settings.maxlen, approximate=True)
+        pipe.xadd(
+            key,
+            cast(Any, encode_event(event)),
+            maxlen=self._stream_settings.maxlen,
+            approximate=True,
+        )
         pipe.expire(key, self._stream_settings.ttl_s)
         entry_id, _ = await pipe.execute()
         return entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
@@ -108,7 +120,7 @@ class TaskSender:
                     task_id=task_id,
                     queue=target.value,
                     expires=spec.expires_s,
-                    priority=priority,
+                    priority=PRIORITY_NORMAL if priority is None else priority,
                     retry=True,
                     retry_policy={"max_retries": 3, "interval_start": 0.2, "interval_step": 0.5},
                 ),

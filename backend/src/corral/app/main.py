@@ -12,6 +12,7 @@ from fastapi.staticfiles import StaticFiles
 from corral.app.health.router import router as health_router
 from corral.app.services import Services
 from corral.app.settings import AppSettings
+from corral.app.storage.router import router as storage_router
 from corral.app.task_runs.router import router as tasks_router
 from corral.app.tools.router import router as tools_router
 
@@ -28,7 +29,7 @@ def _frontend_dir(settings: AppSettings) -> Path | None:
 
 
 def create_app(settings: AppSettings | None = None) -> FastAPI:
-    settings = settings or AppSettings()  # type: ignore[call-arg]
+    settings = settings or AppSettings()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -44,6 +45,7 @@ def create_app(settings: AppSettings | None = None) -> FastAPI:
     api.include_router(health_router)
     api.include_router(tools_router)
     api.include_router(tasks_router)
+    api.include_router(storage_router)
     app.include_router(api)
 
     frontend = _frontend_dir(settings)

@@ -14,6 +14,7 @@ from celery import Celery
 from corral.app.auth.service import TokenVerifier
 from corral.app.celery_client import TaskSender, build_celery_client
 from corral.app.settings import AppSettings
+from corral.app.storage.store import ObjectStore, build_object_store
 from corral.app.streams import ResultBackendReader, StreamHub
 from corral.app.task_runs.repository import TaskRunRepository
 from corral.task_schemas import ALL_QUEUES
@@ -90,19 +91,25 @@ class Services:
     verifier: TokenVerifier
     task_runs: TaskRunRepository
     readiness: ReadinessProbe
+    storage: ObjectStore
 
     @classmethod
     async def start(cls, settings: AppSettings) -> Services:
-        redis = aioredis.Redis.from_url(
-            settings.redis.streams_url,
-            decode_responses=True,
-            socket_timeout=10,
-            socket_connect_timeout=5,
-            max_connections=64,
+        # Bursts (a thousand sends at once) wait for a connection instead of failing.
+        redis = aioredis.Redis.from_pool(
+            aioredis.BlockingConnectionPool.from_url(
+                settings.redis.streams_url,
+                decode_responses=True,
+                socket_timeout=10,
+                socket_connect_timeout=5,
+                max_connections=32,
+                timeout=20,
+            )
         )
         celery = build_celery_client(settings)
         hub = StreamHub(settings.redis.streams_url)
         await hub.start()
+        storage = await build_object_store(settings.storage)
         return cls(
             settings=settings,
             redis=redis,
@@ -118,9 +125,11 @@ class Services:
                 timeout_s=settings.readiness_timeout_s,
                 cache_s=settings.readiness_cache_s,
             ),
+            storage=storage,
         )
 
     async def aclose(self) -> None:
+        await self.storage.aclose()
         await self.hub.aclose()
         await self.results.aclose()
         await self.redis.aclose()

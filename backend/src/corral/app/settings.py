@@ -8,7 +8,13 @@ from typing import Literal
 from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from corral.config import RedisSettings, StorageSettings, StreamSettings, reject_placeholder
+from corral.config import (
+    LLMSettings,
+    RedisSettings,
+    StorageSettings,
+    StreamSettings,
+    reject_placeholder,
+)
 
 
 class AuthSettings(BaseModel):
@@ -46,6 +52,44 @@ class AuthSettings(BaseModel):
         return self
 
 
+class AppStorageSettings(StorageSettings):
+    """The app's view of the object store: adds local signed URLs and the upload cap."""
+
+    signing_secret: SecretStr | None = Field(
+        default=None, description="Signs local-backend URLs (HMAC); required when backend=local."
+    )
+    public_base_url: str | None = Field(
+        default=None,
+        description="Origin put in local signed URLs, e.g. http://127.0.0.1:8078; "
+        "unset: URLs are relative to the app (fine for the app's own frontend).",
+    )
+    max_upload_bytes: int = Field(default=50 * 1024 * 1024, ge=1)
+    url_ttl_s: int = Field(default=300, ge=1, le=7 * 86_400, description="Presigned URL life.")
+
+    @field_validator("signing_secret")
+    @classmethod
+    def _secret_strength(cls, value: SecretStr | None) -> SecretStr | None:
+        value = reject_placeholder(value, "storage.signing_secret")
+        if value is not None and len(value.get_secret_value()) < 32:
+            raise ValueError("storage.signing_secret must be at least 32 characters")
+        return value
+
+    @field_validator("public_base_url")
+    @classmethod
+    def _base_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("http://", "https://")):
+            raise ValueError("storage.public_base_url must start with http:// or https://")
+        return value.rstrip("/") if value else value
+
+    @model_validator(mode="after")
+    def _local_needs_secret(self) -> AppStorageSettings:
+        if self.backend == "local" and self.signing_secret is None:
+            raise ValueError(
+                "storage.backend=local needs CORRAL_STORAGE__SIGNING_SECRET (32+ random characters)"
+            )
+        return self
+
+
 class AppSettings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="CORRAL_",
@@ -56,8 +100,9 @@ class AppSettings(BaseSettings):
 
     redis: RedisSettings = Field(default_factory=RedisSettings)
     streams: StreamSettings = Field(default_factory=StreamSettings)
-    storage: StorageSettings = Field(default_factory=StorageSettings)
+    storage: AppStorageSettings = Field(default_factory=AppStorageSettings)
     auth: AuthSettings
+    llm: LLMSettings = Field(default_factory=LLMSettings)
     frontend_dir: Path | None = Field(
         default=None, description="Built frontend served at /; default: the repo's frontend/."
     )

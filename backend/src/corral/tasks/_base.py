@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+import structlog
 from celery import Task
 from pydantic import BaseModel
 
@@ -21,6 +22,8 @@ from corral.tasks.stream_notifier import StreamNotifier, task_stream_notifier
 
 InputT = TypeVar("InputT", bound=BaseModel)
 OutputT = TypeVar("OutputT", bound=BaseModel)
+
+log = structlog.get_logger(__name__)
 
 
 class TaskUserError(Exception):
@@ -95,12 +98,15 @@ def corral_task(
                     attempt=attempt,
                     notifier=notifier,
                 )
+                log.info("task body started", attempt=attempt)
                 output = fn(ctx, parsed)
+                log.info("task body finished")
             return spec.output_model.model_validate(output).model_dump(mode="json")
 
         run.__name__ = fn.__name__
         run.__doc__ = fn.__doc__
         run.__module__ = fn.__module__
-        return app.task(**options)(run)  # type: ignore[no-any-return]
+        task: Task = app.task(**options)(run)
+        return task
 
     return decorator

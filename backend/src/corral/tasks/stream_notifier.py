@@ -14,7 +14,7 @@ import socket
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, cast
 
 import redis
 import structlog
@@ -61,7 +61,9 @@ class StreamNotifier:
 
     def publish(self, event: _Event) -> str:
         pipe = _client(self._url).pipeline(transaction=False)
-        pipe.xadd(self.key, encode_event(event), maxlen=self._settings.maxlen, approximate=True)
+        pipe.xadd(
+            self.key, cast(Any, encode_event(event)), maxlen=self._settings.maxlen, approximate=True
+        )
         pipe.expire(self.key, self._settings.ttl_s)
         entry_id, _ = pipe.execute()
         return entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)

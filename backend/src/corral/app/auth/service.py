@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import anyio
 import jwt
+import jwt.types
 
 from corral.app.settings import AuthSettings
 
@@ -48,7 +49,7 @@ class TokenVerifier:
 
     async def verify(self, token: str) -> User:
         settings = self._settings
-        options = {"require": ["exp", "sub", "iss", "aud"]}
+        options: jwt.types.Options = {"require": ["exp", "sub", "iss", "aud"]}
         try:
             if settings.mode == "dev":
                 assert settings.dev_secret is not None

@@ -14,6 +14,7 @@ import contextlib
 import uuid
 from collections.abc import AsyncIterator
 from types import TracebackType
+from typing import Any, cast
 
 import redis.asyncio as aioredis
 import structlog
@@ -91,8 +92,8 @@ class StreamHub:
             max_connections=1,
             decode_responses=True,
         )
-        self._writer = aioredis.Redis(
-            connection_pool=aioredis.BlockingConnectionPool.from_url(
+        self._writer = aioredis.Redis.from_pool(
+            aioredis.BlockingConnectionPool.from_url(
                 redis_url,
                 max_connections=1,
                 timeout=10,
@@ -169,8 +170,8 @@ class StreamHub:
         backoff = 0.05
         while not self._closed:
             try:
-                response = await self._reader.xread(
-                    self._cursors(), count=self._batch, block=self._block_ms
+                response: Any = await self._reader.xread(
+                    cast(Any, self._cursors()), count=self._batch, block=self._block_ms
                 )
                 backoff = 0.05
             except (RedisConnectionError, RedisTimeoutError, OSError) as exc:

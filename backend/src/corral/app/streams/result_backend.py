@@ -16,8 +16,8 @@ from celery import Celery
 class ResultBackendReader:
     def __init__(self, celery_app: Celery, redis_url: str) -> None:
         self._backend = celery_app.backend
-        self._redis = aioredis.Redis(
-            connection_pool=aioredis.BlockingConnectionPool.from_url(
+        self._redis = aioredis.Redis.from_pool(
+            aioredis.BlockingConnectionPool.from_url(
                 redis_url,
                 max_connections=1,
                 timeout=10,

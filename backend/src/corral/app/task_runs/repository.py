@@ -6,6 +6,7 @@ A hash per task (``task:{id}:meta``) and a sorted set per owner, newest first by
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
 
 import redis.asyncio as aioredis
 
@@ -38,9 +39,8 @@ class TaskRunRepository:
     async def add(self, record: TaskRunRecord) -> None:
         score = record.created_at.timestamp()
         pipe = self._redis.pipeline(transaction=True)
-        pipe.hset(
-            _meta_key(record.task_id), mapping=record.model_dump(mode="json", exclude_none=True)
-        )
+        fields: Any = record.model_dump(mode="json", exclude_none=True)
+        pipe.hset(_meta_key(record.task_id), mapping=fields)
         pipe.expire(_meta_key(record.task_id), self._ttl_s)
         pipe.zadd(_owner_key(record.owner_id), {record.task_id: score})
         pipe.zremrangebyscore(_owner_key(record.owner_id), "-inf", score - self._ttl_s)
@@ -48,28 +48,20 @@ class TaskRunRepository:
         await pipe.execute()
 
     async def get(self, task_id: str) -> TaskRunRecord | None:
-        raw = await self._redis.hgetall(_meta_key(task_id))
-        if not raw:
-            return None
-        return TaskRunRecord.model_validate(
-            {
-                (k.decode() if isinstance(k, bytes) else k): (
-                    v.decode() if isinstance(v, bytes) else v
-                )
-                for k, v in raw.items()
-            }
-        )
+        raw: Any = await self._redis.hgetall(_meta_key(task_id))
+        return TaskRunRecord.model_validate(raw) if raw else None
 
     async def list_ids(self, owner_id: str, limit: int) -> list[str]:
-        ids = await self._redis.zrevrange(_owner_key(owner_id), 0, limit - 1)
-        return [i.decode() if isinstance(i, bytes) else i for i in ids]
+        ids: Any = await self._redis.zrevrange(_owner_key(owner_id), 0, limit - 1)
+        return [str(i) for i in ids]
 
     async def states(self, task_ids: list[str]) -> list[TaskState]:
         pipe = self._redis.pipeline(transaction=False)
         for task_id in task_ids:
             pipe.xrevrange(task_events_key(task_id), count=1)
         out: list[TaskState] = []
-        for last in await pipe.execute():
+        results: list[Any] = await pipe.execute()
+        for last in results:
             if not last:
                 out.append("unknown")
                 continue
@@ -77,23 +69,10 @@ class TaskRunRepository:
             out.append(_STATE_OF_EVENT.get(decode_event(fields).type, "unknown"))
         return out
 
-    async def events(
-        self, task_id: str, after: str = "-", count: int = 1000
-    ) -> list[tuple[str, dict[str, str]]]:
+    async def events(self, task_id: str, after: str = "-") -> list[tuple[str, dict[str, str]]]:
         start = after if after == "-" else f"({after}"
-        entries = await self._redis.xrange(task_events_key(task_id), min=start, count=count)
-        return [
-            (
-                eid.decode() if isinstance(eid, bytes) else eid,
-                {
-                    (k.decode() if isinstance(k, bytes) else k): (
-                        v.decode() if isinstance(v, bytes) else v
-                    )
-                    for k, v in fields.items()
-                },
-            )
-            for eid, fields in entries
-        ]
+        entries: Any = await self._redis.xrange(task_events_key(task_id), min=start, count=10_000)
+        return [(entry_id, dict(fields)) for entry_id, fields in entries]
 
 
 def now_utc() -> datetime:

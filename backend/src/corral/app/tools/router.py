@@ -6,7 +6,10 @@ from fastapi import APIRouter, HTTPException, status
 
 from corral.app.celery_client import BrokerUnavailable, QueueNotAllowed
 from corral.app.deps import CurrentUser, ServicesDep
-from corral.app.tools import service
+from corral.app.tools import (
+    catalog,  # noqa: F401  (registers every tool)
+    service,
+)
 from corral.app.tools.registry import TOOLS
 from corral.app.tools.schemas import InvokeRequest, InvokeResponse, ToolOut
 

@@ -47,7 +47,9 @@ async def start(
     try:
         args = tool.arguments.model_validate(arguments)
     except ValidationError as exc:
-        raise BadArguments(name, exc.errors(include_url=False, include_context=False)) from exc
+        raise BadArguments(
+            name, [dict(e) for e in exc.errors(include_url=False, include_context=False)]
+        ) from exc
     call = ToolCall(user=user, services=services)
     task_input, queue = await tool.build_input(args, call)
     task_id = await task_runs.submit(
