@@ -1,0 +1,46 @@
+# Corral — the two commands a newcomer needs:
+#   make up     set up and run the whole system locally (no Docker needed)
+#   make test   set up and run every test
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+BACKEND := backend
+export UV_PYTHON_DOWNLOADS := never
+UV := $(shell command -v uv 2>/dev/null || echo $(HOME)/.local/bin/uv)
+
+.PHONY: help uv sync up test lint typecheck contracts pytest bench clean-data
+
+help:
+	@echo "make up     - run Redis, the app on http://127.0.0.1:8078 and one worker per queue"
+	@echo "make test   - lint, type-check, import contracts and the full test suite"
+	@echo "make bench  - benchmarks (prints tables; see docs/performance.md)"
+
+uv:
+	@command -v uv >/dev/null 2>&1 || test -x $(HOME)/.local/bin/uv || \
+		python3 -m pip install --user --quiet uv || python3 -m pip install --quiet --break-system-packages uv
+
+sync: uv
+	cd $(BACKEND) && $(UV) sync --all-extras --frozen
+
+up: sync
+	cd $(BACKEND) && $(UV) run --frozen python -m corral.devstack
+
+lint: sync
+	cd $(BACKEND) && $(UV) run --frozen ruff check src tests ../bench
+	cd $(BACKEND) && $(UV) run --frozen ruff format --check src tests ../bench
+
+typecheck: sync
+	cd $(BACKEND) && $(UV) run --frozen mypy
+
+contracts: sync
+	cd $(BACKEND) && $(UV) run --frozen lint-imports
+
+pytest: sync
+	cd $(BACKEND) && $(UV) run --frozen pytest $(PYTEST_ARGS)
+
+test: lint typecheck contracts pytest
+
+bench: sync
+	cd $(BACKEND) && $(UV) run --frozen python ../bench/roundtrip.py
+
+clean-data:
+	rm -rf .corral

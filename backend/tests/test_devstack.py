@@ -1,0 +1,90 @@
+"""`make up`'s stack: starts everything, prints URL and token, keeps data, leaves no orphans."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import httpx
+import psutil
+
+from tests.support.procs import BACKEND_DIR, free_port, wait_until
+
+
+class Devstack:
+    def __init__(self, data_dir: Path, port: int) -> None:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("CORRAL_", "TASKS_"))}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "corral.devstack", "--data-dir", str(data_dir),
+             "--port", str(port), "--concurrency", "1"],
+            cwd=BACKEND_DIR, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )
+        self.output: list[str] = []
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.output.append(line)
+
+    def text(self) -> str:
+        return "".join(self.output)
+
+    def wait_up(self) -> str:
+        wait_until(lambda: "Corral is up" in self.text() and "Dev token" in self.text()
+                   and self._after_token(), 90, f"devstack to start; output:\n{self.text()}",
+                   interval=0.2)
+        return self._after_token()
+
+    def _after_token(self) -> str:
+        match = re.search(r"Dev token.*\n(\S+)\n", self.text())
+        return match.group(1) if match else ""
+
+    def descendants(self) -> list[psutil.Process]:
+        return psutil.Process(self.proc.pid).children(recursive=True)
+
+    def interrupt(self) -> int:
+        self.proc.send_signal(signal.SIGINT)
+        return self.proc.wait(30)
+
+
+def test_make_up_stack_runs_keeps_data_and_stops_cleanly(tmp_path: Path) -> None:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    stack = Devstack(tmp_path / "data", port)
+    try:
+        token = stack.wait_up()
+        assert f"Corral is up: {url}" in stack.text()
+        headers = {"Authorization": f"Bearer {token}"}
+        with httpx.Client(base_url=url, headers=headers, timeout=30) as http:
+            assert http.get("/api/readyz").status_code == 200
+            body = http.post("/api/tools/echo/invoke", json={"arguments": {"payload": "hi"}}).json()
+            assert body["status"] == "done"
+            page = http.get("/")
+            assert page.status_code == 200 and "<title>Corral</title>" in page.text
+        children = stack.descendants()
+        names = " ".join(" ".join(p.cmdline()) for p in children)
+        assert "redis-server" in names and "uvicorn" in names
+        assert names.count("corral.tasks.main worker") >= 3
+        assert stack.interrupt() == 0
+        gone, alive = psutil.wait_procs(children, timeout=10)
+        assert not alive, f"orphans left: {[p.cmdline() for p in alive]}"
+    finally:
+        if stack.proc.poll() is None:
+            stack.proc.kill()
+
+    # Same data dir: same dev secret (old token still valid), Redis data kept.
+    again = Devstack(tmp_path / "data", port)
+    try:
+        again.wait_up()
+        with httpx.Client(base_url=url, headers=headers, timeout=30) as http:
+            tasks = http.get("/api/tasks").json()
+            assert body["task_id"] in [t["task_id"] for t in tasks]
+    finally:
+        again.interrupt()
