@@ -14,7 +14,17 @@ from pathlib import Path
 import httpx
 import pytest
 
-from corral.task_schemas import ALL_QUEUES
+from corral.task_schemas import ALL_QUEUES, Queue
+from tests.support.fake_openai import FakeOpenAI
+from tests.support.llm_env import LLM_API_KEY, llm_env
+from tests.support.sandbox import (
+    as_sandbox_user,
+    check_sandbox_host,
+    ensure_sandbox_venv,
+    python_worker_env,
+    sandbox_env,
+    shared_dir,
+)
 from tests.support.procs import (
     RedisServer,
     UvicornThread,
@@ -25,6 +35,7 @@ from tests.support.procs import (
 )
 
 DEV_SECRET = "test-" + secrets.token_hex(24)
+STORAGE_SECRET = "test-storage-" + secrets.token_hex(24)
 
 
 @pytest.fixture(scope="session")
@@ -42,16 +53,38 @@ def redis_server() -> Iterator[RedisServer]:
 
 
 @pytest.fixture(scope="session")
-def stack_env(redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+def fake_llm_server() -> Iterator[FakeOpenAI]:
+    """The OpenAI-protocol provider every configured model points at (see support/llm_env)."""
+    with FakeOpenAI(api_key=LLM_API_KEY) as server:
+        yield server
+
+
+@pytest.fixture
+def fake_llm(fake_llm_server: FakeOpenAI) -> Iterator[FakeOpenAI]:
+    """The provider with a clean script and request log for this test."""
+    fake_llm_server.reset()
+    yield fake_llm_server
+    fake_llm_server.reset()
+
+
+@pytest.fixture(scope="session")
+def stack_env(
+    redis_server: RedisServer,
+    tmp_path_factory: pytest.TempPathFactory,
+    fake_llm_server: FakeOpenAI,
+) -> dict[str, str]:
     """Environment shared by the app and the workers under test."""
-    objects = tmp_path_factory.mktemp("objects")
+    objects = shared_dir("corral-test-objects-")  # the python_q worker runs as another user
     return {
+        **llm_env(fake_llm_server),
+        **sandbox_env(),
         "TASKS_REDIS__URL": redis_server.url,
         "CORRAL_REDIS__URL": redis_server.url,
         "CORRAL_AUTH__MODE": "dev",
         "CORRAL_AUTH__DEV_SECRET": DEV_SECRET,
         "TASKS_STORAGE__LOCAL_DIR": str(objects),
         "CORRAL_STORAGE__LOCAL_DIR": str(objects),
+        "CORRAL_STORAGE__SIGNING_SECRET": STORAGE_SECRET,
     }
 
 
@@ -59,8 +92,15 @@ def stack_env(redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactor
 def workers(stack_env: dict[str, str], redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Worker]]:
     """One worker per queue, as deployed."""
     log_dir = tmp_path_factory.mktemp("worker-logs")
+    check_sandbox_host()
+    ensure_sandbox_venv()
     started = {
         q.value: start_worker((q.value,), stack_env, name=f"{q.value}@test", log_dir=log_dir)
+        if q != Queue.PYTHON
+        else start_worker(
+            (q.value,), {**stack_env, **python_worker_env()}, name=f"{q.value}@test",
+            log_dir=log_dir, wrap=as_sandbox_user(),
+        )
         for q in ALL_QUEUES
     }
     try:

@@ -8,7 +8,7 @@ app, ``TASKS_`` for workers) out of the models defined here.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 from urllib.parse import quote, urlencode, urlsplit, urlunsplit
 
 from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
@@ -130,3 +130,119 @@ class StorageSettings(BaseModel):
         ):
             raise ValueError("storage.backend=s3 needs s3.access_key_id and s3.secret_access_key")
         return self
+
+
+# ---------------------------------------------------------------------------------------------
+# Language models (read by the app for the agent and validation, and by the llm_q workers)
+# ---------------------------------------------------------------------------------------------
+
+NO_KEY = "none"
+"""``api_key`` value for a keyless local server (Ollama, llama.cpp); refused for public hosts."""
+
+_KEY_PLACEHOLDERS = frozenset(
+    {"sk-xxx", "sk-...", "your-api-key", "your_api_key", "api-key", "apikey", "xxx", "<key>"}
+)
+_MODEL_NAME = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$"
+
+
+def _is_local_host(host: str) -> bool:
+    """Loopback, private addresses and in-cluster names: where a keyless server may live."""
+    import ipaddress
+
+    host = host.strip("[]").lower()
+    if host == "localhost" or ("." not in host and ":" not in host):
+        return True  # localhost or a single-label service name such as `ollama`
+    if host.endswith((".local", ".internal", ".lan", ".localhost")):
+        return True
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return address.is_loopback or address.is_private or address.is_link_local
+
+
+class ModelConfig(BaseModel):
+    """One OpenAI-compatible endpoint and model, referred to by ``name`` everywhere else."""
+
+    name: str = Field(pattern=_MODEL_NAME, description="What requests and pipelines call it.")
+    base_url: str = Field(description="OpenAI-compatible base URL, e.g. https://api.openai.com/v1")
+    api_key: SecretStr = Field(
+        description=f'Bearer key; "{NO_KEY}" only for a keyless server on a local/private host.'
+    )
+    model: str = Field(min_length=1, description="The provider's model id.")
+    options: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Default request options (temperature, max_tokens, extra_body, ...).",
+    )
+    timeout_s: float = Field(default=120.0, gt=0, le=3600, description="Per provider request.")
+    stream_usage: bool = Field(
+        default=True,
+        description="Send stream_options.include_usage (turn off for servers that reject it).",
+    )
+
+    @field_validator("base_url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in {"http", "https"} or not parts.hostname:
+            raise ValueError("base_url must be an http(s) URL such as https://api.openai.com/v1")
+        return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _real_key(self) -> ModelConfig:
+        key = self.api_key.get_secret_value().strip()
+        if key.lower() == NO_KEY:
+            if not _is_local_host(urlsplit(self.base_url).hostname or ""):
+                raise ValueError(
+                    f'model {self.name}: api_key "{NO_KEY}" is only allowed for a server on a '
+                    "local or private host; set the provider's key"
+                )
+            return self
+        reject_placeholder(self.api_key, f"llm model {self.name}: api_key")
+        if key.lower() in _KEY_PLACEHOLDERS:
+            raise ValueError(f"llm model {self.name}: api_key is a placeholder; set a real key")
+        return self
+
+
+class LLMSettings(BaseModel):
+    """The models workers may call, retries, and the response cache."""
+
+    models: list[ModelConfig] = Field(default_factory=list)
+    default_model: str | None = Field(default=None, description="Default: the first model.")
+    retry_attempts: int = Field(
+        default=3, ge=1, le=10, description="Provider requests per model on 429/5xx/timeouts."
+    )
+    retry_backoff_s: float = Field(default=0.5, ge=0, description="First backoff; doubles.")
+    retry_backoff_max_s: float = Field(default=8.0, ge=0)
+    cache_ttl_s: int = Field(default=86_400, ge=1)
+    cache_shared: bool = Field(
+        default=False,
+        description="Share cached answers across users (off: a hit would reveal another user's "
+        "identical prompt).",
+    )
+    stream_flush_s: float = Field(default=0.05, ge=0, description="Batch streamed text this long")
+    stream_flush_chars: int = Field(default=20, ge=1, description="... or this many characters.")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> LLMSettings:
+        names = [m.name for m in self.models]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"llm.models: duplicate names {duplicates}")
+        if self.default_model is not None and self.default_model not in names:
+            raise ValueError(
+                f"llm.default_model {self.default_model!r} is not among llm.models {names}"
+            )
+        return self
+
+    @property
+    def default_name(self) -> str | None:
+        if self.default_model is not None:
+            return self.default_model
+        return self.models[0].name if self.models else None
+
+    def get(self, name: str) -> ModelConfig | None:
+        return next((m for m in self.models if m.name == name), None)
+
+    def names(self) -> list[str]:
+        return [m.name for m in self.models]

@@ -82,7 +82,7 @@ class Stack:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
-                preexec_fn=_die_with_parent,  # noqa: PLW1509 - only prctl, no locks taken
+                preexec_fn=_die_with_parent,
             )
         self.procs.append((name, proc))
 
@@ -169,8 +169,17 @@ def main(argv: list[str] | None = None) -> int:
         stack.spawn(
             "redis",
             [
-                find_redis_server(), "--port", str(redis_port), "--bind", "127.0.0.1",
-                "--dir", str(data_dir / "redis"), "--appendonly", "yes", "--save", "",
+                find_redis_server(),
+                "--port",
+                str(redis_port),
+                "--bind",
+                "127.0.0.1",
+                "--dir",
+                str(data_dir / "redis"),
+                "--appendonly",
+                "yes",
+                "--save",
+                "",
             ],
             dict(os.environ),
             "redis",
@@ -181,8 +190,15 @@ def main(argv: list[str] | None = None) -> int:
         stack.spawn(
             "app",
             [
-                py, "-m", "uvicorn", "--factory", "corral.app.main:create_app",
-                "--host", "127.0.0.1", "--port", str(args.port),
+                py,
+                "-m",
+                "uvicorn",
+                "--factory",
+                "corral.app.main:create_app",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(args.port),
             ],
             env,
             "app",
@@ -191,8 +207,20 @@ def main(argv: list[str] | None = None) -> int:
             stack.spawn(
                 f"worker {queue}",
                 [
-                    py, "-m", "celery", "-A", "corral.tasks.main", "worker", "-Q", queue,
-                    "-n", f"{queue}@%h", "-c", str(args.concurrency), "-l", "INFO",
+                    py,
+                    "-m",
+                    "celery",
+                    "-A",
+                    "corral.tasks.main",
+                    "worker",
+                    "-Q",
+                    queue,
+                    "-n",
+                    f"{queue}@%h",
+                    "-c",
+                    str(args.concurrency),
+                    "-l",
+                    "INFO",
                 ],
                 env,
                 f"worker-{queue}",
@@ -222,7 +250,7 @@ def _dev_token(env: dict[str, str]) -> str:
     from corral.app.settings import AuthSettings
 
     return issue_dev_token(
-        AuthSettings(mode="dev", dev_secret=env["CORRAL_AUTH__DEV_SECRET"])  # type: ignore[arg-type]
+        AuthSettings(mode="dev", dev_secret=env["CORRAL_AUTH__DEV_SECRET"])
     )
 
 

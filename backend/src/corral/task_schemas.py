@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Annotated, Any, Generic, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, JsonValue, TypeAdapter
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, TypeAdapter, model_validator
 
 
 class Queue(StrEnum):
@@ -242,3 +242,224 @@ def decode_event(fields: dict[str, str] | dict[bytes, bytes]) -> TaskEvent:
 
 def is_terminal(event: TaskEvent) -> bool:
     return event.type in TERMINAL_EVENT_TYPES
+
+
+# ---------------------------------------------------------------------------------------------
+# Language models on llm_q: ``llm.generate``
+# ---------------------------------------------------------------------------------------------
+
+# Message priorities on the Redis broker. kombu keeps one list per step and polls them in
+# ascending order, so a LOWER number is consumed first. The app client and the workers both set
+# ``broker_transport_options["priority_steps"] = PRIORITY_STEPS``; every message the app sends
+# carries an explicit priority (a message without one would land in the most urgent list).
+PRIORITY_STEPS: tuple[int, ...] = (0, 3, 6, 9)
+PRIORITY_URGENT = 0
+PRIORITY_NORMAL = 6
+
+
+def message_priority(urgent: bool) -> int:
+    return PRIORITY_URGENT if urgent else PRIORITY_NORMAL
+
+
+class ChatMessage(BaseModel):
+    """One OpenAI-style chat message."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    role: Literal["system", "user", "assistant", "tool"]
+    content: str | None = Field(default=None, max_length=2_000_000)
+    name: str | None = Field(default=None, max_length=64)
+    tool_call_id: str | None = Field(default=None, max_length=200)
+    tool_calls: list[dict[str, JsonValue]] | None = None
+
+
+class GenerationOptions(BaseModel):
+    """Request options; unset ones fall back to the model's configured ``options``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    max_tokens: int | None = Field(default=None, ge=1, le=1_000_000)
+    seed: int | None = None
+    top_p: float | None = Field(default=None, gt=0, le=1)
+    stop: list[str] | None = Field(default=None, max_length=4)
+    response_format: dict[str, JsonValue] | None = Field(
+        default=None,
+        description='e.g. {"type": "json_schema", "json_schema": {...}}; json_mode sets '
+        '{"type": "json_object"} when this is unset.',
+    )
+
+
+class LLMGenerateInput(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model: str | None = Field(default=None, description="Configured model name; default model.")
+    prompt: str | None = Field(default=None, min_length=1, max_length=2_000_000)
+    messages: list[ChatMessage] | None = Field(default=None, min_length=1, max_length=1000)
+    system_prompt: str | None = Field(default=None, max_length=200_000)
+    options: GenerationOptions = Field(default_factory=GenerationOptions)
+    fallback_models: list[str] = Field(
+        default_factory=list, max_length=5, description="Tried in order when a model is down."
+    )
+    json_mode: bool = Field(default=False, description="The answer must be JSON; parsed.")
+    max_patching_attempts: int = Field(
+        default=2, ge=0, le=5, description="JSON mode: times the model is asked to fix bad JSON."
+    )
+    cache: bool | None = Field(
+        default=None, description="Response cache; default on only if temperature=0 or seed set."
+    )
+    stream: bool = Field(
+        default=True,
+        description='Publish text as it arrives: progress data {"delta": text} (and '
+        '{"reset": true} when a retry or repair starts over).',
+    )
+
+    @model_validator(mode="after")
+    def _prompt_or_messages(self) -> LLMGenerateInput:
+        if (self.prompt is None) == (self.messages is None):
+            raise ValueError("give exactly one of `prompt` or `messages`")
+        return self
+
+
+class TokenUsage(BaseModel):
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int = Field(default=0, description="Prompt tokens the provider had cached.")
+    total_tokens: int = 0
+
+    def __add__(self, other: TokenUsage) -> TokenUsage:
+        return TokenUsage(
+            prompt_tokens=self.prompt_tokens + other.prompt_tokens,
+            completion_tokens=self.completion_tokens + other.completion_tokens,
+            cached_tokens=self.cached_tokens + other.cached_tokens,
+            total_tokens=self.total_tokens + other.total_tokens,
+        )
+
+
+class LLMGenerateOutput(BaseModel):
+    response: str
+    parsed: JsonValue = Field(default=None, description="The parsed JSON in json_mode.")
+    model: str = Field(description="Configured name of the model that answered.")
+    provider_model: str
+    attempts: int = Field(description="Provider requests made (retries, fallbacks, repairs).")
+    patching_attempts: int = 0
+    usage: TokenUsage = Field(description="Summed over attempts; zero on a cache hit.")
+    execution_time_s: float
+    cache_hit: bool
+    finish_reason: str | None = None
+
+
+LLM_GENERATE: TaskSpec[LLMGenerateInput, LLMGenerateOutput] = TaskSpec(
+    name="llm.generate",
+    queues=(Queue.LLM,),
+    input_model=LLMGenerateInput,
+    output_model=LLMGenerateOutput,
+    description="Call a configured language model with retries, fallbacks, JSON repair, cache.",
+    soft_time_limit_s=900.0,
+    time_limit_s=930.0,
+    expires_s=3600.0,
+)
+
+register(LLM_GENERATE)
+
+
+# ---------------------------------------------------------------------------------------------
+# Python code on python_q: ``python.run``
+# ---------------------------------------------------------------------------------------------
+
+FILE_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
+
+
+class FigureFormat(StrEnum):
+    PNG = "png"
+    SVG = "svg"
+
+
+class PythonInputFile(BaseModel):
+    """An object the caller owns, copied read-only into the sandbox at ``/input/<name>``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    key: str = Field(min_length=3, max_length=400, description="Object key from POST /api/storage")
+    name: str | None = Field(
+        default=None,
+        pattern=FILE_NAME_PATTERN,
+        description="File name under /input; default: the key's last part.",
+    )
+
+    @property
+    def file_name(self) -> str:
+        return self.name or self.key.rsplit("/", 1)[-1]
+
+
+class PythonLimitOverrides(BaseModel):
+    """Per-call limits; the worker clamps each to its configured ceiling."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    wall_s: float | None = Field(default=None, gt=0, le=600, description="Wall-clock seconds.")
+    cpu_s: int | None = Field(default=None, ge=1, le=600, description="CPU seconds.")
+    memory_mb: int | None = Field(default=None, ge=64, le=16_384)
+    max_file_mb: int | None = Field(default=None, ge=1, le=4096)
+    stdout_max_bytes: int | None = Field(default=None, ge=1024, le=64_000_000)
+
+
+class PythonRunInput(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    code: str = Field(min_length=1, max_length=200_000, description="Python source to run.")
+    input_files: list[PythonInputFile] = Field(default_factory=list, max_length=20)
+    limits: PythonLimitOverrides = Field(default_factory=PythonLimitOverrides)
+    figure_formats: list[FigureFormat] = Field(
+        default_factory=lambda: [FigureFormat.PNG], min_length=1, max_length=2,
+        description="Formats matplotlib figures left open are saved in.",
+    )
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> PythonRunInput:
+        names = [f.file_name for f in self.input_files]
+        if len(names) != len(set(names)):
+            raise ValueError("input_files: two files would get the same name under /input")
+        return self
+
+
+class PythonError(BaseModel):
+    """An exception in the user's code, or a limit that stopped it: a normal result."""
+
+    type: str
+    message: str
+    line: int | None = None
+
+
+class FigureRef(BaseModel):
+    key: str
+    name: str = Field(description="File name the code (or the figure saver) gave it.")
+    content_type: str
+    size: int
+
+
+class PythonRunOutput(BaseModel):
+    stdout: str
+    stderr: str
+    stdout_truncated: bool = False
+    stderr_truncated: bool = False
+    last_expr: str | None = Field(default=None, description="repr of the last expression.")
+    error: PythonError | None = None
+    figures: list[FigureRef] = Field(default_factory=list)
+    notes: list[str] = Field(default_factory=list, description="Files skipped and why.")
+    duration_s: float
+    backend: str
+
+
+PYTHON_RUN: TaskSpec[PythonRunInput, PythonRunOutput] = TaskSpec(
+    name="python.run",
+    queues=(Queue.PYTHON,),
+    input_model=PythonRunInput,
+    output_model=PythonRunOutput,
+    description="Run Python in a sandbox; return stdout, the last expression and figures.",
+    soft_time_limit_s=660.0,
+    time_limit_s=700.0,
+    expires_s=3600.0,
+)
+
+register(PYTHON_RUN)

@@ -7,6 +7,7 @@ published, so it is always the first entry of the task's stream.
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from typing import Any, cast
 
@@ -74,6 +75,8 @@ class TaskSender:
         self._streams = streams
         self._stream_settings = stream_settings
         self._limiter = anyio.CapacityLimiter(16)
+        # Bursts queue here (in order) instead of exhausting the Redis pool.
+        self._send_slots = asyncio.Semaphore(32)
 
     async def publish_event(self, task_id: str, event: _Event) -> str:
         key = task_events_key(task_id)
@@ -111,6 +114,19 @@ class TaskSender:
         """Publish ``spec`` with its input; returns the task id. ``expires`` comes from the spec."""
         target = self.resolve_queue(spec, queue)
         task_id = task_id or str(uuid.uuid4())
+        async with self._send_slots:
+            await self._publish(spec, task_input, owner_id, target, task_id, priority)
+        return task_id
+
+    async def _publish(
+        self,
+        spec: TaskSpec[Any, Any],
+        task_input: BaseModel,
+        owner_id: str,
+        target: Queue,
+        task_id: str,
+        priority: int | None,
+    ) -> None:
         await self.publish_event(task_id, QueuedEvent(task_name=spec.name, queue=target.value))
         try:
             await anyio.to_thread.run_sync(
@@ -132,7 +148,6 @@ class TaskSender:
                 ErrorEvent(error_type="BrokerUnavailable", message=f"could not queue: {exc}"),
             )
             raise BrokerUnavailable(f"the task queue is unreachable: {exc}") from exc
-        return task_id
 
     async def revoke(self, task_id: str) -> None:
         """Stop the task wherever it is: discarded if queued, its process killed if running."""

@@ -10,6 +10,8 @@ from fastapi import APIRouter, FastAPI
 from fastapi.staticfiles import StaticFiles
 
 from corral.app.health.router import router as health_router
+from corral.app.llm.router import router as llm_router
+from corral.app.pipelines.router import router as pipelines_router
 from corral.app.services import Services
 from corral.app.settings import AppSettings
 from corral.app.storage.router import router as storage_router
@@ -46,6 +48,8 @@ def create_app(settings: AppSettings | None = None) -> FastAPI:
     api.include_router(tools_router)
     api.include_router(tasks_router)
     api.include_router(storage_router)
+    api.include_router(llm_router)
+    api.include_router(pipelines_router)
     app.include_router(api)
 
     frontend = _frontend_dir(settings)

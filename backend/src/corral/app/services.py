@@ -12,6 +12,7 @@ import redis.asyncio as aioredis
 from celery import Celery
 
 from corral.app.auth.service import TokenVerifier
+from corral.app.background import BackgroundTasks
 from corral.app.celery_client import TaskSender, build_celery_client
 from corral.app.settings import AppSettings
 from corral.app.storage.store import ObjectStore, build_object_store
@@ -92,6 +93,7 @@ class Services:
     task_runs: TaskRunRepository
     readiness: ReadinessProbe
     storage: ObjectStore
+    background: BackgroundTasks = field(default_factory=BackgroundTasks)
 
     @classmethod
     async def start(cls, settings: AppSettings) -> Services:
@@ -129,6 +131,7 @@ class Services:
         )
 
     async def aclose(self) -> None:
+        await self.background.aclose()  # first: their cleanup still needs Redis and Celery
         await self.storage.aclose()
         await self.hub.aclose()
         await self.results.aclose()

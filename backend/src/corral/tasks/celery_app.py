@@ -11,6 +11,7 @@ from typing import Any
 from celery import Celery
 from celery.signals import setup_logging
 
+from corral.task_schemas import PRIORITY_STEPS
 from corral.tasks.logging_setup import configure_logging
 from corral.tasks.settings import TasksSettings
 
@@ -34,7 +35,11 @@ WORKER_DEFAULTS: dict[str, Any] = {
     "task_create_missing_queues": True,
     "result_extended": True,
     "worker_send_task_events": False,
-    "broker_transport_options": {"visibility_timeout": 3600},
+    # priority_steps: the lists this worker polls, most urgent first (see task_schemas).
+    "broker_transport_options": {
+        "visibility_timeout": 3600,
+        "priority_steps": list(PRIORITY_STEPS),
+    },
 }
 
 

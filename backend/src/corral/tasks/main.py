@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from corral.tasks import (  # noqa: F401  (imported for registration)
     lifecycle,
+    llm_generate_task,
+    python_tool_task,
     system_echo_task,
     system_fail_task,
 )

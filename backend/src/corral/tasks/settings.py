@@ -8,7 +8,8 @@ from typing import Any
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from corral.config import RedisSettings, StorageSettings, StreamSettings
+from corral.config import LLMSettings, RedisSettings, StorageSettings, StreamSettings
+from corral.tasks.sandbox.settings import SandboxSettings
 
 
 class CeleryOptionError(ValueError):
@@ -60,6 +61,10 @@ class TasksSettings(BaseSettings):
     redis: RedisSettings = Field(default_factory=RedisSettings)
     streams: StreamSettings = Field(default_factory=StreamSettings)
     storage: StorageSettings = Field(default_factory=StorageSettings)
+    llm: LLMSettings = Field(default_factory=LLMSettings)
+    sandbox: SandboxSettings = Field(
+        default_factory=SandboxSettings, description="python_q: TASKS_SANDBOX__BACKEND etc."
+    )
     celery: dict[str, Any] = Field(
         default_factory=dict, description="Any Celery option, e.g. TASKS_CELERY__worker_concurrency"
     )

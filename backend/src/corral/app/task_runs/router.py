@@ -66,7 +66,7 @@ async def task_events(
     cursor = last_event_id or after or "0-0"
     if not _ENTRY_ID.match(cursor):
         raise HTTPException(
-            status.HTTP_422_UNPROCESSABLE_ENTITY,
+            status.HTTP_422_UNPROCESSABLE_CONTENT,
             f"Last-Event-ID {cursor!r} is not a stream id like 1700000000000-0",
         )
     max_s = services.settings.max_invoke_timeout_s + 3600

@@ -40,10 +40,11 @@ async def submit(
     queue: Queue | None = None,
     tool: str | None = None,
     priority: int | None = None,
+    task_id: str | None = None,
 ) -> str:
     """Record who owns the task, then publish it (the record exists before any worker can run)."""
     target = services.sender.resolve_queue(spec, queue)
-    task_id = str(uuid.uuid4())
+    task_id = task_id or str(uuid.uuid4())
     await services.task_runs.add(
         TaskRunRecord(
             task_id=task_id,

@@ -3,4 +3,8 @@
 Add one import per tool module here.
 """
 
-from corral.app.tools import registry  # noqa: F401  (echo, fail)
+import corral.app.tools.llm_generate  # noqa: F401
+from corral.app.tools import (
+    registry,  # noqa: F401  (echo, fail)
+    run_python,  # noqa: F401
+)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 from pydantic import ValidationError
@@ -9,6 +10,7 @@ from pydantic import ValidationError
 from corral.app.auth.service import User
 from corral.app.services import Services
 from corral.app.streams import (
+    Subscription,
     TaskCancelled,
     TaskDone,
     TaskFailed,
@@ -19,6 +21,7 @@ from corral.app.streams.long_poll import OnEvent
 from corral.app.task_runs import service as task_runs
 from corral.app.tools.registry import TOOLS, Tool, ToolCall
 from corral.app.tools.schemas import InvokeError, InvokeResponse
+from corral.task_schemas import task_events_key
 
 
 class UnknownTool(LookupError):
@@ -40,7 +43,12 @@ def get_tool(name: str) -> Tool:
 
 
 async def start(
-    services: Services, user: User, name: str, arguments: dict[str, Any]
+    services: Services,
+    user: User,
+    name: str,
+    arguments: dict[str, Any],
+    *,
+    task_id: str | None = None,
 ) -> tuple[Tool, str]:
     """Validate and send; returns the tool and the task id."""
     tool = get_tool(name)
@@ -53,7 +61,13 @@ async def start(
     call = ToolCall(user=user, services=services)
     task_input, queue = await tool.build_input(args, call)
     task_id = await task_runs.submit(
-        services, tool.task, task_input, owner_id=user.id, queue=queue, tool=tool.name
+        services,
+        tool.task,
+        task_input,
+        owner_id=user.id,
+        queue=queue,
+        tool=tool.name,
+        task_id=task_id,
     )
     return tool, task_id
 
@@ -65,6 +79,7 @@ async def wait(
     task_id: str,
     timeout_s: float,
     on_event: OnEvent | None = None,
+    subscription: Subscription | None = None,
 ) -> InvokeResponse:
     outcome = await long_poll_celery_result(
         task_id,
@@ -72,6 +87,7 @@ async def wait(
         hub=services.hub,
         backend=services.results,
         on_event=on_event,
+        subscription=subscription,
     )
     match outcome:
         case TaskDone(output=output):
@@ -103,5 +119,8 @@ async def wait(
 async def invoke(
     services: Services, user: User, name: str, arguments: dict[str, Any], timeout_s: float
 ) -> InvokeResponse:
-    tool, task_id = await start(services, user, name, arguments)
-    return await wait(services, user, tool, task_id, timeout_s)
+    """Send and wait. The stream is subscribed before sending, so no event waits on a wake-up."""
+    task_id = str(uuid.uuid4())
+    async with services.hub.subscribe(task_events_key(task_id)) as subscription:
+        tool, _ = await start(services, user, name, arguments, task_id=task_id)
+        return await wait(services, user, tool, task_id, timeout_s, subscription=subscription)

@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# One-time host setup for the python_q sandbox (CI, dev machines where you are root, images).
+#
+#   sudo backend/scripts/sandbox_host_setup.sh            # from the repo root
+#
+# - installs bubblewrap (the bwrap backend) and acl (tests share the local object store
+#   between root and the unprivileged worker user through a default ACL);
+# - creates the unprivileged user the python_q worker runs as (default: corral), because the
+#   bwrap backend refuses to run as root;
+# - makes the project's Python interpreter reachable by that user (traverse-only on its
+#   parent directories, e.g. /root when pyenv lives there);
+# - checks that unprivileged user namespaces work (bwrap needs them).
+# The sandbox venv itself is made by `uv run python -m corral.tasks.sandbox.prepare venv`
+# (tests do this on their own when it is missing).
+set -euo pipefail
+
+SANDBOX_USER="${SANDBOX_USER:-corral}"
+BACKEND_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+
+if [ "$(id -u)" -ne 0 ]; then
+  echo "run as root (it installs packages and creates a user)" >&2
+  exit 1
+fi
+
+need=()
+command -v bwrap >/dev/null || need+=(bubblewrap)
+command -v setfacl >/dev/null || need+=(acl)
+command -v setpriv >/dev/null || need+=(util-linux)
+if [ ${#need[@]} -gt 0 ]; then
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}"
+fi
+
+if ! id "$SANDBOX_USER" >/dev/null 2>&1; then
+  useradd --system --create-home --home-dir "/var/lib/$SANDBOX_USER" \
+    --shell /usr/sbin/nologin "$SANDBOX_USER"
+fi
+
+# The venv's interpreter (and uv's / pyenv's base interpreter) must be executable by the user.
+python="$(readlink -f "$BACKEND_DIR/.venv/bin/python" 2>/dev/null || command -v python3)"
+dir="$(dirname "$python")"
+while [ "$dir" != "/" ]; do
+  chmod o+x "$dir"
+  dir="$(dirname "$dir")"
+done
+chmod -R o+rX "$BACKEND_DIR" 2>/dev/null || true
+
+if ! setpriv --reuid="$SANDBOX_USER" --regid="$SANDBOX_USER" --init-groups \
+    bwrap --unshare-all --ro-bind /usr /usr --symlink usr/lib64 /lib64 --symlink usr/lib /lib \
+    -- /usr/bin/true; then
+  echo "unprivileged user namespaces do not work here: use TASKS_SANDBOX__BACKEND=wasm" >&2
+  exit 2
+fi
+echo "sandbox host ready: user $SANDBOX_USER, $(bwrap --version)"

@@ -1,0 +1,130 @@
+"""``/api/pipelines/runs``: start a DAG of LLM steps, read it, follow it (SSE), cancel it."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, HTTPException, Query, status
+from sse_starlette import EventSourceResponse, ServerSentEvent
+
+from corral.app.celery_client import BrokerUnavailable
+from corral.app.deps import CurrentUser, ServicesDep
+from corral.app.pipelines import service
+from corral.app.pipelines.dag import PipelineInvalid
+from corral.app.pipelines.repository import events_key
+from corral.app.pipelines.schemas import (
+    CancelOut,
+    PipelineRun,
+    PipelineRunRequest,
+    PipelineRunSummary,
+)
+from corral.task_schemas import (
+    CancelledEvent,
+    DoneEvent,
+    ErrorEvent,
+    ProgressEvent,
+    TaskEvent,
+    is_terminal,
+)
+
+router = APIRouter(prefix="/pipelines", tags=["pipelines"])
+
+_ENTRY_ID = re.compile(r"^\d{1,20}-\d{1,20}$")
+
+
+@router.post("/runs", response_model=PipelineRun, status_code=status.HTTP_202_ACCEPTED)
+async def start_run(
+    body: PipelineRunRequest, user: CurrentUser, services: ServicesDep
+) -> PipelineRun:
+    """Validated whole before any step is sent: 422 lists every problem found."""
+    try:
+        return await service.start_run(services, user.id, body)
+    except PipelineInvalid as exc:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from exc
+    except BrokerUnavailable as exc:
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, str(exc)) from exc
+
+
+@router.get("/runs", response_model=list[PipelineRunSummary])
+async def list_runs(
+    user: CurrentUser, services: ServicesDep, limit: Annotated[int, Query(ge=1, le=200)] = 50
+) -> list[PipelineRunSummary]:
+    return await service.list_runs(services, user.id, limit)
+
+
+@router.get("/runs/{run_id}", response_model=PipelineRun)
+async def get_run(run_id: str, user: CurrentUser, services: ServicesDep) -> PipelineRun:
+    try:
+        return await service.get_owned(services, run_id, user.id)
+    except service.RunNotFound as exc:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from exc
+
+
+@router.delete("/runs/{run_id}", response_model=CancelOut)
+async def cancel_run(run_id: str, user: CurrentUser, services: ServicesDep) -> CancelOut:
+    try:
+        return await service.cancel_run(services, run_id, user.id)
+    except service.RunNotFound as exc:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from exc
+    except service.RunAlreadyFinished as exc:
+        raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from exc
+
+
+def _sse(entry_id: str, event: TaskEvent) -> ServerSentEvent:
+    """``step`` events carry one step's transition; ``run`` events the run's start and end."""
+    data: dict[str, Any]
+    if isinstance(event, ProgressEvent):
+        data = json.loads(event.data) if event.data else {}
+        return ServerSentEvent(
+            id=entry_id, event="step" if "step" in data else "run", data=json.dumps(data)
+        )
+    if isinstance(event, DoneEvent):
+        data = json.loads(event.result) if event.result else {"status": "succeeded"}
+    elif isinstance(event, ErrorEvent):
+        data = {"status": "failed", "message": event.message}
+    elif isinstance(event, CancelledEvent):
+        data = {"status": "cancelled", "message": event.reason}
+    else:
+        data = event.model_dump(mode="json")
+    return ServerSentEvent(id=entry_id, event="run", data=json.dumps(data))
+
+
+@router.get("/runs/{run_id}/events")
+async def run_events(
+    run_id: str,
+    user: CurrentUser,
+    services: ServicesDep,
+    last_event_id: Annotated[str | None, Header()] = None,
+    after: Annotated[str | None, Query(description="Resume after this event id.")] = None,
+) -> EventSourceResponse:
+    """Step transitions as server-sent events; ids are stream ids, so reconnects resume."""
+    try:
+        await service.get_owned(services, run_id, user.id)
+    except service.RunNotFound as exc:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from exc
+    cursor = last_event_id or after or "0-0"
+    if not _ENTRY_ID.match(cursor):
+        raise HTTPException(
+            status.HTTP_422_UNPROCESSABLE_CONTENT,
+            f"Last-Event-ID {cursor!r} is not a stream id like 1700000000000-0",
+        )
+    max_s = services.settings.max_invoke_timeout_s + 3600
+
+    async def stream() -> AsyncIterator[ServerSentEvent]:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + max_s
+        async with services.hub.subscribe(events_key(run_id), cursor) as sub:
+            while (remaining := deadline - loop.time()) > 0:
+                try:
+                    entry_id, event = await asyncio.wait_for(sub.get(), remaining)
+                except TimeoutError:
+                    return
+                yield _sse(entry_id, event)
+                if is_terminal(event):
+                    return
+
+    return EventSourceResponse(stream(), ping=int(services.settings.sse_ping_s))

@@ -1,0 +1,93 @@
+"""Test plumbing for the python_q sandbox: the unprivileged user, the sandbox venv, shared dirs.
+
+The bwrap backend refuses to run as root, so when tests run as root the python_q worker (and
+direct sandbox runs) go through ``setpriv`` as ``CORRAL_TEST_SANDBOX_USER`` (default corral,
+made by ``backend/scripts/sandbox_host_setup.sh``). As a normal user nothing changes hands.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import pwd
+import secrets
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+from tests.support.procs import BACKEND_DIR
+
+SANDBOX_USER = os.environ.get("CORRAL_TEST_SANDBOX_USER", "corral")
+SANDBOX_VENV = Path(
+    os.environ.get("CORRAL_TEST_SANDBOX_VENV", BACKEND_DIR / ".corral" / "sandbox-venv")
+)
+WASM_CACHE = Path(
+    os.environ.get("CORRAL_TEST_WASM_CACHE", Path.home() / ".cache" / "corral" / "wasm")
+)
+FAKE_S3_SECRET = "fake-s3-secret-" + secrets.token_hex(12)
+SETUP_HINT = "run `sudo backend/scripts/sandbox_host_setup.sh` once on this machine"
+
+
+def is_root() -> bool:
+    return os.geteuid() == 0
+
+
+def sandbox_user_home() -> str:
+    return pwd.getpwnam(SANDBOX_USER).pw_dir if is_root() else str(Path.home())
+
+
+def check_sandbox_host() -> None:
+    """Fail (never skip) with the fix when the host cannot run the bwrap sandbox."""
+    if shutil.which("bwrap") is None:
+        raise RuntimeError(f"bubblewrap is not installed; {SETUP_HINT}")
+    if is_root():
+        try:
+            pwd.getpwnam(SANDBOX_USER)
+        except KeyError:
+            raise RuntimeError(f"no user {SANDBOX_USER!r} for the sandbox; {SETUP_HINT}") from None
+
+
+def as_sandbox_user() -> list[str]:
+    """Command prefix that drops root to the sandbox user (empty when not root)."""
+    if not is_root():
+        return []
+    return ["setpriv", f"--reuid={SANDBOX_USER}", f"--regid={SANDBOX_USER}", "--init-groups"]
+
+
+def ensure_sandbox_venv() -> Path:
+    """The bwrap backend's venv, made with the production prepare step when missing."""
+    if not (SANDBOX_VENV / "bin" / "python").exists() or not (SANDBOX_VENV / "mpl-cache").is_dir():
+        from corral.tasks.sandbox.prepare import prepare_venv
+        from corral.tasks.sandbox.settings import SandboxSettings
+
+        prepare_venv(SandboxSettings(venv_path=SANDBOX_VENV))
+    return SANDBOX_VENV
+
+
+def shared_dir(prefix: str) -> Path:
+    """A temp dir both root and the sandbox user can write, also in subdirs made later (ACL)."""
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    atexit.register(shutil.rmtree, path, ignore_errors=True)
+    if is_root():
+        path.chmod(0o755)
+        rule = f"u:{SANDBOX_USER}:rwX"
+        subprocess.run(["setfacl", "-m", f"{rule},d:{rule}", str(path)], check=True)
+    return path
+
+
+def sandbox_env() -> dict[str, str]:
+    """Settings every worker may read; only python_q's uses them."""
+    return {
+        "TASKS_SANDBOX__BACKEND": "bwrap",
+        "TASKS_SANDBOX__VENV_PATH": str(SANDBOX_VENV),
+    }
+
+
+def python_worker_env() -> dict[str, str]:
+    """Extra env of the python_q worker: its home, and secrets that must not reach the sandbox."""
+    return {
+        "HOME": sandbox_user_home(),
+        "AWS_SECRET_ACCESS_KEY": FAKE_S3_SECRET,
+        "TASKS_STORAGE__S3__SECRET_ACCESS_KEY": FAKE_S3_SECRET,
+    }

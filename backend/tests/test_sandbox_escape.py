@@ -1,0 +1,249 @@
+"""Escape battery, once per backend: the sandbox runs directly (no Celery) through the CLI,
+as the unprivileged worker user for bwrap, with fake S3 secrets in its environment.
+
+Network checks only ever target a listener this test opens on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+from tests.support.sandbox import (
+    FAKE_S3_SECRET,
+    SANDBOX_VENV,
+    WASM_CACHE,
+    as_sandbox_user,
+    check_sandbox_host,
+    ensure_sandbox_venv,
+    sandbox_user_home,
+    shared_dir,
+)
+
+BACKENDS = ["bwrap", "wasm"]
+
+
+@pytest.fixture(scope="session")
+def sandbox_ready() -> None:
+    check_sandbox_host()
+    ensure_sandbox_venv()
+
+
+@pytest.fixture(scope="session")
+def wasm_ready() -> float:
+    """Compile (first time, about a minute) or load the cached wasm module once per session."""
+    started = time.monotonic()
+    proc = subprocess.run(
+        [sys.executable, "-m", "corral.tasks.sandbox.prepare", "wasm"],
+        env={**os.environ, "TASKS_SANDBOX__WASM_CACHE_DIR": str(WASM_CACHE)},
+        capture_output=True, text=True, timeout=900, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return time.monotonic() - started
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest, sandbox_ready: None) -> str:
+    if request.param == "wasm":
+        request.getfixturevalue("wasm_ready")
+    return str(request.param)
+
+
+@pytest.fixture
+def dirs() -> Iterator[tuple[Path, Path]]:
+    base = shared_dir("corral-escape-")
+    inp, out = base / "in", base / "out"
+    inp.mkdir()
+    out.mkdir()
+    yield inp, out
+
+
+def run_sandbox(
+    backend: str, code: str, dirs: tuple[Path, Path], limits: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    inp, out = dirs
+    env = {
+        **os.environ,
+        "TASKS_SANDBOX__VENV_PATH": str(SANDBOX_VENV),
+        "TASKS_SANDBOX__WASM_CACHE_DIR": str(WASM_CACHE),
+        "AWS_SECRET_ACCESS_KEY": FAKE_S3_SECRET,
+        "TASKS_STORAGE__S3__SECRET_ACCESS_KEY": FAKE_S3_SECRET,
+    }
+    prefix: list[str] = []
+    if backend == "bwrap":
+        prefix = as_sandbox_user()
+        env["HOME"] = sandbox_user_home()
+    cmd = [
+        *prefix, sys.executable, "-m", "corral.tasks.sandbox.cli", "run", "--backend", backend,
+        "--input", str(inp), "--output", str(out), "--limits", json.dumps(limits or {}),
+    ]  # fmt: skip
+    proc = subprocess.run(
+        cmd, input=code, capture_output=True, text=True, env=env, timeout=120, check=False
+    )
+    assert proc.returncode == 0, (
+        f"exit {proc.returncode}: {proc.stdout[-2000:]} {proc.stderr[-3000:]}"
+    )
+    result: dict[str, Any] = json.loads(proc.stdout)
+    assert result["backend"] == backend
+    return result
+
+
+def test_cannot_read_host_files(backend: str, dirs: tuple[Path, Path]) -> None:
+    code = "print(open('/etc/passwd').read())"
+    result = run_sandbox(backend, code, dirs)
+    assert "root:x:0" not in result["stdout"]
+    assert result["error"]["type"] in {"FileNotFoundError", "PermissionError"}, result
+    assert result["error"]["line"] == 1
+
+
+def test_worker_env_and_secrets_are_invisible(backend: str, dirs: tuple[Path, Path]) -> None:
+    code = (
+        "import os, glob\n"
+        "print(dict(os.environ))\n"
+        "for p in glob.glob('/proc/*/environ') + ['/proc/self/environ', '/proc/1/environ']:\n"
+        "    try:\n"
+        "        print(p, open(p, 'rb').read())\n"
+        "    except OSError as e:\n"
+        "        print(p, type(e).__name__)\n"
+    )
+    result = run_sandbox(backend, code, dirs)
+    seen = result["stdout"] + result["stderr"]
+    assert "dict" not in (result["error"] or {}).get("type", ""), result
+    assert "HOME" in seen  # the code did run and print its environment
+    assert FAKE_S3_SECRET not in seen
+    assert "TASKS_" not in seen and "CORRAL_" not in seen and "AWS_" not in seen
+
+
+def test_cannot_write_outside_the_output_dir(backend: str, dirs: tuple[Path, Path]) -> None:
+    code = (
+        "results = {}\n"
+        "for path in ['/x', '/usr/x', '/input/x', '/venv/x', '/sandbox/x', '/etc/x', '/proc/x']:\n"
+        "    try:\n"
+        "        open(path, 'w').write('x')\n"
+        "        results[path] = 'written'\n"
+        "    except OSError as e:\n"
+        "        results[path] = type(e).__name__\n"
+        "print(results)\n"
+        "open('/output/ok.txt', 'w').write('fine')\n"
+    )
+    result = run_sandbox(backend, code, dirs)
+    assert result["error"] is None, result
+    assert "written" not in result["stdout"], result["stdout"]
+    assert list(dirs[0].iterdir()) == []
+    assert (dirs[1] / "ok.txt").read_text() == "fine"
+
+
+def test_symlink_to_host_file_is_not_followed(backend: str, dirs: tuple[Path, Path]) -> None:
+    code = (
+        "import os\n"
+        "os.symlink('/etc/passwd', '/output/passwd.png')\n"
+        "os.symlink('/proc/self/environ', '/output/env.png')\n"
+    )
+    result = run_sandbox(backend, code, dirs)
+    _, out = dirs
+    for path in out.iterdir():
+        assert not path.is_symlink()
+        assert b"root:x:0" not in path.read_bytes()
+    assert not (out / "passwd.png").exists()
+    assert result["output_files"] == []
+    # bwrap makes the link and the collector skips it; wasm refuses to make it at all.
+    said = " ".join(result["notes"]) + json.dumps(result["error"])
+    assert "symbolic link" in said or "Not supported" in said, result
+
+
+def test_no_network_even_to_loopback(backend: str, dirs: tuple[Path, Path]) -> None:
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(8)
+        listener.setblocking(False)
+        port = listener.getsockname()[1]
+        code = (
+            "import socket\n"
+            f"socket.create_connection(('127.0.0.1', {port}), timeout=3)\n"
+            "print('connected')\n"
+        )
+        result = run_sandbox(backend, code, dirs)
+        with pytest.raises(BlockingIOError):
+            listener.accept()  # nobody ever connected
+    assert "connected" not in result["stdout"]
+    assert result["error"] is not None and result["error"]["line"] == 2, result
+
+
+def _sandbox_processes() -> list[psutil.Process]:
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        cmdline = proc.info.get("cmdline") or []
+        if "/sandbox/runner.py" in cmdline and "--mode" in cmdline:
+            found.append(proc)
+    return found
+
+
+def test_fork_bomb_is_contained(backend: str, dirs: tuple[Path, Path]) -> None:
+    code = "import os\nwhile True:\n    os.fork()\n"
+    started = time.monotonic()
+    result = run_sandbox(backend, code, dirs, {"wall_s": 10, "max_processes": 64})
+    assert time.monotonic() - started < 30
+    error = result["error"]
+    assert error is not None, result
+    if backend == "bwrap":
+        assert error["type"] in {"BlockingIOError", "TimeLimitExceeded"}, error
+        if error["type"] == "BlockingIOError":
+            assert "at most 64 processes" in error["message"], error
+    else:
+        assert error["type"] == "AttributeError"  # WASI has no fork at all
+    assert not [p for p in _sandbox_processes() if p.status() != psutil.STATUS_ZOMBIE]
+
+
+def test_4gb_allocation_hits_the_memory_limit(backend: str, dirs: tuple[Path, Path]) -> None:
+    code = "blocks = [bytearray(256 * 1024 * 1024) for _ in range(16)]\nprint('allocated')\n"
+    result = run_sandbox(backend, code, dirs, {"memory_mb": 512})
+    assert "allocated" not in result["stdout"]
+    error = result["error"]
+    assert error["type"] in {"MemoryError", "MemoryLimitExceeded"}, result
+    assert "512 MB" in error["message"]
+
+
+def test_infinite_loop_is_killed_at_the_limit(backend: str, dirs: tuple[Path, Path]) -> None:
+    started = time.monotonic()
+    result = run_sandbox(backend, "while True:\n    pass\n", dirs, {"wall_s": 2, "cpu_s": 2})
+    took = time.monotonic() - started
+    assert result["error"]["type"] == "TimeLimitExceeded", result
+    assert "2 s" in result["error"]["message"]
+    assert result["killed"] in {"wall_time", "cpu_time"}
+    assert took < 15, took
+    again = run_sandbox(backend, "print(1)", dirs)
+    assert again["stdout"] == "1\n" and again["error"] is None
+
+
+def test_100mb_of_stdout_is_truncated(backend: str, dirs: tuple[Path, Path]) -> None:
+    code = (
+        "import sys\nchunk = 'x' * 1_000_000\nfor _ in range(100):\n    sys.stdout.write(chunk)\n"
+    )
+    result = run_sandbox(backend, code, dirs, {"stdout_max_bytes": 100_000})
+    assert result["stdout_truncated"] is True
+    assert 0 < len(result["stdout"]) <= 100_000
+    assert any("stdout was cut at 100000 bytes" in n for n in result["notes"]), result["notes"]
+
+
+def test_1gb_file_is_capped(backend: str, dirs: tuple[Path, Path]) -> None:
+    code = (
+        "with open('/output/big.bin', 'wb') as f:\n"
+        "    for _ in range(1024):\n"
+        "        f.write(b'x' * (1 << 20))\n"
+    )
+    result = run_sandbox(backend, code, dirs, {"max_file_mb": 16, "memory_mb": 512})
+    error = result["error"]
+    assert error is not None, result
+    assert "16 MB" in error["message"], error
+    for path in dirs[1].iterdir():
+        assert path.stat().st_size <= 16 << 20

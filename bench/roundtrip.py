@@ -1,0 +1,215 @@
+"""Round-trip and fan-in benchmark of the task bus (issue: Foundation).
+
+Run: ``cd backend && uv run python ../bench/roundtrip.py [--n 200] [--waits 10000]``.
+
+In one run, against one private redis-server and real workers (one per queue):
+  1. no-op round trip through ``long_poll_celery_result`` (send + stream wait),
+  2. the same through Celery's own ``AsyncResult.get()`` (the baseline),
+  3. a status-polling loop every 2 s (what many apps do),
+  4. N concurrent waits in one process: wall time, Redis connections used for waiting, RSS.
+Prints a table with ratios against the Celery baseline.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import sys
+import time
+import uuid
+from pathlib import Path
+
+BACKEND = Path(__file__).resolve().parents[1] / "backend"
+sys.path.insert(0, str(BACKEND))
+
+import psutil  # noqa: E402
+import redis  # noqa: E402
+
+from corral.app.services import Services  # noqa: E402
+from corral.app.settings import AppSettings  # noqa: E402
+from corral.app.streams import TaskDone, long_poll_celery_result  # noqa: E402
+from corral.task_schemas import (  # noqa: E402
+    ALL_QUEUES,
+    SYSTEM_ECHO,
+    EchoInput,
+    Queue,
+    task_events_key,
+)
+from tests.support.procs import (  # noqa: E402
+    env_vars,
+    start_redis,
+    start_worker,
+    wait_workers_ready,
+)
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+async def bench_long_poll(services: Services, n: int) -> list[float]:
+    times = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        task_id = str(uuid.uuid4())
+        async with services.hub.subscribe(task_events_key(task_id)) as sub:
+            await services.sender.send(
+                SYSTEM_ECHO, EchoInput(), owner_id="bench", queue=Queue.LLM, task_id=task_id
+            )
+            outcome = await long_poll_celery_result(
+                task_id, timeout_s=30, hub=services.hub, backend=services.results, subscription=sub
+            )
+        assert isinstance(outcome, TaskDone)
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def bench_celery_get(services: Services, n: int) -> list[float]:
+    times = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        result = services.celery.send_task(
+            SYSTEM_ECHO.name, kwargs={"input": {}, "owner_id": "bench"}, queue=Queue.LLM.value
+        )
+        result.get(timeout=30)
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def bench_polling(services: Services, n: int, interval: float = 2.0) -> list[float]:
+    times = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        result = services.celery.send_task(
+            SYSTEM_ECHO.name, kwargs={"input": {}, "owner_id": "bench"}, queue=Queue.LLM.value
+        )
+        while result.state != "SUCCESS":
+            time.sleep(interval)
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+async def bench_fan_in(services: Services, redis_url: str, waits: int) -> dict[str, float]:
+    admin = redis.Redis.from_url(redis_url)
+    proc = psutil.Process()
+    rss_before = proc.memory_info().rss
+    ids = [str(uuid.uuid4()) for _ in range(waits)]
+    t0 = time.perf_counter()
+    tasks = [
+        asyncio.create_task(
+            long_poll_celery_result(tid, timeout_s=600, hub=services.hub, backend=services.results)
+        )
+        for tid in ids
+    ]
+    await asyncio.sleep(0.5)
+    peak_conn, peak_rss = 0, 0
+
+    def sample() -> None:
+        nonlocal peak_conn, peak_rss
+        waiting = sum(
+            1 for c in admin.client_list() if c.get("name", "").startswith("corral-waiter")
+        )
+        peak_conn = max(peak_conn, waiting)
+        peak_rss = max(peak_rss, proc.memory_info().rss)
+
+    sends = [
+        services.sender.send(
+            SYSTEM_ECHO,
+            EchoInput(payload=i),
+            owner_id="bench",
+            queue=ALL_QUEUES[i % 3],
+            task_id=tid,
+        )
+        for i, tid in enumerate(ids)
+    ]
+    await asyncio.gather(*sends)
+    while not all(t.done() for t in tasks):
+        sample()
+        await asyncio.sleep(0.5)
+    sample()
+    wall = time.perf_counter() - t0
+    ok = sum(
+        1
+        for i, t in enumerate(tasks)
+        if isinstance(t.result(), TaskDone) and t.result().output["payload"] == i
+    )
+    admin.close()
+    return {
+        "wall_s": wall,
+        "connections": peak_conn,
+        "rss_mb": peak_rss / 2**20,
+        "rss_growth_mb": (peak_rss - rss_before) / 2**20,
+        "correct": ok,
+    }
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--n", type=int, default=200, help="round trips per method")
+    parser.add_argument("--poll-n", type=int, default=5)
+    parser.add_argument("--waits", type=int, default=10_000)
+    args = parser.parse_args()
+
+    server = start_redis()
+    env = {
+        "TASKS_REDIS__URL": server.url,
+        "CORRAL_REDIS__URL": server.url,
+        "CORRAL_AUTH__MODE": "dev",
+        "CORRAL_AUTH__DEV_SECRET": "bench-" + uuid.uuid4().hex + uuid.uuid4().hex,
+        "CORRAL_STORAGE__SIGNING_SECRET": "bench-" + uuid.uuid4().hex + uuid.uuid4().hex,
+    }
+    workers = [start_worker((q.value,), env, name=f"{q.value}@bench") for q in ALL_QUEUES]
+    try:
+        wait_workers_ready(server.url + "/0", workers)
+        with env_vars(env):
+            settings = AppSettings()
+        services = await Services.start(settings)
+        try:
+            await bench_long_poll(services, 20)  # warm-up
+            await asyncio.to_thread(bench_celery_get, services, 20)
+            lp = await bench_long_poll(services, args.n)
+            cg = await asyncio.to_thread(bench_celery_get, services, args.n)
+            po = await asyncio.to_thread(bench_polling, services, args.poll_n)
+            fan = await bench_fan_in(services, server.url, args.waits)
+        finally:
+            await services.aclose()
+    finally:
+        for w in workers:
+            w.stop()
+        server.stop()
+
+    base50 = statistics.median(cg)
+    print(
+        f"\nNo-op round trip (echo on llm_q), n={args.n} (polling n={args.poll_n}), "
+        f"{os.cpu_count()} cores"
+    )
+    print("| method | p50 ms | p99 ms | p50 vs Celery get() |")
+    print("|---|---|---|---|")
+    for name, values in [
+        ("long_poll_celery_result", lp),
+        ("Celery AsyncResult.get()", cg),
+        ("status polling every 2 s", po),
+    ]:
+        p50 = statistics.median(values)
+        print(
+            f"| {name} | {p50 * 1000:.1f} | {pct(values, 0.99) * 1000:.1f} | {p50 / base50:.2f}x |"
+        )
+    print(f"\n{args.waits} concurrent waits in one process")
+    print("| wall s | waiting Redis connections (peak) | RSS MB (peak) | RSS growth MB | correct |")
+    print("|---|---|---|---|---|")
+    print(
+        f"| {fan['wall_s']:.1f} | {fan['connections']:.0f} | {fan['rss_mb']:.0f} | "
+        f"{fan['rss_growth_mb']:.0f} | {fan['correct']:.0f}/{args.waits} |"
+    )
+    verdict = statistics.median(lp) <= base50 and fan["connections"] <= 4 and fan["rss_mb"] < 300
+    print(
+        f"\ntargets (p50 <= 1.0x get(), <= 4 connections, < 300 MB): "
+        f"{'met' if verdict else 'NOT met'}"
+    )
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
