@@ -15,6 +15,7 @@ import httpx
 import pytest
 
 from corral.task_schemas import ALL_QUEUES, Queue
+from tests.support.db import PostgresServer, new_sqlite_database, postgres_server
 from tests.support.fake_openai import FakeOpenAI
 from tests.support.llm_env import LLM_API_KEY, llm_env
 from tests.support.sandbox import (
@@ -29,6 +30,7 @@ from tests.support.procs import (
     RedisServer,
     UvicornThread,
     Worker,
+    free_port,
     start_redis,
     start_worker,
     wait_workers_ready,
@@ -68,10 +70,24 @@ def fake_llm(fake_llm_server: FakeOpenAI) -> Iterator[FakeOpenAI]:
 
 
 @pytest.fixture(scope="session")
+def database_url(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The session app's database: a SQLite file migrated to head."""
+    return new_sqlite_database(tmp_path_factory.mktemp("db"))
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """CORRAL_TEST_POSTGRES_URL, or a private PostgreSQL started for the session."""
+    with postgres_server() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
 def stack_env(
     redis_server: RedisServer,
     tmp_path_factory: pytest.TempPathFactory,
     fake_llm_server: FakeOpenAI,
+    database_url: str,
 ) -> dict[str, str]:
     """Environment shared by the app and the workers under test."""
     objects = shared_dir("corral-test-objects-")  # the python_q worker runs as another user
@@ -85,6 +101,12 @@ def stack_env(
         "TASKS_STORAGE__LOCAL_DIR": str(objects),
         "CORRAL_STORAGE__LOCAL_DIR": str(objects),
         "CORRAL_STORAGE__SIGNING_SECRET": STORAGE_SECRET,
+        # circuit_q workers download datasets from the app's signed blob URLs (live_app's port).
+        "CORRAL_DATASETS__WORKER_BASE_URL": f"http://127.0.0.1:{free_port()}",
+        "CORRAL_DATABASE__URL": database_url,
+        # Limits have their own tests; the shared app must not throttle everyone else's.
+        "CORRAL_RATE_LIMITS__CHAT": "100000/minute",
+        "CORRAL_RATE_LIMITS__TOOLS": "100000/minute",
     }
 
 
@@ -134,7 +156,8 @@ def live_app(stack_env: dict[str, str], workers: dict[str, Worker]) -> Iterator[
 
     with env_vars(stack_env):
         settings = AppSettings()  # type: ignore[call-arg]
-    with UvicornThread(create_app(settings)) as server:
+    port = int(stack_env["CORRAL_DATASETS__WORKER_BASE_URL"].rsplit(":", 1)[1])
+    with UvicornThread(create_app(settings), port=port) as server:
         yield LiveApp(server.url, issue_dev_token(settings.auth), server)
 
 

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from typing import cast
 
 import openai
 import pytest
+from openai import Stream
+from openai.types.chat import ChatCompletionChunk
 
 from tests.support.fake_openai import FakeOpenAI, Reply, ToolCall
 
@@ -33,7 +36,12 @@ def test_tool_calls_plain_and_streamed(fake: FakeOpenAI) -> None:
     assert json.loads(got.function.arguments) == {"code": "print(1)"}  # type: ignore[union-attr]
 
     stream = c.chat.completions.create(model="m", messages=msg, stream=True)  # type: ignore[arg-type]
-    calls = [tc for chunk in stream for ch in chunk.choices for tc in ch.delta.tool_calls or []]
+    calls = [
+        tc
+        for chunk in cast(Stream[ChatCompletionChunk], stream)
+        for ch in chunk.choices
+        for tc in ch.delta.tool_calls or []
+    ]
     assert [(tc.id, tc.function.name) for tc in calls] == [("call_1", "run_python")]  # type: ignore[union-attr]
 
 

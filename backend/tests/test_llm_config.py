@@ -74,7 +74,7 @@ def test_env_json_for_app_and_workers() -> None:
     }  # fmt: skip
     with env_vars(env):
         tasks = TasksSettings()
-        app = AppSettings()  # type: ignore[call-arg]
+        app = AppSettings()
     for llm in (tasks.llm, app.llm):
         (config,) = llm.models
         assert config.name == "fast" and config.options == {"temperature": 0, "top_k": 5}
@@ -84,6 +84,6 @@ def test_env_json_for_app_and_workers() -> None:
 
 
 def test_bad_env_json_is_a_clear_error() -> None:
-    with env_vars({"TASKS_LLM__MODELS": json.dumps([model(api_key="changeme")])}):
-        with pytest.raises(ValidationError, match="placeholder"):
-            TasksSettings()
+    bad = {"TASKS_LLM__MODELS": json.dumps([model(api_key="changeme")])}
+    with env_vars(bad), pytest.raises(ValidationError, match="placeholder"):
+        TasksSettings()

@@ -40,7 +40,7 @@ def single_slot_stack(
     try:
         wait_workers_ready(server.url + "/0", [worker])
         with env_vars(env):
-            settings = AppSettings()  # type: ignore[call-arg]
+            settings = AppSettings()
         with UvicornThread(create_app(settings)) as app:
             yield app.url, server
     finally:
@@ -76,13 +76,15 @@ async def test_urgent_call_overtakes_queued_normal_ones(
 
         calls = [call("blocker")]
         await asyncio.to_thread(fake_llm.wait_for_requests, 1)  # the only slot is busy
+
+        def queued(n: int) -> None:
+            wait_until(lambda: queued_messages(server) == n, 10, f"{n} queued messages")
+
         for i in range(3):
             calls.append(call(f"normal-{i}"))
-            await asyncio.to_thread(
-                wait_until, lambda n=i + 1: queued_messages(server) == n, 10, "queued"
-            )
+            await asyncio.to_thread(queued, i + 1)
         calls.append(call("urgent", urgent=True))
-        await asyncio.to_thread(wait_until, lambda: queued_messages(server) == 4, 10, "queued")
+        await asyncio.to_thread(queued, 4)
         release.set()
         responses = await asyncio.gather(*calls)
 

@@ -15,6 +15,8 @@ from corral.app.auth.service import issue_dev_token
 from corral.app.settings import AuthSettings
 from tests.conftest import DEV_SECRET, LiveApp
 from tests.support.fake_openai import FakeOpenAI, RecordedRequest, Reply
+from tests.support.llm_env import wait_pool_full
+from tests.support.procs import Worker
 
 
 def answer(req: RecordedRequest) -> Reply:
@@ -23,9 +25,7 @@ def answer(req: RecordedRequest) -> Reply:
     return Reply(text=f"<{req.prompt}>", delay_s=0.6 if slow else 0.0)
 
 
-async def start(
-    api: httpx.AsyncClient, steps: list[dict[str, Any]], **extra: Any
-) -> httpx.Response:
+async def start(api: httpx.AsyncClient, steps: list[Any], **extra: Any) -> httpx.Response:
     return await api.post("/api/pipelines/runs", json={"steps": steps, **extra})
 
 
@@ -68,8 +68,9 @@ DIAMOND = [
 
 
 async def test_diamond_runs_middle_steps_concurrently_and_last_sees_both(
-    api: httpx.AsyncClient, fake_llm: FakeOpenAI
+    api: httpx.AsyncClient, fake_llm: FakeOpenAI, workers: dict[str, Worker]
 ) -> None:
+    wait_pool_full(workers["llm_q"])
     fake_llm.respond_with(answer)
     resp = await start(api, DIAMOND, input={"query": "tabs vs spaces"})
     assert resp.status_code == 202, resp.text
@@ -323,7 +324,10 @@ async def test_cancel_stops_the_run(api: httpx.AsyncClient, fake_llm: FakeOpenAI
     assert again.status_code == 409
 
 
-async def test_group_and_chord_steps(api: httpx.AsyncClient, fake_llm: FakeOpenAI) -> None:
+async def test_group_and_chord_steps(
+    api: httpx.AsyncClient, fake_llm: FakeOpenAI, workers: dict[str, Worker]
+) -> None:
+    wait_pool_full(workers["llm_q"])
     fake_llm.respond_with(answer)
     steps = [
         {

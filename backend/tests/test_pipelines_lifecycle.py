@@ -70,7 +70,7 @@ async def test_app_shutdown_cancels_running_runs(
 ) -> None:
     fake_llm.respond_with(lambda req: Reply(text="late", delay_s=6))
     with env_vars(stack_env):
-        settings = AppSettings()  # type: ignore[call-arg]
+        settings = AppSettings()
     server = UvicornThread(create_app(settings)).__enter__()
     try:
         async with httpx.AsyncClient(base_url=server.url, headers=live_app.headers) as other:

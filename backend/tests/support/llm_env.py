@@ -12,8 +12,10 @@ from __future__ import annotations
 import json
 import secrets
 
+import psutil
+
 from tests.support.fake_openai import FakeOpenAI
-from tests.support.procs import free_port
+from tests.support.procs import Worker, free_port, wait_until
 
 LLM_API_KEY = "test-llm-" + secrets.token_hex(16)
 
@@ -46,7 +48,7 @@ def llm_models(fake: FakeOpenAI) -> list[dict[str, object]]:
 def llm_env(fake: FakeOpenAI) -> dict[str, str]:
     """For both the app (CORRAL_) and the workers (TASKS_); retries fast so tests stay quick."""
     models = json.dumps(llm_models(fake))
-    env = {}
+    env: dict[str, str] = {}
     for prefix in ("CORRAL_LLM__", "TASKS_LLM__"):
         env |= {
             f"{prefix}MODELS": models,
@@ -55,3 +57,19 @@ def llm_env(fake: FakeOpenAI) -> dict[str, str]:
             f"{prefix}RETRY_BACKOFF_MAX_S": "0.1",
         }
     return env
+
+
+def wait_pool_full(worker: Worker, size: int = 2, timeout: float = 10.0) -> None:
+    """Wait until the worker has ``size`` live children.
+
+    After a revoke with terminate, Celery's prefork pool may reap the killed child only at its
+    next maintenance tick (up to 5 s); until then one slot is missing. Tests that assert
+    parallelism wait for the pool to be whole again.
+    """
+
+    def full() -> bool:
+        children = psutil.Process(worker.proc.pid).children()
+        alive = [c for c in children if c.status() != psutil.STATUS_ZOMBIE]
+        return len(alive) >= size and len(alive) == len(children)
+
+    wait_until(full, timeout, f"{size} live pool processes in {worker.name}", interval=0.1)

@@ -16,6 +16,10 @@ import structlog
 log = structlog.get_logger(__name__)
 
 
+class ShuttingDown(RuntimeError):
+    """No new background work once shutdown began."""
+
+
 class BackgroundTasks:
     def __init__(self) -> None:
         self._tasks: dict[str, asyncio.Task[Any]] = {}
@@ -24,7 +28,7 @@ class BackgroundTasks:
     def spawn(self, key: str, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         if self._closed:
             coro.close()
-            raise RuntimeError("the app is shutting down")
+            raise ShuttingDown("the app is shutting down; retry on another instance")
         if key in self._tasks:
             coro.close()
             raise ValueError(f"background task {key} already running")

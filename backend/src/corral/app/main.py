@@ -9,14 +9,21 @@ from pathlib import Path
 from fastapi import APIRouter, FastAPI
 from fastapi.staticfiles import StaticFiles
 
+from corral.app.artifacts.router import router as artifacts_router
+from corral.app.auth.router import router as auth_router
+from corral.app.chat.router import router as chat_router
+from corral.app.datasets.router import router as datasets_router
 from corral.app.health.router import router as health_router
 from corral.app.llm.router import router as llm_router
 from corral.app.pipelines.router import router as pipelines_router
+from corral.app.ratelimit.router import router as ratelimit_router
 from corral.app.services import Services
 from corral.app.settings import AppSettings
 from corral.app.storage.router import router as storage_router
 from corral.app.task_runs.router import router as tasks_router
+from corral.app.threads.router import router as threads_router
 from corral.app.tools.router import router as tools_router
+from corral.app.usage.router import router as usage_router
 
 REPO_ROOT = Path(__file__).resolve().parents[4]
 
@@ -38,6 +45,7 @@ def create_app(settings: AppSettings | None = None) -> FastAPI:
         services = await Services.start(settings)
         app.state.services = services
         try:
+            await services.start_background()
             yield
         finally:
             await services.aclose()
@@ -50,6 +58,13 @@ def create_app(settings: AppSettings | None = None) -> FastAPI:
     api.include_router(storage_router)
     api.include_router(llm_router)
     api.include_router(pipelines_router)
+    api.include_router(datasets_router)
+    api.include_router(auth_router)
+    api.include_router(threads_router)
+    api.include_router(chat_router)
+    api.include_router(artifacts_router)
+    api.include_router(usage_router)
+    api.include_router(ratelimit_router)
     app.include_router(api)
 
     frontend = _frontend_dir(settings)

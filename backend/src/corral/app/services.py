@@ -12,12 +12,17 @@ import redis.asyncio as aioredis
 from celery import Celery
 
 from corral.app.auth.service import TokenVerifier
+from corral.app.auth.users import KnownUsers
 from corral.app.background import BackgroundTasks
 from corral.app.celery_client import TaskSender, build_celery_client
+from corral.app.chat.llm import AgentModels
+from corral.app.db import Database
+from corral.app.ratelimit.service import RateLimits
 from corral.app.settings import AppSettings
 from corral.app.storage.store import ObjectStore, build_object_store
 from corral.app.streams import ResultBackendReader, StreamHub
-from corral.app.task_runs.repository import TaskRunRepository
+from corral.app.task_runs.reconcile import Reconciler
+from corral.app.task_runs.tracker import TaskRunTracker
 from corral.task_schemas import ALL_QUEUES
 
 
@@ -40,6 +45,7 @@ class ReadinessProbe:
     celery: Celery
     timeout_s: float
     cache_s: float
+    db: Database | None = None
     _cached: tuple[float, Readiness] | None = None
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
@@ -61,6 +67,12 @@ class ReadinessProbe:
         except Exception as exc:
             redis_ok = False
             problems.append(f"redis unreachable: {exc or type(exc).__name__}")
+        if self.db is not None:
+            try:
+                with anyio.fail_after(self.timeout_s):
+                    await self.db.ping()
+            except Exception as exc:
+                problems.append(f"database unreachable: {exc or type(exc).__name__}")
         queues: dict[str, list[str]] = {q.value: [] for q in ALL_QUEUES}
         if redis_ok:
             try:
@@ -90,13 +102,25 @@ class Services:
     hub: StreamHub
     results: ResultBackendReader
     verifier: TokenVerifier
-    task_runs: TaskRunRepository
     readiness: ReadinessProbe
     storage: ObjectStore
+    db: Database
+    users: KnownUsers
+    tracker: TaskRunTracker
+    reconciler: Reconciler
+    rate_limits: RateLimits
+    agent_models: AgentModels
     background: BackgroundTasks = field(default_factory=BackgroundTasks)
 
     @classmethod
     async def start(cls, settings: AppSettings) -> Services:
+        db = Database(settings.database)
+        try:
+            if settings.database.check_schema:
+                await db.check_schema()
+        except BaseException:
+            await db.aclose()
+            raise
         # Bursts (a thousand sends at once) wait for a connection instead of failing.
         redis = aioredis.Redis.from_pool(
             aioredis.BlockingConnectionPool.from_url(
@@ -112,28 +136,48 @@ class Services:
         hub = StreamHub(settings.redis.streams_url)
         await hub.start()
         storage = await build_object_store(settings.storage)
-        return cls(
+        sender = TaskSender(celery, redis, settings.streams)
+        results = ResultBackendReader(celery, settings.redis.backend_url)
+        tracker = TaskRunTracker(db, hub, results, redis)
+        services = cls(
             settings=settings,
             redis=redis,
             celery=celery,
-            sender=TaskSender(celery, redis, settings.streams),
+            sender=sender,
             hub=hub,
-            results=ResultBackendReader(celery, settings.redis.backend_url),
+            results=results,
             verifier=TokenVerifier(settings.auth),
-            task_runs=TaskRunRepository(redis, settings.streams.ttl_s),
             readiness=ReadinessProbe(
                 redis=redis,
                 celery=celery,
                 timeout_s=settings.readiness_timeout_s,
                 cache_s=settings.readiness_cache_s,
+                db=db,
             ),
             storage=storage,
+            db=db,
+            users=KnownUsers(db),
+            tracker=tracker,
+            reconciler=Reconciler(db, tracker, results, sender, celery, settings.task_runs),
+            rate_limits=RateLimits(settings.rate_limits, settings.redis.streams_url),
+            agent_models=AgentModels(settings.llm),
         )
+        return services
+
+    async def start_background(self) -> None:
+        """Follow runs left open by an earlier process and start the periodic reconcile."""
+        await self.tracker.resume(timeout_s=self.settings.max_invoke_timeout_s + 3600)
+        if self.settings.task_runs.reconcile_interval_s > 0:
+            self.background.spawn("task-runs-reconcile", self.reconciler.run_forever())
 
     async def aclose(self) -> None:
         await self.background.aclose()  # first: their cleanup still needs Redis and Celery
+        await self.tracker.aclose()
+        await self.rate_limits.aclose()
+        await self.agent_models.aclose()
         await self.storage.aclose()
         await self.hub.aclose()
         await self.results.aclose()
         await self.redis.aclose()
         self.celery.close()
+        await self.db.aclose()

@@ -8,6 +8,10 @@ from typing import Literal
 from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from corral.app.chat.settings import ChatSettings
+from corral.app.db.settings import DatabaseSettings
+from corral.app.ratelimit.settings import RateLimitSettings
+from corral.app.task_runs.settings import TaskRunSettings
 from corral.config import (
     LLMSettings,
     RedisSettings,
@@ -90,6 +94,29 @@ class AppStorageSettings(StorageSettings):
         return self
 
 
+class DatasetSettings(BaseModel):
+    """Uploaded datasets for circuit analysis (``CORRAL_DATASETS__...``)."""
+
+    max_upload_bytes: int = Field(default=500 * 1024 * 1024, ge=1, description="Upload cap.")
+    worker_base_url: str | None = Field(
+        default=None,
+        description="Origin the circuit_q workers reach this app at, e.g. http://app:8078; "
+        "needed with the local storage backend (its signed URLs are served by the app). "
+        "Unset: storage.public_base_url.",
+    )
+    preview_rows: int = Field(default=5, ge=0, le=100, description="Sample rows kept per dataset.")
+    result_url_ttl_s: int = Field(
+        default=3600, ge=60, le=7 * 86_400, description="Life of result download URLs."
+    )
+
+    @field_validator("worker_base_url")
+    @classmethod
+    def _base_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("http://", "https://")):
+            raise ValueError("datasets.worker_base_url must start with http:// or https://")
+        return value.rstrip("/") if value else value
+
+
 class AppSettings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="CORRAL_",
@@ -103,6 +130,7 @@ class AppSettings(BaseSettings):
     storage: AppStorageSettings = Field(default_factory=AppStorageSettings)
     auth: AuthSettings
     llm: LLMSettings = Field(default_factory=LLMSettings)
+    datasets: DatasetSettings = Field(default_factory=DatasetSettings)
     frontend_dir: Path | None = Field(
         default=None, description="Built frontend served at /; default: the repo's frontend/."
     )
@@ -110,3 +138,7 @@ class AppSettings(BaseSettings):
     readiness_timeout_s: float = Field(default=1.0, gt=0, le=10)
     max_invoke_timeout_s: float = Field(default=600.0, gt=0)
     sse_ping_s: float = Field(default=15.0, gt=0)
+    database: DatabaseSettings = Field(default_factory=DatabaseSettings)
+    rate_limits: RateLimitSettings = Field(default_factory=RateLimitSettings)
+    chat: ChatSettings = Field(default_factory=ChatSettings)
+    task_runs: TaskRunSettings = Field(default_factory=TaskRunSettings)

@@ -7,6 +7,7 @@ queues given with ``-Q``) and the lifecycle signal handlers.
 from __future__ import annotations
 
 from corral.tasks import (  # noqa: F401  (imported for registration)
+    circuit_analysis_task,
     lifecycle,
     llm_generate_task,
     python_tool_task,

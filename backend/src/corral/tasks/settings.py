@@ -9,6 +9,7 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from corral.config import LLMSettings, RedisSettings, StorageSettings, StreamSettings
+from corral.tasks.circuit.settings import CircuitSettings
 from corral.tasks.sandbox.settings import SandboxSettings
 
 
@@ -64,6 +65,9 @@ class TasksSettings(BaseSettings):
     llm: LLMSettings = Field(default_factory=LLMSettings)
     sandbox: SandboxSettings = Field(
         default_factory=SandboxSettings, description="python_q: TASKS_SANDBOX__BACKEND etc."
+    )
+    circuit: CircuitSettings = Field(
+        default_factory=CircuitSettings, description="circuit_q: TASKS_CIRCUIT__* limits."
     )
     celery: dict[str, Any] = Field(
         default_factory=dict, description="Any Celery option, e.g. TASKS_CELERY__worker_concurrency"

@@ -23,6 +23,8 @@ class InvalidToken(Exception):
 class User:
     id: str
     claims: dict[str, object]
+    api_key_id: str | None = None
+    """Set when the caller authenticated with an API key instead of a token."""
 
 
 def issue_dev_token(settings: AuthSettings, *, ttl_s: int = 30 * 86_400) -> str:

@@ -11,6 +11,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Header, HTTPException, Query, status
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
+from corral.app.background import ShuttingDown
 from corral.app.celery_client import BrokerUnavailable
 from corral.app.deps import CurrentUser, ServicesDep
 from corral.app.pipelines import service
@@ -45,7 +46,7 @@ async def start_run(
         return await service.start_run(services, user.id, body)
     except PipelineInvalid as exc:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from exc
-    except BrokerUnavailable as exc:
+    except (BrokerUnavailable, ShuttingDown) as exc:
         raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, str(exc)) from exc
 
 

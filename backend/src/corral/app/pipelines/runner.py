@@ -32,6 +32,7 @@ from corral.app.pipelines.schemas import (
     TERMINAL_STEP,
     VARIANTS,
     PipelineRun,
+    RunStatus,
     StepDef,
     StepError,
     StepStatus,
@@ -156,7 +157,7 @@ class PipelineRunner:
 
     async def _finish(self) -> None:
         run = self.run
-        status: str
+        status: RunStatus
         error: str | None
         if await self.repo.cancel_requested(run.run_id):
             status, error = "cancelled", "cancelled by user"
@@ -176,7 +177,7 @@ class PipelineRunner:
             )
         await self._close(status, error)
 
-    async def _abort(self, status: str, reason: str) -> None:
+    async def _abort(self, status: RunStatus, reason: str) -> None:
         """Stop every running step (their tasks too) and record why, within a deadline."""
         try:
             async with asyncio.timeout(10):
@@ -196,10 +197,10 @@ class PipelineRunner:
         except Exception as exc:
             log.error("could not record aborted pipeline", run_id=self.run.run_id, error=repr(exc))
 
-    async def _close(self, status: str, error: str | None) -> None:
+    async def _close(self, status: RunStatus, error: str | None) -> None:
         async with self._lock:
             run = self.run
-            run.status = status  # type: ignore[assignment]
+            run.status = status
             run.error = error
             run.finished_at = now()
             await self.repo.save(run)

@@ -1,79 +1,104 @@
-"""Who owns which task, kept in Redis beside the streams (same TTL).
-
-A hash per task (``task:{id}:meta``) and a sorted set per owner, newest first by score.
-"""
+"""Task runs in SQL (the record) and their event streams in Redis (the live detail)."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from collections.abc import Sequence
+from datetime import datetime
 from typing import Any
 
 import redis.asyncio as aioredis
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
 
-from corral.app.task_runs.schemas import TaskRunRecord, TaskState
-from corral.task_schemas import EventType, decode_event, task_events_key
-
-_STATE_OF_EVENT: dict[str, TaskState] = {
-    EventType.QUEUED: "queued",
-    EventType.STARTED: "running",
-    EventType.PROGRESS: "running",
-    EventType.DONE: "done",
-    EventType.ERROR: "error",
-    EventType.CANCELLED: "cancelled",
-}
+from corral.app.db.models import TaskRun
+from corral.app.task_runs.schemas import ACTIVE_STATES, TaskRunOut, TaskState
+from corral.task_schemas import TaskEvent, decode_event, task_events_key
 
 
-def _meta_key(task_id: str) -> str:
-    return f"task:{task_id}:meta"
+async def get(session: AsyncSession, task_id: str) -> TaskRun | None:
+    return await session.get(TaskRun, task_id)
 
 
-def _owner_key(owner_id: str) -> str:
-    return f"owner:{owner_id}:tasks"
+async def get_owned(session: AsyncSession, task_id: str, owner_id: str) -> TaskRun | None:
+    row = await session.get(TaskRun, task_id)
+    return row if row is not None and row.owner_id == owner_id else None
 
 
-class TaskRunRepository:
-    def __init__(self, redis: aioredis.Redis, ttl_s: int) -> None:
-        self._redis = redis
-        self._ttl_s = ttl_s
-
-    async def add(self, record: TaskRunRecord) -> None:
-        score = record.created_at.timestamp()
-        pipe = self._redis.pipeline(transaction=True)
-        fields: Any = record.model_dump(mode="json", exclude_none=True)
-        pipe.hset(_meta_key(record.task_id), mapping=fields)
-        pipe.expire(_meta_key(record.task_id), self._ttl_s)
-        pipe.zadd(_owner_key(record.owner_id), {record.task_id: score})
-        pipe.zremrangebyscore(_owner_key(record.owner_id), "-inf", score - self._ttl_s)
-        pipe.expire(_owner_key(record.owner_id), self._ttl_s)
-        await pipe.execute()
-
-    async def get(self, task_id: str) -> TaskRunRecord | None:
-        raw: Any = await self._redis.hgetall(_meta_key(task_id))
-        return TaskRunRecord.model_validate(raw) if raw else None
-
-    async def list_ids(self, owner_id: str, limit: int) -> list[str]:
-        ids: Any = await self._redis.zrevrange(_owner_key(owner_id), 0, limit - 1)
-        return [str(i) for i in ids]
-
-    async def states(self, task_ids: list[str]) -> list[TaskState]:
-        pipe = self._redis.pipeline(transaction=False)
-        for task_id in task_ids:
-            pipe.xrevrange(task_events_key(task_id), count=1)
-        out: list[TaskState] = []
-        results: list[Any] = await pipe.execute()
-        for last in results:
-            if not last:
-                out.append("unknown")
-                continue
-            _, fields = last[0]
-            out.append(_STATE_OF_EVENT.get(decode_event(fields).type, "unknown"))
-        return out
-
-    async def events(self, task_id: str, after: str = "-") -> list[tuple[str, dict[str, str]]]:
-        start = after if after == "-" else f"({after}"
-        entries: Any = await self._redis.xrange(task_events_key(task_id), min=start, count=10_000)
-        return [(entry_id, dict(fields)) for entry_id, fields in entries]
+async def list_for(
+    session: AsyncSession,
+    owner_id: str,
+    *,
+    state: TaskState | None = None,
+    thread_id: str | None = None,
+    limit: int = 50,
+) -> Sequence[TaskRun]:
+    query = select(TaskRun).where(TaskRun.owner_id == owner_id)
+    if state is not None:
+        query = query.where(TaskRun.state == state)
+    if thread_id is not None:
+        query = query.where(TaskRun.thread_id == thread_id)
+    query = query.order_by(TaskRun.created_at.desc(), TaskRun.id).limit(limit)
+    return (await session.scalars(query)).all()
 
 
-def now_utc() -> datetime:
-    return datetime.now(UTC)
+async def active_ids(session: AsyncSession, owner_id: str, limit: int = 500) -> list[str]:
+    rows = await session.scalars(
+        select(TaskRun.id)
+        .where(TaskRun.owner_id == owner_id, TaskRun.state.in_(ACTIVE_STATES))
+        .limit(limit)
+    )
+    return list(rows)
+
+
+def to_out(row: TaskRun) -> TaskRunOut:
+    return TaskRunOut(
+        task_id=row.id,
+        task_name=row.task_name,
+        queue=row.queue,
+        tool=row.tool,
+        thread_id=row.thread_id,
+        created_at=row.created_at,
+        started_at=row.started_at,
+        finished_at=row.finished_at,
+        state=row.state,
+        attempts=row.attempts,
+        error_type=row.error_type,
+        error_message=row.error_message,
+        output_refs=row.output_refs or [],
+    )
+
+
+async def last_events(
+    redis: aioredis.Redis, task_ids: Sequence[str]
+) -> dict[str, tuple[str, TaskEvent] | None]:
+    """The newest entry of each task's stream (``None``: no stream, e.g. expired)."""
+    pipe = redis.pipeline(transaction=False)
+    for task_id in task_ids:
+        pipe.xrevrange(task_events_key(task_id), count=1)
+    results: list[Any] = await pipe.execute()
+    out: dict[str, tuple[str, TaskEvent] | None] = {}
+    for task_id, last in zip(task_ids, results, strict=True):
+        if not last:
+            out[task_id] = None
+            continue
+        entry_id, fields = last[0]
+        try:
+            out[task_id] = (str(entry_id), decode_event(fields))
+        except ValueError:
+            out[task_id] = None
+    return out
+
+
+async def events(
+    redis: aioredis.Redis, task_id: str, after: str = "-"
+) -> list[tuple[str, dict[str, str]]]:
+    start = after if after == "-" else f"({after}"
+    entries: Any = await redis.xrange(task_events_key(task_id), min=start, count=10_000)
+    return [(entry_id, dict(fields)) for entry_id, fields in entries]
+
+
+def entry_time(entry_id: str) -> datetime:
+    from datetime import UTC
+
+    ms = int(entry_id.split("-", 1)[0])
+    return datetime.fromtimestamp(ms / 1000, UTC)

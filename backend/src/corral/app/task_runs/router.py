@@ -27,8 +27,9 @@ async def list_tasks(
     services: ServicesDep,
     state: TaskState | None = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    thread_id: Annotated[str | None, Query(description="Only this thread's tasks.")] = None,
 ) -> list[TaskRunOut]:
-    return await service.list_runs(services, user.id, state=state, limit=limit)
+    return await service.list_runs(services, user.id, state=state, limit=limit, thread_id=thread_id)
 
 
 @router.get("/{task_id}", response_model=TaskRunDetail)

@@ -7,16 +7,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel
 
-TaskState = Literal["queued", "running", "done", "error", "cancelled", "unknown"]
-
-
-class TaskRunRecord(BaseModel):
-    task_id: str
-    owner_id: str
-    task_name: str
-    queue: str
-    tool: str | None = None
-    created_at: datetime
+TaskState = Literal["queued", "running", "done", "error", "cancelled", "lost"]
+ACTIVE_STATES: tuple[TaskState, ...] = ("queued", "running")
+FINAL_STATES: frozenset[str] = frozenset({"done", "error", "cancelled"})
+"""Never left again. ``lost`` is terminal too, but a late outcome may still replace it."""
+TERMINAL_STATES: frozenset[str] = FINAL_STATES | {"lost"}
 
 
 class TaskEventOut(BaseModel):
@@ -30,8 +25,15 @@ class TaskRunOut(BaseModel):
     task_name: str
     queue: str
     tool: str | None
+    thread_id: str | None = None
     created_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
     state: TaskState
+    attempts: int = 0
+    error_type: str | None = None
+    error_message: str | None = None
+    output_refs: list[str] = []
 
 
 class TaskRunDetail(TaskRunOut):

@@ -1,4 +1,9 @@
-"""Submitting, listing, reading and cancelling the caller's tasks."""
+"""Submitting, listing, reading and cancelling the caller's tasks.
+
+Send after commit: the ``task_runs`` row is committed in its own short transaction before the
+message is published, so a worker can never run (or finish) a task the database does not know.
+The row then follows the task's events (``TaskRunTracker``).
+"""
 
 from __future__ import annotations
 
@@ -7,13 +12,16 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from corral.app.celery_client import BrokerUnavailable
+from corral.app.db.models import TaskRun
 from corral.app.services import Services
-from corral.app.task_runs.repository import now_utc
+from corral.app.task_runs import repository
 from corral.app.task_runs.schemas import (
+    ACTIVE_STATES,
+    TERMINAL_STATES,
     TaskEventOut,
     TaskRunDetail,
     TaskRunOut,
-    TaskRunRecord,
     TaskState,
 )
 from corral.task_schemas import CancelledEvent, Queue, TaskSpec
@@ -28,7 +36,9 @@ class TaskAlreadyFinished(RuntimeError):
     pass
 
 
-TERMINAL_STATES: frozenset[TaskState] = frozenset({"done", "error", "cancelled"})
+def watch_timeout_s(services: Services, spec: TaskSpec[Any, Any]) -> float:
+    """How long a run may legitimately take: queued until expiry, then its hard limit."""
+    return spec.expires_s + spec.time_limit_s + services.settings.task_runs.grace_s
 
 
 async def submit(
@@ -41,72 +51,91 @@ async def submit(
     tool: str | None = None,
     priority: int | None = None,
     task_id: str | None = None,
+    thread_id: str | None = None,
 ) -> str:
-    """Record who owns the task, then publish it (the record exists before any worker can run)."""
+    """Commit the run's row, then publish the task; returns the task id."""
     target = services.sender.resolve_queue(spec, queue)
     task_id = task_id or str(uuid.uuid4())
-    await services.task_runs.add(
-        TaskRunRecord(
-            task_id=task_id,
-            owner_id=owner_id,
-            task_name=spec.name,
-            queue=target.value,
-            tool=tool,
-            created_at=now_utc(),
+    await services.users.ensure(owner_id)
+    async with services.db.session() as session:
+        session.add(
+            TaskRun(
+                id=task_id,
+                owner_id=owner_id,
+                thread_id=thread_id,
+                task_name=spec.name,
+                queue=target.value,
+                tool=tool,
+                state="queued",
+            )
         )
-    )
-    return await services.sender.send(
-        spec, task_input, owner_id=owner_id, queue=target, task_id=task_id, priority=priority
-    )
+    try:
+        await services.sender.send(
+            spec, task_input, owner_id=owner_id, queue=target, task_id=task_id, priority=priority
+        )
+    except BrokerUnavailable as exc:
+        await services.tracker.finish(
+            task_id, "error", error_type="BrokerUnavailable", error_message=str(exc)
+        )
+        raise
+    services.tracker.watch(task_id, timeout_s=watch_timeout_s(services, spec))
+    return task_id
 
 
-async def get_owned(services: Services, task_id: str, owner_id: str) -> TaskRunRecord:
-    record = await services.task_runs.get(task_id)
-    if record is None or record.owner_id != owner_id:
+async def get_owned(services: Services, task_id: str, owner_id: str) -> TaskRun:
+    async with services.db.session() as session:
+        row = await repository.get_owned(session, task_id, owner_id)
+    if row is None:
         raise TaskNotFound(task_id)
-    return record
+    return row
 
 
-def _out(record: TaskRunRecord, state: TaskState) -> TaskRunOut:
-    return TaskRunOut(
-        task_id=record.task_id,
-        task_name=record.task_name,
-        queue=record.queue,
-        tool=record.tool,
-        created_at=record.created_at,
-        state=state,
-    )
+async def _current(services: Services, task_id: str, owner_id: str) -> TaskRun:
+    """The row after applying its stream's newest event (never behind what a waiter saw)."""
+    row = await get_owned(services, task_id, owner_id)
+    if row.state in ACTIVE_STATES:
+        await services.tracker.sync([task_id])
+        row = await get_owned(services, task_id, owner_id)
+    return row
 
 
 async def list_runs(
-    services: Services, owner_id: str, *, state: TaskState | None, limit: int
+    services: Services,
+    owner_id: str,
+    *,
+    state: TaskState | None,
+    limit: int,
+    thread_id: str | None = None,
 ) -> list[TaskRunOut]:
-    # Over-fetch when filtering so a page of `limit` matching tasks is usually complete.
-    ids = await services.task_runs.list_ids(owner_id, limit if state is None else limit * 10)
-    records = [r for r in [await services.task_runs.get(i) for i in ids] if r is not None]
-    states = await services.task_runs.states([r.task_id for r in records])
-    runs = [_out(r, s) for r, s in zip(records, states, strict=True)]
-    if state is not None:
-        runs = [r for r in runs if r.state == state]
-    return runs[:limit]
+    async with services.db.session() as session:
+        active = await repository.active_ids(session, owner_id)
+    await services.tracker.sync(active)
+    async with services.db.session() as session:
+        rows = await repository.list_for(
+            session, owner_id, state=state, thread_id=thread_id, limit=limit
+        )
+    return [repository.to_out(r) for r in rows]
 
 
 async def detail(services: Services, task_id: str, owner_id: str) -> TaskRunDetail:
-    record = await get_owned(services, task_id, owner_id)
-    (state,) = await services.task_runs.states([task_id])
+    row = await _current(services, task_id, owner_id)
     events = [
         TaskEventOut(id=eid, type=fields.get("type", ""), data=fields)
-        for eid, fields in await services.task_runs.events(task_id)
+        for eid, fields in await repository.events(services.redis, task_id)
     ]
-    return TaskRunDetail(**_out(record, state).model_dump(), events=events)
+    return TaskRunDetail(**repository.to_out(row).model_dump(), events=events)
 
 
-async def cancel(services: Services, task_id: str, owner_id: str) -> TaskState:
-    await get_owned(services, task_id, owner_id)
-    (state,) = await services.task_runs.states([task_id])
-    if state in TERMINAL_STATES:
-        raise TaskAlreadyFinished(f"task {task_id} already finished ({state})")
+async def cancel(
+    services: Services, task_id: str, owner_id: str, reason: str = "cancelled by user"
+) -> TaskState:
+    row = await _current(services, task_id, owner_id)
+    if row.state in TERMINAL_STATES:
+        raise TaskAlreadyFinished(f"task {task_id} already finished ({row.state})")
     # The event first, so waiters answer at once; then the revoke kills the process.
-    await services.sender.publish_event(task_id, CancelledEvent(reason="cancelled by user"))
+    await services.sender.publish_event(task_id, CancelledEvent(reason=reason))
+    await services.tracker.finish(
+        task_id, "cancelled", error_type="Cancelled", error_message=reason
+    )
     await services.sender.revoke(task_id)
     return "cancelled"

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, HTTPException, status
 
 from corral.app.celery_client import BrokerUnavailable, QueueNotAllowed
-from corral.app.deps import CurrentUser, ServicesDep
+from corral.app.deps import CurrentUser, ServicesDep, ToolsLimit
 from corral.app.tools import (
     catalog,  # noqa: F401  (registers every tool)
     service,
@@ -26,7 +26,7 @@ async def list_tools(user: CurrentUser) -> list[ToolOut]:
 
 @router.post("/{name}/invoke", response_model=InvokeResponse)
 async def invoke_tool(
-    name: str, body: InvokeRequest, user: CurrentUser, services: ServicesDep
+    name: str, body: InvokeRequest, user: CurrentUser, services: ServicesDep, _limit: ToolsLimit
 ) -> InvokeResponse:
     limit = services.settings.max_invoke_timeout_s
     if body.timeout_s > limit:

@@ -49,6 +49,7 @@ async def start(
     arguments: dict[str, Any],
     *,
     task_id: str | None = None,
+    thread_id: str | None = None,
 ) -> tuple[Tool, str]:
     """Validate and send; returns the tool and the task id."""
     tool = get_tool(name)
@@ -68,6 +69,7 @@ async def start(
         queue=queue,
         tool=tool.name,
         task_id=task_id,
+        thread_id=thread_id,
     )
     return tool, task_id
 

@@ -1,0 +1,309 @@
+"""Keeping ``task_runs`` rows in step with their tasks' event streams.
+
+Each task the app sends is followed through the process's ``StreamHub`` (no extra Redis
+connections) and its row is written on state changes only: ``running`` on the first
+``started``/``progress``, then once at the end with the error, the output's object keys, its
+artifacts and its token usage. Reads that must be current (``sync``) apply a stream's newest
+event first. Final states never change; ``lost`` may still be replaced by a late outcome.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+from typing import Any
+
+import redis.asyncio as aioredis
+import structlog
+from sqlalchemy import or_, select, update
+
+from corral.app.db import Database
+from corral.app.db.base import utcnow
+from corral.app.db.models import Artifact, TaskRun
+from corral.app.storage.store import KEY_RE
+from corral.app.streams import ResultBackendReader, StreamHub, TaskDone
+from corral.app.streams.long_poll import outcome_from_backend
+from corral.app.task_runs import repository
+from corral.app.usage import repository as usage
+from corral.task_schemas import (
+    CancelledEvent,
+    DoneEvent,
+    ErrorEvent,
+    ProgressEvent,
+    StartedEvent,
+    TaskEvent,
+    task_events_key,
+)
+
+log = structlog.get_logger(__name__)
+
+LOST_ERROR_TYPE = "TaskLost"
+_OPEN = ("queued", "running", "lost")  # states a final outcome may still replace
+_MAX_REFS = 200
+
+
+def object_refs(output: Any, owner_id: str, limit: int = _MAX_REFS) -> list[dict[str, Any]]:
+    """Objects of ``owner_id`` named in an output: ``{"key": k, ...}`` or ``{"<x>_key": k}``."""
+    found: list[dict[str, Any]] = []
+
+    def walk(node: Any, depth: int) -> None:
+        if depth < 0 or len(found) >= limit:
+            return
+        if isinstance(node, dict):
+            for name, value in node.items():
+                if (
+                    (name == "key" or name.endswith("_key"))
+                    and isinstance(value, str)
+                    and KEY_RE.fullmatch(value)
+                    and value.split("/", 1)[0] == owner_id
+                ):
+                    # ``{"key": k, "name": ..., "size": ...}`` describes k; ``x_key`` is bare.
+                    found.append(node if name == "key" else {"key": value})
+                else:
+                    walk(value, depth - 1)
+        elif isinstance(node, list):
+            for value in node[:1000]:
+                walk(value, depth - 1)
+
+    walk(output, 6)
+    return found
+
+
+class TaskRunTracker:
+    def __init__(
+        self,
+        db: Database,
+        hub: StreamHub,
+        results: ResultBackendReader,
+        streams: aioredis.Redis,
+    ) -> None:
+        self._db = db
+        self._hub = hub
+        self._results = results
+        self.streams = streams
+        self._watchers: dict[str, asyncio.Task[None]] = {}
+        self._closed = False
+
+    # -- following live ------------------------------------------------------------------------
+
+    @property
+    def watching(self) -> int:
+        return len(self._watchers)
+
+    def watch(self, task_id: str, *, timeout_s: float) -> None:
+        """Follow ``task_id`` to its terminal event or ``timeout_s`` (then reconcile takes over)."""
+        if self._closed or task_id in self._watchers:
+            return
+        task = asyncio.get_running_loop().create_task(
+            self._follow(task_id, timeout_s), name=f"task-run-watch:{task_id}"
+        )
+        self._watchers[task_id] = task
+        task.add_done_callback(lambda t: self._watchers.pop(task_id, None))
+
+    async def _follow(self, task_id: str, timeout_s: float) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        running = False
+        try:
+            async with self._hub.subscribe(task_events_key(task_id)) as sub:
+                while (remaining := deadline - loop.time()) > 0:
+                    try:
+                        entry_id, event = await asyncio.wait_for(sub.get(), remaining)
+                    except TimeoutError:
+                        return
+                    if isinstance(event, ProgressEvent) and running:
+                        continue
+                    running = running or isinstance(event, StartedEvent | ProgressEvent)
+                    await self.apply(task_id, entry_id, event)
+                    if isinstance(event, DoneEvent | ErrorEvent | CancelledEvent):
+                        return
+        except Exception as exc:  # a lost DB write is repaired by sync/reconcile
+            log.warning("task run watcher failed", task_id=task_id, error=repr(exc))
+
+    async def resume(self, timeout_s: float, limit: int = 10_000) -> int:
+        """After a restart: follow every run still queued or running."""
+        async with self._db.session() as session:
+            ids = list(
+                await session.scalars(
+                    select(TaskRun.id).where(TaskRun.state.in_(("queued", "running"))).limit(limit)
+                )
+            )
+        for task_id in ids:
+            self.watch(task_id, timeout_s=timeout_s)
+        return len(ids)
+
+    async def sync(self, task_ids: Sequence[str]) -> None:
+        """Apply each stream's newest event now (for reads that must not lag the stream)."""
+        if not task_ids:
+            return
+        for task_id, item in (await repository.last_events(self.streams, task_ids)).items():
+            if item is not None:
+                await self.apply(task_id, *item)
+
+    async def aclose(self) -> None:
+        self._closed = True
+        tasks = list(self._watchers.values())
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+    # -- writing rows --------------------------------------------------------------------------
+
+    async def apply(self, task_id: str, entry_id: str, event: TaskEvent) -> str | None:
+        """Write what ``event`` changes; returns the new state, or ``None`` if nothing changed."""
+        when = repository.entry_time(entry_id)
+        if isinstance(event, StartedEvent | ProgressEvent):
+            return await self._mark_running(task_id, entry_id, when, event)
+        if isinstance(event, DoneEvent):
+            output = await self._output(task_id, event)
+            changed = await self.finish(
+                task_id, "done", when=when, entry_id=entry_id, output=output
+            )
+            return "done" if changed else None
+        if isinstance(event, ErrorEvent):
+            state = "lost" if event.error_type == LOST_ERROR_TYPE else "error"
+            changed = await self.finish(
+                task_id,
+                state,
+                when=when,
+                entry_id=entry_id,
+                error_type=event.error_type,
+                error_message=event.message,
+            )
+            return state if changed else None
+        if isinstance(event, CancelledEvent):
+            changed = await self.finish(
+                task_id,
+                "cancelled",
+                when=when,
+                entry_id=entry_id,
+                error_type="Cancelled",
+                error_message=event.reason,
+            )
+            return "cancelled" if changed else None
+        return None
+
+    async def _mark_running(
+        self, task_id: str, entry_id: str, when: datetime, event: StartedEvent | ProgressEvent
+    ) -> str | None:
+        values: dict[str, Any] = {"state": "running", "last_event_at": when}
+        values["last_event_id"] = entry_id
+        condition = TaskRun.state == "queued"
+        if isinstance(event, StartedEvent):
+            values |= {"attempts": event.attempt, "worker": event.worker[:200] or None}
+            condition = or_(
+                condition, (TaskRun.state == "running") & (TaskRun.attempts < event.attempt)
+            )
+        async with self._db.session() as session:
+            result: Any = await session.execute(
+                update(TaskRun).where(TaskRun.id == task_id, condition).values(**values)
+            )
+            if result.rowcount:
+                # started_at is the first start; a retry keeps it.
+                await session.execute(
+                    update(TaskRun)
+                    .where(TaskRun.id == task_id, TaskRun.started_at.is_(None))
+                    .values(started_at=when)
+                )
+                return "running"
+        return None
+
+    async def _output(self, task_id: str, event: DoneEvent) -> Any:
+        if event.result is not None:
+            try:
+                return json.loads(event.result)
+            except ValueError:
+                return None
+        outcome = await outcome_from_backend(self._results, task_id)
+        return outcome.output if isinstance(outcome, TaskDone) else None
+
+    async def finish(
+        self,
+        task_id: str,
+        state: str,
+        *,
+        when: datetime | None = None,
+        entry_id: str | None = None,
+        output: Any = None,
+        error_type: str | None = None,
+        error_message: str | None = None,
+    ) -> bool:
+        """Record the end of a run once (``lost`` may be replaced); True if this call did."""
+        when = when or utcnow()
+        async with self._db.session() as session:
+            row = await session.get(TaskRun, task_id)
+            if row is None or row.state not in _OPEN:
+                return False
+            refs = object_refs(output, row.owner_id) if state == "done" else []
+            values: dict[str, Any] = {
+                "state": state,
+                "finished_at": when,
+                "last_event_at": when,
+                "error_type": error_type,
+                "error_message": error_message[:10_000] if error_message else None,
+                "output_refs": [r["key"] for r in refs] or None,
+            }
+            if entry_id is not None:
+                values["last_event_id"] = entry_id
+            result: Any = await session.execute(
+                update(TaskRun)
+                .where(TaskRun.id == task_id, TaskRun.state.in_(_OPEN))
+                .values(**values)
+            )
+            if not result.rowcount:
+                return False
+            if state == "done":
+                await self._add_artifacts(session, row, refs)
+                if not row.usage_recorded:
+                    self._add_usage(session, row, output, when)
+        return True
+
+    async def _add_artifacts(
+        self, session: Any, row: TaskRun, refs: Iterable[dict[str, Any]]
+    ) -> None:
+        refs = list(refs)
+        if not refs:
+            return
+        keys = [r["key"] for r in refs]
+        existing = set(await session.scalars(select(Artifact.key).where(Artifact.key.in_(keys))))
+        for ref in refs:
+            key = ref["key"]
+            if key in existing:
+                continue
+            existing.add(key)
+            size = ref.get("size")
+            session.add(
+                Artifact(
+                    owner_id=row.owner_id,
+                    thread_id=row.thread_id,
+                    task_run_id=row.id,
+                    key=key,
+                    kind=key.split("/")[1],
+                    name=str(ref.get("name"))[:200] if ref.get("name") else None,
+                    content_type=str(ref.get("content_type"))[:200]
+                    if ref.get("content_type")
+                    else None,
+                    size=size if isinstance(size, int) else None,
+                )
+            )
+
+    def _add_usage(self, session: Any, row: TaskRun, output: Any, when: datetime) -> None:
+        calls = usage.calls_in_output(output)
+        for call in calls:
+            usage.add(
+                session,
+                owner_id=row.owner_id,
+                model=call.model,
+                provider_model=call.provider_model,
+                usage=call.usage,
+                source="task",
+                thread_id=row.thread_id,
+                task_run_id=row.id,
+                when=when,
+            )
+        row.usage_recorded = True

@@ -1,0 +1,112 @@
+"""Helpers for the assistant tests: app instances on a chosen database, users, chat streams."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import jwt
+from httpx_sse import aconnect_sse
+
+from corral.app.auth.service import DEV_AUDIENCE, DEV_ISSUER
+from tests.support.procs import UvicornThread, env_vars, free_port
+
+
+def dev_token(sub: str, secret: str, *, ttl_s: int = 3600, **claims: Any) -> str:
+    """A dev-mode token for any subject (the app creates the user on first sight)."""
+    now = int(time.time())
+    body = {"sub": sub, "iss": DEV_ISSUER, "aud": DEV_AUDIENCE, "iat": now, "exp": now + ttl_s}
+    return jwt.encode(body | claims, secret, algorithm="HS256")
+
+
+def new_user() -> str:
+    return f"user-{uuid.uuid4().hex[:10]}"
+
+
+@dataclass
+class AssistantApp:
+    url: str
+    secret: str
+    database_url: str
+    server: UvicornThread
+    dialect: str
+
+    def headers(self, sub: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {dev_token(sub, self.secret)}"}
+
+    def client(self, sub: str | None = None, timeout: float = 60) -> httpx.AsyncClient:
+        headers = self.headers(sub) if sub else {}
+        return httpx.AsyncClient(base_url=self.url, headers=headers, timeout=timeout)
+
+    @property
+    def services(self) -> Any:
+        return self.server.server.config.app.state.services
+
+
+@contextmanager
+def assistant_app(
+    stack_env: dict[str, str], database_url: str, dialect: str, **overrides: str
+) -> Iterator[AssistantApp]:
+    """A real app server (own port, own database and rate-limit keys) on the shared stack."""
+    from corral.app.main import create_app
+    from corral.app.settings import AppSettings
+
+    port = free_port()
+    env = {
+        **stack_env,
+        "CORRAL_DATABASE__URL": database_url,
+        "CORRAL_DATASETS__WORKER_BASE_URL": f"http://127.0.0.1:{port}",
+        "CORRAL_RATE_LIMITS__KEY_PREFIX": f"rl-{uuid.uuid4().hex[:8]}",
+        **overrides,
+    }
+    with env_vars(env):
+        settings = AppSettings()  # type: ignore[call-arg]
+    with UvicornThread(create_app(settings), port=port) as server:
+        secret = env["CORRAL_AUTH__DEV_SECRET"]
+        yield AssistantApp(server.url, secret, database_url, server, dialect)
+
+
+@dataclass
+class Sse:
+    event: str
+    data: Any
+    at: float = field(default_factory=time.monotonic)
+
+
+async def chat(
+    client: httpx.AsyncClient,
+    thread_id: str,
+    content: str,
+    *,
+    stop_when: Any = None,
+    timeout: float = 90,
+) -> list[Sse]:
+    """POST a message and read the SSE turn; ``stop_when(events)`` closes the stream early."""
+    events: list[Sse] = []
+    async with aconnect_sse(
+        client,
+        "POST",
+        f"/api/threads/{thread_id}/messages",
+        json={"content": content},
+        timeout=timeout,
+    ) as source:
+        assert source.response.status_code == 200, await source.response.aread()
+        async for sse in source.aiter_sse():
+            events.append(Sse(sse.event, json.loads(sse.data) if sse.data else None))
+            if stop_when is not None and stop_when(events):
+                break
+    return events
+
+
+def kinds(events: list[Sse]) -> list[str]:
+    return [e.event for e in events]
+
+
+def text_of(events: list[Sse]) -> str:
+    return "".join(e.data["delta"] for e in events if e.event == "text")

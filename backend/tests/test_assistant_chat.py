@@ -1,0 +1,204 @@
+"""The assistant end to end: SSE chat turns in which a scripted model calls real worker tools.
+
+Real parts throughout: the app over HTTP, SQLite and PostgreSQL, Redis, Celery workers (the
+sandboxed python_q one included), the object store. Only the model provider is a test double
+(the OpenAI-protocol server in tests/support/fake_openai.py), scripted per test.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urljoin
+
+import httpx
+import pytest
+
+from tests.support.assistant import AssistantApp, Sse, assistant_app, chat, kinds, new_user, text_of
+from tests.support.db import PostgresServer, new_sqlite_database
+from tests.support.fake_openai import FakeOpenAI, RecordedRequest, Reply, ToolCall
+from tests.test_python_tool import PLOT_CODE, png_size
+
+pytestmark = pytest.mark.usefixtures("workers")
+
+AGENT = "fake-primary"  # the provider model behind the default model `primary`
+CHAT_ENV = {
+    "CORRAL_CHAT__TOOLS": json.dumps(
+        ["run_python", "circuit_population_analysis", "llm_generate", "echo", "fail"]
+    ),
+    "CORRAL_CHAT__MAX_TOOL_ROUNDS": "3",
+    "CORRAL_CHAT__TOOL_TIMEOUT_S": "60",
+    "CORRAL_RATE_LIMITS__CHAT": "1000/minute",
+}
+LAYER_SQL = "SELECT layer, count(*) AS neurons FROM neurons GROUP BY layer ORDER BY layer"
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def app(
+    request: pytest.FixtureRequest,
+    stack_env: dict[str, str],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[AssistantApp]:
+    if request.param == "sqlite":
+        url = new_sqlite_database(tmp_path_factory.mktemp("chat-db"))
+    else:
+        postgres: PostgresServer = request.getfixturevalue("postgres")
+        url = postgres.create_database()
+    with assistant_app(stack_env, url, request.param, **CHAT_ENV) as live:
+        yield live
+
+
+def is_agent(req: RecordedRequest) -> bool:
+    return "tools" in req.body
+
+
+def has_tool_answers(req: RecordedRequest) -> bool:
+    return any(m.get("role") == "tool" for m in req.messages)
+
+
+def tool_answers(req: RecordedRequest) -> list[dict[str, Any]]:
+    return [m for m in req.messages if m.get("role") == "tool"]
+
+
+async def new_thread(client: httpx.AsyncClient, **body: Any) -> str:
+    resp = await client.post("/api/threads", json=body)
+    assert resp.status_code == 201, resp.text
+    return str(resp.json()["id"])
+
+
+async def wait_for(predicate: Any, timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = await predicate()
+        if value:
+            return value
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def first(events: list[Sse], kind: str) -> Sse:
+    return next(e for e in events if e.event == kind)
+
+
+# -- plain text --------------------------------------------------------------------------------
+
+
+async def test_text_turn_streams_deltas_and_is_saved(app: AssistantApp, fake_llm: FakeOpenAI) -> None:
+    fake_llm.script(AGENT, Reply(text="Hello there, how can I help?", chunk_size=3,
+                                 prompt_tokens=42, completion_tokens=7))
+    async with app.client(new_user()) as client:
+        thread_id = await new_thread(client)
+        events = await chat(client, thread_id, "hi!")
+        assert kinds(events)[0] == "turn_started"
+        assert kinds(events)[-1] == "done"
+        assert kinds(events).count("text") >= 5  # streamed, not one blob
+        assert text_of(events) == "Hello there, how can I help?"
+        usage = first(events, "usage").data
+        assert (usage["prompt_tokens"], usage["completion_tokens"]) == (42, 7)
+        page = (await client.get(f"/api/threads/{thread_id}/messages")).json()
+        assert [(m["role"], m["content"]) for m in page["items"]] == [
+            ("user", "hi!"),
+            ("assistant", "Hello there, how can I help?"),
+        ]
+        assert page["items"][1]["id"] == first(events, "done").data["message_id"]
+        thread = (await client.get(f"/api/threads/{thread_id}")).json()
+        assert thread["title"] == "hi!"  # named after the first message
+    sent = fake_llm.requests(AGENT)[0]
+    assert sent.messages[0]["role"] == "system" and sent.messages[-1] == {
+        "role": "user",
+        "content": "hi!",
+    }
+    assert {t["function"]["name"] for t in sent.body["tools"]} >= {"run_python", "echo"}
+    assert sent.body["stream"] is True
+
+
+# -- tools -------------------------------------------------------------------------------------
+
+
+async def test_run_python_and_circuit_analysis_run_concurrently(
+    app: AssistantApp, fake_llm: FakeOpenAI, live_app: Any
+) -> None:
+    """Both calls start before either result; the figure URL serves the PNG; all is saved."""
+    calls = [
+        ToolCall("run_python", {"code": PLOT_CODE}),
+        ToolCall(
+            "circuit_population_analysis",
+            {"dataset_id": "sample-cortical-column", "question": "How many neurons per layer?"},
+        ),
+    ]
+
+    def respond(req: RecordedRequest) -> Reply:
+        if not is_agent(req):  # the circuit worker asking for SQL
+            return Reply.json({"sql": LAYER_SQL, "explanation": "counts per layer"},
+                              prompt_tokens=300, completion_tokens=30)
+        if not has_tool_answers(req):
+            return Reply(text="Let me look.", tool_calls=calls, prompt_tokens=100,
+                         completion_tokens=20)
+        return Reply(text="Done: a plot and the layer counts.", prompt_tokens=500,
+                     completion_tokens=12)
+
+    fake_llm.respond_with(respond)
+    async with app.client(new_user()) as client:
+        thread_id = await new_thread(client)
+        events = await chat(client, thread_id, "Plot something and count neurons per layer")
+        order = kinds(events)
+        assert order[-1] == "done", [(e.event, e.data) for e in events if e.event == "error"]
+        started = [i for i, k in enumerate(order) if k == "tool_call_started"]
+        results = [i for i, k in enumerate(order) if k == "tool_result"]
+        assert len(started) == 2 and len(results) == 2
+        assert max(started) < min(results)
+        by_name = {e.data["name"]: e.data for e in events if e.event == "tool_result"}
+        assert all(r["status"] == "done" for r in by_name.values()), by_name
+        figure = by_name["run_python"]["output"]["figures"][0]
+        async with httpx.AsyncClient(timeout=10) as browser:  # no auth: the URL is the grant
+            got = await browser.get(urljoin(app.url + "/", figure["url"]))
+        assert got.status_code == 200 and png_size(got.content) == (400, 300)
+        circuit = by_name["circuit_population_analysis"]["output"]
+        assert circuit["sql"] == LAYER_SQL and circuit["error"] is None
+        assert [row[0] for row in circuit["rows"]] == ["L1", "L2", "L3", "L4", "L5", "L6"]
+        assert sum(row[1] for row in circuit["rows"]) == 50_000
+        assert text_of(events) == "Let me look.Done: a plot and the layer counts."
+
+        page = (await client.get(f"/api/threads/{thread_id}/messages")).json()["items"]
+        assert [m["role"] for m in page] == ["user", "assistant", "tool", "tool", "assistant"]
+        saved_calls = page[1]["tool_calls"]
+        assert [c["name"] for c in saved_calls] == ["run_python", "circuit_population_analysis"]
+        assert all(c["status"] == "done" and c["task_id"] for c in saved_calls)
+        tasks = (await client.get("/api/tasks", params={"thread_id": thread_id})).json()
+        assert {t["task_id"] for t in tasks} == {c["task_id"] for c in saved_calls}
+        assert all(t["state"] == "done" for t in tasks)
+
+        async def usage_rows() -> list[dict[str, Any]] | None:
+            body = (await client.get("/api/usage", params={"thread_id": thread_id})).json()
+            return body["rows"] if body["totals"]["calls"] == 3 else None
+
+        rows = await wait_for(usage_rows, 10, "agent and circuit_q token usage")
+        assert rows[0]["model"] == "primary"
+        assert rows[0]["prompt_tokens"] == 100 + 500 + 300
+        assert rows[0]["completion_tokens"] == 20 + 12 + 30
+        artifacts = (await client.get("/api/artifacts", params={"thread_id": thread_id})).json()
+        assert [a["key"] for a in artifacts] == [figure["key"]]
+
+
+async def test_each_result_streams_as_soon_as_it_arrives(
+    app: AssistantApp, fake_llm: FakeOpenAI
+) -> None:
+    calls = [
+        ToolCall("echo", {"payload": "slow", "sleep_s": 4, "steps": 4, "queue": "llm_q"}),
+        ToolCall("echo", {"payload": "fast", "queue": "circuit_q"}),
+    ]
+    fake_llm.respond_with(
+        lambda req: Reply(text="ok") if has_tool_answers(req) else Reply(tool_calls=calls)
+    )
+    async with app.client(new_user()) as client:
+        events = await chat(client, await new_thread(client), "go")
+    results = [e for e in events if e.event == "tool_result"]
+    assert [r.data["output"]["payload"] for r in results] == ["fast", "slow"]
+    assert results[1].at - results[0].at > 2.0  # fast was sent long before slow finished
+    progress = [e for e in events if e.event == "tool_progress"]
+    assert [p.data["current"] for p in progress] == [1, 2, 3, 4]
+    assert all(p.data["call_id"] == calls[0].id for p in progress)
