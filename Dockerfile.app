@@ -12,6 +12,8 @@ WORKDIR /opt/corral
 COPY backend/pyproject.toml backend/uv.lock ./
 RUN uv sync --frozen --no-install-project --extra app
 COPY backend/src ./src
+COPY backend/alembic.ini ./alembic.ini
+COPY backend/alembic ./alembic
 RUN uv sync --frozen --extra app
 COPY --from=frontend /frontend/dist ./frontend
 RUN useradd --system --uid 10001 --home-dir /nonexistent corral

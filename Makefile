@@ -7,10 +7,11 @@ BACKEND := backend
 export UV_PYTHON_DOWNLOADS := never
 UV := $(shell command -v uv 2>/dev/null || echo $(HOME)/.local/bin/uv)
 
-.PHONY: help uv sync up test lint typecheck contracts pytest bench clean-data
+.PHONY: help uv sync up migrate migrations-check test lint typecheck contracts pytest bench clean-data
 
 help:
 	@echo "make up     - run Redis, the app on http://127.0.0.1:8078 and one worker per queue"
+	@echo "make migrate - upgrade the database to the newest schema (CORRAL_DATABASE__URL)"
 	@echo "make test   - lint, type-check, import contracts and the full test suite"
 	@echo "make bench  - benchmarks (prints tables; see docs/performance.md)"
 
@@ -23,6 +24,20 @@ sync: uv
 
 up: sync
 	cd $(BACKEND) && $(UV) run --frozen python -m corral.devstack
+
+# The database `make up` uses unless CORRAL_DATABASE__URL says otherwise.
+DEFAULT_DATABASE_URL := sqlite+aiosqlite:///$(CURDIR)/.corral/corral.db
+
+migrate: sync
+	cd $(BACKEND) && CORRAL_DATABASE__URL="$${CORRAL_DATABASE__URL:-$(DEFAULT_DATABASE_URL)}" \
+		$(UV) run --frozen alembic upgrade head
+
+# Models and migrations agree (`alembic check` on a fresh SQLite; tests also check PostgreSQL).
+migrations-check: sync
+	cd $(BACKEND) && tmp=$$(mktemp -d) && \
+		CORRAL_DATABASE__URL="sqlite+aiosqlite:///$$tmp/check.db" $(UV) run --frozen alembic upgrade head && \
+		CORRAL_DATABASE__URL="sqlite+aiosqlite:///$$tmp/check.db" $(UV) run --frozen alembic check; \
+		status=$$?; rm -rf "$$tmp"; exit $$status
 
 lint: sync
 	cd $(BACKEND) && $(UV) run --frozen ruff check src tests ../bench
@@ -37,7 +52,7 @@ contracts: sync
 pytest: sync
 	cd $(BACKEND) && $(UV) run --frozen pytest $(PYTEST_ARGS)
 
-test: lint typecheck contracts pytest
+test: lint typecheck contracts migrations-check pytest
 
 bench: sync
 	cd $(BACKEND) && $(UV) run --frozen python ../bench/roundtrip.py

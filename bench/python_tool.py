@@ -150,8 +150,11 @@ def run_stack(backend: str, runs: int, base_env: dict[str, str], as_user: list[s
     )
     from tests.support.sandbox import python_worker_env, shared_dir
 
+    from tests.support.db import new_sqlite_database
+
     redis = start_redis()
     objects = shared_dir("corral-bench-objects-")
+    database_url = new_sqlite_database(Path(tempfile.mkdtemp(prefix="corral-bench-db-")))
     secret = os.urandom(24).hex()
     env = {
         **base_env,
@@ -163,6 +166,8 @@ def run_stack(backend: str, runs: int, base_env: dict[str, str], as_user: list[s
         "TASKS_STORAGE__LOCAL_DIR": str(objects),
         "CORRAL_STORAGE__LOCAL_DIR": str(objects),
         "TASKS_SANDBOX__BACKEND": backend,
+        "CORRAL_DATABASE__URL": database_url,
+        "CORRAL_RATE_LIMITS__TOOLS": "100000/minute",  # the bench is one user on purpose
     }
     worker_env = {**env, **python_worker_env()} if backend == "bwrap" else env
     worker = start_worker(

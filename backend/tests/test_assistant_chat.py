@@ -87,9 +87,15 @@ def first(events: list[Sse], kind: str) -> Sse:
 # -- plain text --------------------------------------------------------------------------------
 
 
-async def test_text_turn_streams_deltas_and_is_saved(app: AssistantApp, fake_llm: FakeOpenAI) -> None:
-    fake_llm.script(AGENT, Reply(text="Hello there, how can I help?", chunk_size=3,
-                                 prompt_tokens=42, completion_tokens=7))
+async def test_text_turn_streams_deltas_and_is_saved(
+    app: AssistantApp, fake_llm: FakeOpenAI
+) -> None:
+    fake_llm.script(
+        AGENT,
+        Reply(
+            text="Hello there, how can I help?", chunk_size=3, prompt_tokens=42, completion_tokens=7
+        ),
+    )
     async with app.client(new_user()) as client:
         thread_id = await new_thread(client)
         events = await chat(client, thread_id, "hi!")
@@ -133,13 +139,18 @@ async def test_run_python_and_circuit_analysis_run_concurrently(
 
     def respond(req: RecordedRequest) -> Reply:
         if not is_agent(req):  # the circuit worker asking for SQL
-            return Reply.json({"sql": LAYER_SQL, "explanation": "counts per layer"},
-                              prompt_tokens=300, completion_tokens=30)
+            return Reply.json(
+                {"sql": LAYER_SQL, "explanation": "counts per layer"},
+                prompt_tokens=300,
+                completion_tokens=30,
+            )
         if not has_tool_answers(req):
-            return Reply(text="Let me look.", tool_calls=calls, prompt_tokens=100,
-                         completion_tokens=20)
-        return Reply(text="Done: a plot and the layer counts.", prompt_tokens=500,
-                     completion_tokens=12)
+            return Reply(
+                text="Let me look.", tool_calls=calls, prompt_tokens=100, completion_tokens=20
+            )
+        return Reply(
+            text="Done: a plot and the layer counts.", prompt_tokens=500, completion_tokens=12
+        )
 
     fake_llm.respond_with(respond)
     async with app.client(new_user()) as client:
@@ -202,3 +213,217 @@ async def test_each_result_streams_as_soon_as_it_arrives(
     progress = [e for e in events if e.event == "tool_progress"]
     assert [p.data["current"] for p in progress] == [1, 2, 3, 4]
     assert all(p.data["call_id"] == calls[0].id for p in progress)
+
+
+async def test_tool_errors_go_back_to_the_model(app: AssistantApp, fake_llm: FakeOpenAI) -> None:
+    calls = [
+        ToolCall("fail", {"message": "the sensor is unplugged", "queue": "llm_q"}),
+        ToolCall("echo", '{"payload": '),  # not JSON
+        ToolCall("run_python", {"code": "x = 1", "bogus": True}),  # fails validation
+        ToolCall("rm_rf", {}),  # not offered
+    ]
+    fake_llm.respond_with(
+        lambda req: (
+            Reply(text="Sorry, that failed.") if has_tool_answers(req) else Reply(tool_calls=calls)
+        )
+    )
+    async with app.client(new_user()) as client:
+        thread_id = await new_thread(client)
+        events = await chat(client, thread_id, "try things")
+        assert kinds(events)[-1] == "done"
+        results = {e.data["call_id"]: e.data for e in events if e.event == "tool_result"}
+        assert {r["status"] for r in results.values()} == {"error"}
+        assert results[calls[0].id]["error"] == {
+            "type": "DeliberateFailure",
+            "message": "the sensor is unplugged",
+        }
+        assert results[calls[1].id]["error"]["type"] == "InvalidArguments"
+        assert results[calls[1].id]["task_id"] is None  # nothing was queued
+        assert "bogus" in results[calls[2].id]["error"]["message"]
+        assert results[calls[3].id]["error"]["type"] == "UnknownTool"
+        saved = (await client.get(f"/api/threads/{thread_id}/messages")).json()["items"]
+        assert [c["status"] for c in saved[1]["tool_calls"]] == ["error"] * 4
+    answers = tool_answers(fake_llm.requests(AGENT)[-1])
+    assert [a["tool_call_id"] for a in sorted(answers, key=lambda a: a["tool_call_id"])] == sorted(
+        c.id for c in calls
+    )
+    by_id = {a["tool_call_id"]: json.loads(a["content"]) for a in answers}
+    assert by_id[calls[0].id]["error"]["message"] == "the sensor is unplugged"
+    assert "not valid JSON" in by_id[calls[1].id]["error"]["message"]
+
+
+async def test_tool_rounds_are_capped_by_the_setting(
+    app: AssistantApp, fake_llm: FakeOpenAI
+) -> None:
+    fake_llm.respond_with(
+        lambda req: (
+            Reply(text="Enough.")
+            if req.body.get("tool_choice") == "none"
+            else Reply(tool_calls=[ToolCall("echo", {"payload": "again", "queue": "circuit_q"})])
+        )
+    )
+    async with app.client(new_user()) as client:
+        events = await chat(client, await new_thread(client), "loop forever")
+    assert kinds(events).count("tool_call_started") == 3  # CORRAL_CHAT__MAX_TOOL_ROUNDS
+    assert first(events, "done").data["finish_reason"] == "stop"
+    agent_calls = [r for r in fake_llm.requests(AGENT) if is_agent(r)]
+    assert len(agent_calls) == 4
+    assert [r.body.get("tool_choice") for r in agent_calls] == [None, None, None, "none"]
+    assert len(first(events, "done").data["usage"]) and text_of(events) == "Enough."
+
+
+async def test_closing_the_stream_cancels_running_tools_and_keeps_the_partial_turn(
+    app: AssistantApp, fake_llm: FakeOpenAI
+) -> None:
+    slow = ToolCall("echo", {"payload": 1, "sleep_s": 30, "steps": 30, "queue": "llm_q"})
+    fake_llm.script(AGENT, Reply(text="Starting a long job.", tool_calls=[slow]))
+    async with app.client(new_user()) as client:
+        thread_id = await new_thread(client)
+        events = await chat(
+            client, thread_id, "long job", stop_when=lambda ev: ev[-1].event == "tool_progress"
+        )
+        task_id = first(events, "tool_call_started").data["task_id"]
+
+        async def cancelled() -> dict[str, Any] | None:
+            body = (await client.get(f"/api/tasks/{task_id}")).json()
+            return body if body["state"] == "cancelled" else None
+
+        task = await wait_for(cancelled, 10, "the task to be cancelled")
+        assert task["events"][-1]["type"] == "cancelled"
+        saved = (await client.get(f"/api/threads/{thread_id}/messages")).json()["items"]
+        assert [m["role"] for m in saved] == ["user", "assistant", "tool"]
+        assert saved[1]["content"] == "Starting a long job."
+        assert saved[1]["tool_calls"][0]["status"] == "cancelled"
+        assert json.loads(saved[2]["content"])["error"]["type"] == "Cancelled"
+        await asyncio.sleep(1.5)  # revoked: no more progress, never done
+        after = (await client.get(f"/api/tasks/{task_id}")).json()
+        assert after["state"] == "cancelled"
+        assert len(after["events"]) == len(task["events"])
+        # The thread is free again and its history stays valid for the model.
+        fake_llm.script(AGENT, Reply(text="Fine."))
+        again = await chat(client, thread_id, "never mind")
+        assert text_of(again) == "Fine."
+    history = fake_llm.requests(AGENT)[-1].messages
+    assert [m["role"] for m in history] == ["system", "user", "assistant", "tool", "user"]
+
+
+async def test_closing_the_stream_mid_text_saves_the_partial_answer(
+    app: AssistantApp, fake_llm: FakeOpenAI
+) -> None:
+    text = "one two three four five six seven eight nine ten " * 4
+    fake_llm.script(AGENT, Reply(text=text, chunk_size=4, chunk_delay_s=0.05))
+    async with app.client(new_user()) as client:
+        thread_id = await new_thread(client)
+        events = await chat(
+            client, thread_id, "count", stop_when=lambda ev: kinds(ev).count("text") >= 5
+        )
+        seen = text_of(events)
+
+        async def partial() -> dict[str, Any] | None:
+            items = (await client.get(f"/api/threads/{thread_id}/messages")).json()["items"]
+            return items[1] if len(items) == 2 else None
+
+        saved = await wait_for(partial, 10, "the partial answer to be saved")
+    assert saved["status"] == "cancelled"
+    assert saved["content"].startswith(seen) and len(saved["content"]) < len(text)
+
+
+async def test_model_failure_ends_the_turn_with_an_error_event(
+    app: AssistantApp, fake_llm: FakeOpenAI
+) -> None:
+    fake_llm.script(AGENT, Reply.fail(400, "context too long"))
+    async with app.client(new_user()) as client:
+        thread_id = await new_thread(client)
+        events = await chat(client, thread_id, "hello")
+        error = first(events, "error").data
+        assert error["type"] == "ModelError" and "context too long" in error["message"]
+        assert "done" not in kinds(events)
+        saved = (await client.get(f"/api/threads/{thread_id}/messages")).json()["items"]
+        assert [m["role"] for m in saved] == ["user"]
+
+
+async def test_one_turn_at_a_time_per_thread(app: AssistantApp, fake_llm: FakeOpenAI) -> None:
+    fake_llm.script(AGENT, Reply(text="slow answer", delay_s=1.5))
+    async with app.client(new_user()) as client:
+        thread_id = await new_thread(client)
+        first_turn = asyncio.create_task(chat(client, thread_id, "one"))
+        await asyncio.sleep(0.5)
+        busy = await client.post(f"/api/threads/{thread_id}/messages", json={"content": "two"})
+        assert busy.status_code == 409 and "already" in busy.json()["detail"]
+        assert text_of(await first_turn) == "slow answer"
+        bad = await client.post(f"/api/threads/{thread_id}/messages", json={"content": ""})
+        assert bad.status_code == 422
+
+
+async def test_llm_tool_tokens_are_accounted_to_the_thread_and_task(
+    app: AssistantApp, fake_llm: FakeOpenAI
+) -> None:
+    call = ToolCall("llm_generate", {"prompt": "Summarise: cats sleep a lot.", "model": "backup"})
+    fake_llm.script("fake-backup", Reply(text="Cats nap.", prompt_tokens=11, completion_tokens=3))
+    fake_llm.script(
+        AGENT,
+        Reply(tool_calls=[call], prompt_tokens=50, completion_tokens=5),
+        Reply(text="They nap.", prompt_tokens=60, completion_tokens=4),
+    )
+    async with app.client(new_user()) as client:
+        thread_id = await new_thread(client)
+        events = await chat(client, thread_id, "summarise")
+        task_id = first(events, "tool_call_started").data["task_id"]
+        assert first(events, "tool_result").data["output"]["response"] == "Cats nap."
+
+        async def both_models() -> list[dict[str, Any]] | None:
+            rows = (await client.get("/api/usage", params={"days": 1})).json()["rows"]
+            return rows if {r["model"] for r in rows} == {"primary", "backup"} else None
+
+        rows = {r["model"]: r for r in await wait_for(both_models, 10, "usage of both models")}
+        assert (rows["primary"]["calls"], rows["primary"]["prompt_tokens"]) == (2, 110)
+        assert (rows["backup"]["calls"], rows["backup"]["total_tokens"]) == (1, 14)
+        task = (await client.get(f"/api/tasks/{task_id}")).json()
+        assert task["thread_id"] == thread_id and task["tool"] == "llm_generate"
+
+
+async def test_deleting_a_thread_removes_its_artifacts_from_the_store(
+    app: AssistantApp, fake_llm: FakeOpenAI, stack_env: dict[str, str]
+) -> None:
+    fake_llm.respond_with(
+        lambda req: (
+            Reply(text="Plotted.")
+            if has_tool_answers(req)
+            else Reply(tool_calls=[ToolCall("run_python", {"code": PLOT_CODE})])
+        )
+    )
+    async with app.client(new_user()) as client:
+        thread_id = await new_thread(client)
+        events = await chat(client, thread_id, "plot")
+        key = first(events, "tool_result").data["output"]["figures"][0]["key"]
+        stored = Path(stack_env["CORRAL_STORAGE__LOCAL_DIR"]) / "data" / key
+
+        async def recorded() -> list[dict[str, Any]] | None:
+            return (await client.get("/api/artifacts", params={"thread_id": thread_id})).json()
+
+        (artifact,) = await wait_for(recorded, 10, "the artifact row")
+        assert artifact["key"] == key and stored.is_file()
+        assert (await client.delete(f"/api/threads/{thread_id}")).status_code == 204
+        assert not stored.exists()
+        assert (await client.get(f"/api/artifacts/{artifact['id']}")).status_code == 404
+        assert (await client.get(f"/api/threads/{thread_id}")).status_code == 404
+        assert (await client.get(f"/api/storage/{key}")).status_code == 404
+
+
+async def test_a_tool_past_its_timeout_is_cancelled_and_reported(
+    stack_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory, fake_llm: FakeOpenAI
+) -> None:
+    url = new_sqlite_database(tmp_path_factory.mktemp("timeout-db"))
+    env = CHAT_ENV | {"CORRAL_CHAT__TOOL_TIMEOUT_S": "1.5"}
+    slow = ToolCall("echo", {"sleep_s": 20, "steps": 20, "queue": "circuit_q"})
+    fake_llm.script(AGENT, Reply(tool_calls=[slow]), Reply(text="It was too slow."))
+    with assistant_app(stack_env, url, "sqlite", **env) as app:
+        async with app.client(new_user()) as client:
+            events = await chat(client, await new_thread(client), "slow please")
+            result = first(events, "tool_result").data
+            assert result["status"] == "timeout" and "1.5s" in result["error"]["message"]
+            task = (await client.get(f"/api/tasks/{result['task_id']}")).json()
+            assert task["state"] == "cancelled" and task["error_message"] == "timed out"
+            assert text_of(events) == "It was too slow."
+    (answer,) = tool_answers(fake_llm.requests(AGENT)[-1])
+    assert json.loads(answer["content"])["error"]["type"] == "Timeout"

@@ -72,6 +72,8 @@ def test_make_up_stack_runs_keeps_data_and_stops_cleanly(tmp_path: Path) -> None
         names = " ".join(" ".join(p.cmdline()) for p in children)
         assert "redis-server" in names and "uvicorn" in names
         assert names.count("corral.tasks.main worker") >= 3
+        assert "corral.tasks.main beat" in names
+        assert (tmp_path / "data" / "corral.db").is_file()  # migrated SQLite under the data dir
         assert stack.interrupt() == 0
         gone, alive = psutil.wait_procs(children, timeout=10)
         assert not alive, f"orphans left: {[p.cmdline() for p in alive]}"

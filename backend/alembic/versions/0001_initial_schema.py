@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-21 11:22:14.593720
+Create Date: 2026-11-21 11:31:45.244862
 
 """
 
@@ -52,18 +52,30 @@ def upgrade() -> None:
 
     op.create_table(
         "datasets",
-        sa.Column("id", sa.String(length=36), nullable=False),
+        sa.Column("id", sa.String(length=64), nullable=False),
         sa.Column("owner_id", sa.String(length=255), nullable=False),
         sa.Column("name", sa.String(length=200), nullable=False),
+        sa.Column("format", sa.String(length=16), nullable=False),
         sa.Column("key", sa.String(length=400), nullable=False),
-        sa.Column("content_type", sa.String(length=200), nullable=True),
-        sa.Column("size", sa.BigInteger(), nullable=True),
-        sa.Column("row_count", sa.BigInteger(), nullable=True),
+        sa.Column("size", sa.BigInteger(), nullable=False),
+        sa.Column("population", sa.String(length=200), nullable=True),
+        sa.Column(
+            "populations",
+            sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), "postgresql"),
+            nullable=False,
+        ),
+        sa.Column("row_count", sa.BigInteger(), nullable=False),
         sa.Column(
             "columns",
             sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), "postgresql"),
-            nullable=True,
+            nullable=False,
         ),
+        sa.Column(
+            "sample_rows",
+            sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), "postgresql"),
+            nullable=False,
+        ),
+        sa.Column("description", sa.Text(), nullable=True),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.ForeignKeyConstraint(
             ["owner_id"], ["users.id"], name=op.f("fk_datasets_owner_id_users"), ondelete="CASCADE"
@@ -72,25 +84,29 @@ def upgrade() -> None:
         sa.UniqueConstraint("key", name=op.f("uq_datasets_key")),
     )
     with op.batch_alter_table("datasets", schema=None) as batch_op:
-        batch_op.create_index(batch_op.f("ix_datasets_owner_id"), ["owner_id"], unique=False)
+        batch_op.create_index("ix_datasets_owner_created", ["owner_id", "created_at"], unique=False)
 
     op.create_table(
         "pipeline_runs",
-        sa.Column("id", sa.String(length=36), nullable=False),
+        sa.Column("id", sa.String(length=64), nullable=False),
         sa.Column("owner_id", sa.String(length=255), nullable=False),
-        sa.Column("name", sa.String(length=200), nullable=True),
-        sa.Column("state", sa.String(length=16), nullable=False),
+        sa.Column("status", sa.String(length=16), nullable=False),
         sa.Column(
-            "spec",
+            "definition",
             sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), "postgresql"),
             nullable=False,
         ),
         sa.Column(
             "steps",
             sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), "postgresql"),
+            nullable=False,
+        ),
+        sa.Column(
+            "usage",
+            sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), "postgresql"),
             nullable=True,
         ),
-        sa.Column("error_message", sa.Text(), nullable=True),
+        sa.Column("error", sa.Text(), nullable=True),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("finished_at", sa.DateTime(timezone=True), nullable=True),
@@ -370,7 +386,7 @@ def downgrade() -> None:
 
     op.drop_table("pipeline_runs")
     with op.batch_alter_table("datasets", schema=None) as batch_op:
-        batch_op.drop_index(batch_op.f("ix_datasets_owner_id"))
+        batch_op.drop_index("ix_datasets_owner_created")
 
     op.drop_table("datasets")
     with op.batch_alter_table("api_keys", schema=None) as batch_op:

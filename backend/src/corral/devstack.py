@@ -1,8 +1,9 @@
-"""The embedded stack behind ``make up``: private Redis, the app, one worker per queue.
+"""The embedded stack behind ``make up``: private Redis, the app, one worker per queue, beat.
 
-Everything lives under ``.corral/`` (Redis data, objects, logs, the dev secret) so a restart
-keeps the user's data. Ctrl-C (or SIGTERM) stops every child; children also die if this
-process is killed outright (PR_SET_PDEATHSIG), so nothing is left behind.
+Everything lives under ``.corral/`` (Redis data, the SQLite database, objects, logs, the dev
+secret) so a restart keeps the user's data. The database is migrated before the app starts.
+Ctrl-C (or SIGTERM) stops every child; children also die if this process is killed outright
+(PR_SET_PDEATHSIG), so nothing is left behind.
 """
 
 from __future__ import annotations
@@ -133,6 +134,8 @@ def build_env(data_dir: Path, redis_url: str, secret: str) -> dict[str, str]:
             "TASKS_REDIS__URL": redis_url,
             "CORRAL_AUTH__MODE": env.get("CORRAL_AUTH__MODE", "dev"),
             "CORRAL_AUTH__DEV_SECRET": secret,
+            "CORRAL_DATABASE__URL": env.get("CORRAL_DATABASE__URL")
+            or f"sqlite+aiosqlite:///{(data_dir / 'corral.db').resolve()}",
             "CORRAL_STORAGE__LOCAL_DIR": env.get("CORRAL_STORAGE__LOCAL_DIR", objects),
             "TASKS_STORAGE__LOCAL_DIR": env.get("TASKS_STORAGE__LOCAL_DIR", objects),
             # Signs local object URLs; kept so links handed out survive a restart.
@@ -187,6 +190,7 @@ def main(argv: list[str] | None = None) -> int:
         redis_url = f"redis://127.0.0.1:{redis_port}"
         env = build_env(data_dir, redis_url, dev_secret(data_dir))
         py = sys.executable
+        migrate(env)
         stack.spawn(
             "app",
             [
@@ -225,6 +229,23 @@ def main(argv: list[str] | None = None) -> int:
                 env,
                 f"worker-{queue}",
             )
+        stack.spawn(
+            "beat",
+            [
+                py,
+                "-m",
+                "celery",
+                "-A",
+                "corral.tasks.main",
+                "beat",
+                "-s",
+                str(data_dir / "celerybeat-schedule"),
+                "-l",
+                "INFO",
+            ],
+            env,
+            "beat",
+        )
         url = f"http://127.0.0.1:{args.port}"
         ready = wait_ready(url, stack, args.ready_timeout)
         token = _dev_token(env)
@@ -245,13 +266,26 @@ def main(argv: list[str] | None = None) -> int:
         stack.stop()
 
 
+def migrate(env: dict[str, str]) -> None:
+    """``alembic upgrade head`` on the stack's database (what ``make migrate`` runs)."""
+    ini = REPO_ROOT / "backend" / "alembic.ini"
+    done = subprocess.run(
+        [sys.executable, "-m", "alembic", "-c", str(ini), "upgrade", "head"],
+        env=env,
+        cwd=REPO_ROOT / "backend",
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"database migration failed:\n{done.stderr[-3000:]}")
+
+
 def _dev_token(env: dict[str, str]) -> str:
     from corral.app.auth.service import issue_dev_token
     from corral.app.settings import AuthSettings
 
-    return issue_dev_token(
-        AuthSettings(mode="dev", dev_secret=env["CORRAL_AUTH__DEV_SECRET"])
-    )
+    return issue_dev_token(AuthSettings(mode="dev", dev_secret=env["CORRAL_AUTH__DEV_SECRET"]))
 
 
 if __name__ == "__main__":

@@ -516,9 +516,7 @@ class ResultColumn(BaseModel):
 class AnalysisError(BaseModel):
     """Why no table came back. A normal result: token usage is still reported beside it."""
 
-    type: Literal[
-        "UnsafeSQL", "SQLError", "QueryTimeout", "ModelError", "InvalidModelAnswer"
-    ]
+    type: Literal["UnsafeSQL", "SQLError", "QueryTimeout", "ModelError", "InvalidModelAnswer"]
     message: str
 
 
@@ -531,6 +529,9 @@ class SQLAttempt(BaseModel):
 class AnalysisTimings(BaseModel):
     download_s: float = 0.0
     load_s: float = 0.0
+    profile_s: float = Field(
+        default=0.0, description="Column stats and sample rows for the prompt."
+    )
     model_s: float = 0.0
     query_s: float = 0.0
     upload_s: float = 0.0
@@ -580,3 +581,43 @@ CIRCUIT_ANALYZE: TaskSpec[CircuitAnalyzeInput, CircuitAnalyzeOutput] = TaskSpec(
 )
 
 register(CIRCUIT_ANALYZE)
+
+
+# ---------------------------------------------------------------------------------------------
+# Housekeeping, scheduled by Celery beat: ``system.purge_scratch``
+# ---------------------------------------------------------------------------------------------
+
+SCRATCH_KIND = "scratch"
+"""Object kind for temporary files (``{owner}/scratch/{name}``); purged once expired."""
+
+
+class PurgeScratchInput(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    max_age_s: int | None = Field(
+        default=None, ge=0, description="Delete older objects; default: the worker's setting."
+    )
+    dry_run: bool = Field(default=False, description="Count what would go; delete nothing.")
+
+
+class PurgeScratchOutput(BaseModel):
+    kinds: list[str]
+    max_age_s: int
+    scanned: int
+    deleted: int
+    deleted_bytes: int
+    errors: int = 0
+
+
+SYSTEM_PURGE_SCRATCH: TaskSpec[PurgeScratchInput, PurgeScratchOutput] = TaskSpec(
+    name="system.purge_scratch",
+    queues=(Queue.CIRCUIT, Queue.LLM, Queue.PYTHON),
+    input_model=PurgeScratchInput,
+    output_model=PurgeScratchOutput,
+    description="Delete scratch objects older than their time to live from the object store.",
+    soft_time_limit_s=1800.0,
+    time_limit_s=1860.0,
+    expires_s=3600.0,
+)
+
+register(SYSTEM_PURGE_SCRATCH)

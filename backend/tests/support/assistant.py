@@ -86,6 +86,7 @@ async def chat(
     *,
     stop_when: Any = None,
     timeout: float = 90,
+    headers_out: dict[str, str] | None = None,
 ) -> list[Sse]:
     """POST a message and read the SSE turn; ``stop_when(events)`` closes the stream early."""
     events: list[Sse] = []
@@ -97,6 +98,8 @@ async def chat(
         timeout=timeout,
     ) as source:
         assert source.response.status_code == 200, await source.response.aread()
+        if headers_out is not None:
+            headers_out.update(source.response.headers)
         async for sse in source.aiter_sse():
             events.append(Sse(sse.event, json.loads(sse.data) if sse.data else None))
             if stop_when is not None and stop_when(events):

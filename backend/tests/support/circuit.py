@@ -104,10 +104,18 @@ def sql_reply(sql: str, explanation: str = "computed") -> str:
 
 
 class _Claims10GB(BaseHTTPRequestHandler):
-    """Claims a 10 GB body (Content-Length) or, at /endless, streams without a length."""
+    """Claims a 10 GB body (Content-Length); /endless streams without a length; /flaky fails
+    once with 503."""
 
     def do_GET(self) -> None:
         self.server.hits += 1  # type: ignore[attr-defined]
+        if self.path.startswith("/flaky"):  # 503 the first time, a small CSV after
+            body = b"a,b\n1,2\n3,4\n"
+            self.send_response(503 if self.server.hits == 1 else 200)  # type: ignore[attr-defined]
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+            return
         self.send_response(200)
         self.send_header("Content-Type", "application/octet-stream")
         if self.path.startswith("/endless"):

@@ -16,15 +16,17 @@ import shutil
 import subprocess
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from sqlalchemy.engine import make_url
 
 from tests.support.procs import BACKEND_DIR, free_port, wait_until
 
+T = TypeVar("T")
 PG_HINT = "install PostgreSQL (apt-get install postgresql) or set CORRAL_TEST_POSTGRES_URL"
 
 
@@ -38,11 +40,24 @@ def alembic_config(url: str):  # type: ignore[no-untyped-def]
     return config
 
 
+def off_loop(fn: Callable[[], T]) -> T:
+    """Run ``fn`` (which may call ``asyncio.run``) in a thread when an event loop is running."""
+    import asyncio
+    import concurrent.futures
+
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return fn()
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(fn).result()
+
+
 def migrate(url: str) -> None:
-    """``alembic upgrade head`` in-process (call from sync code: env.py runs its own loop)."""
+    """``alembic upgrade head`` in-process (env.py runs its own event loop)."""
     from alembic import command
 
-    command.upgrade(alembic_config(url), "head")
+    off_loop(lambda: command.upgrade(alembic_config(url), "head"))
 
 
 def sqlite_url(path: Path) -> str:
@@ -90,7 +105,7 @@ class PostgresServer:
             finally:
                 await conn.close()
 
-        asyncio.run(create())
+        off_loop(lambda: asyncio.run(create()))
         url = make_url(self.url).set(database=name).render_as_string(hide_password=False)
         if migrated:
             migrate(url)
@@ -100,9 +115,19 @@ class PostgresServer:
         if self.data_dir is None:
             return
         subprocess.run(
-            [*(self.run_as or []), _pg_bin("pg_ctl"), "-D", str(self.data_dir), "-m", "immediate",
-             "-w", "stop"],
-            check=False, capture_output=True, timeout=60,
+            [
+                *(self.run_as or []),
+                _pg_bin("pg_ctl"),
+                "-D",
+                str(self.data_dir),
+                "-m",
+                "immediate",
+                "-w",
+                "stop",
+            ],
+            check=False,
+            capture_output=True,
+            timeout=60,
         )
         shutil.rmtree(self.data_dir.parent, ignore_errors=True)
 
@@ -122,23 +147,52 @@ def start_postgres() -> PostgresServer:
     port = free_port()
     env = {**os.environ, "LC_ALL": "C.UTF-8"}
     subprocess.run(
-        [*run_as, initdb, "-D", str(data), "-U", "postgres", "-A", "trust", "-E", "UTF8",
-         "--no-sync"],
-        check=True, capture_output=True, timeout=120, env=env,
+        [
+            *run_as,
+            initdb,
+            "-D",
+            str(data),
+            "-U",
+            "postgres",
+            "-A",
+            "trust",
+            "-E",
+            "UTF8",
+            "--no-sync",
+        ],
+        check=True,
+        capture_output=True,
+        timeout=120,
+        env=env,
     )
     options = (
         f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off "
         "-c synchronous_commit=off -c full_page_writes=off -c max_connections=200"
     )
     started = subprocess.run(
-        [*run_as, pg_ctl, "-D", str(data), "-o", options, "-l", str(root / "log"), "-w",
-         "-t", "60", "start"],
-        capture_output=True, timeout=90, env=env,
+        [
+            *run_as,
+            pg_ctl,
+            "-D",
+            str(data),
+            "-o",
+            options,
+            "-l",
+            str(root / "log"),
+            "-w",
+            "-t",
+            "60",
+            "start",
+        ],
+        capture_output=True,
+        timeout=90,
+        env=env,
     )
     if started.returncode != 0:
         log = (root / "log").read_text(errors="replace") if (root / "log").exists() else ""
         raise RuntimeError(f"PostgreSQL did not start: {started.stderr.decode()}\n{log}")
-    server = PostgresServer(f"postgresql+asyncpg://postgres@127.0.0.1:{port}/postgres", data, run_as)
+    url = f"postgresql+asyncpg://postgres@127.0.0.1:{port}/postgres"
+    server = PostgresServer(url, data, run_as)
     wait_until(lambda: _can_connect(server), 30, "PostgreSQL to accept connections")
     return server
 
@@ -153,7 +207,7 @@ def _can_connect(server: PostgresServer) -> bool:
         await conn.close()
         return True
 
-    return asyncio.run(ping())
+    return off_loop(lambda: asyncio.run(ping()))
 
 
 @contextmanager

@@ -10,6 +10,7 @@ from corral.tasks import (  # noqa: F401  (imported for registration)
     circuit_analysis_task,
     lifecycle,
     llm_generate_task,
+    purge_scratch_task,
     python_tool_task,
     system_echo_task,
     system_fail_task,

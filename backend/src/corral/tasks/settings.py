@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from pydantic import Field, field_validator
+from pydantic import BaseModel, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from corral.config import LLMSettings, RedisSettings, StorageSettings, StreamSettings
@@ -51,6 +51,16 @@ def coerce_celery_options(raw: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+class MaintenanceSettings(BaseModel):
+    """Housekeeping scheduled by ``celery beat`` (``TASKS_MAINTENANCE__...``)."""
+
+    purge_interval_s: float = Field(default=3600.0, gt=0, description="How often to purge.")
+    scratch_ttl_s: int = Field(default=86_400, ge=0, description="Scratch objects live this long.")
+    scratch_kinds: list[str] = Field(
+        default_factory=lambda: ["scratch"], description="Object kinds that are scratch."
+    )
+
+
 class TasksSettings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="TASKS_",
@@ -69,6 +79,7 @@ class TasksSettings(BaseSettings):
     circuit: CircuitSettings = Field(
         default_factory=CircuitSettings, description="circuit_q: TASKS_CIRCUIT__* limits."
     )
+    maintenance: MaintenanceSettings = Field(default_factory=MaintenanceSettings)
     celery: dict[str, Any] = Field(
         default_factory=dict, description="Any Celery option, e.g. TASKS_CELERY__worker_concurrency"
     )

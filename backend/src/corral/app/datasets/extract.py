@@ -122,8 +122,10 @@ def _tabular(
         columns = [DatasetColumn(name=str(r[0]), type=str(r[1])) for r in described]
         if not columns:
             raise InvalidDataset(f"{what}: no columns")
-        if fmt is DatasetFormat.CSV and len(columns) == 1 and any(
-            sep in columns[0].name for sep in (",", ";", "\t", "|")
+        if (
+            fmt is DatasetFormat.CSV
+            and len(columns) == 1
+            and any(sep in columns[0].name for sep in (",", ";", "\t", "|"))
         ):
             raise InvalidDataset(
                 f"{what}: no consistent delimiter (rows have different numbers of fields); "

@@ -159,34 +159,39 @@ class Artifact(Base):
 
 
 class Dataset(Base):
-    """An uploaded table for circuit analysis (its owner's; the file is in the object store)."""
+    """An uploaded table for circuit analysis; mirrors ``datasets.schemas.DatasetRecord``."""
 
     __tablename__ = "datasets"
+    __table_args__ = (Index("ix_datasets_owner_created", "owner_id", "created_at"),)
 
-    id: Mapped[str] = mapped_column(IdColumn(), primary_key=True, default=new_id)
-    owner_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    id: Mapped[str] = mapped_column(String(64), primary_key=True, default=new_id)
+    owner_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
     name: Mapped[str] = mapped_column(String(200))
+    format: Mapped[str] = mapped_column(String(16))
     key: Mapped[str] = mapped_column(String(400), unique=True)
-    content_type: Mapped[str | None] = mapped_column(String(200))
-    size: Mapped[int | None] = mapped_column(BigInteger)
-    row_count: Mapped[int | None] = mapped_column(BigInteger)
-    columns: Mapped[Any] = mapped_column(JSONType, nullable=True)
+    size: Mapped[int] = mapped_column(BigInteger)
+    population: Mapped[str | None] = mapped_column(String(200))
+    populations: Mapped[list[str]] = mapped_column(JSONType)
+    row_count: Mapped[int] = mapped_column(BigInteger)
+    columns: Mapped[Any] = mapped_column(JSONType)
+    sample_rows: Mapped[Any] = mapped_column(JSONType)
+    description: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
 class PipelineRunRow(Base):
-    """A pipeline (DAG of LLM steps) run with its steps' states."""
+    """A pipeline run; mirrors ``pipelines.schemas.PipelineRun`` (still kept in Redis)."""
 
     __tablename__ = "pipeline_runs"
     __table_args__ = (Index("ix_pipeline_runs_owner_created", "owner_id", "created_at"),)
 
-    id: Mapped[str] = mapped_column(IdColumn(), primary_key=True, default=new_id)
+    id: Mapped[str] = mapped_column(String(64), primary_key=True, default=new_id)
     owner_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
-    name: Mapped[str | None] = mapped_column(String(200))
-    state: Mapped[str] = mapped_column(String(16))
-    spec: Mapped[Any] = mapped_column(JSONType)
-    steps: Mapped[Any] = mapped_column(JSONType, nullable=True)
-    error_message: Mapped[str | None] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(String(16))
+    definition: Mapped[Any] = mapped_column(JSONType)
+    steps: Mapped[Any] = mapped_column(JSONType)
+    usage: Mapped[Any] = mapped_column(JSONType, nullable=True)
+    error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())

@@ -129,12 +129,17 @@ class _Run:
         )
         t = time.perf_counter()
         try:
-            messages = question_messages(profile_table(con, self.deps.circuit), params.question)
+            profile = profile_table(con, self.deps.circuit)
+        except QueryTimeout as exc:
+            return self._failed(AnalysisError(type="QueryTimeout", message=str(exc)), None)
+        finally:
+            self.timings.profile_s = time.perf_counter() - t
+        messages = question_messages(profile, params.question)
+        t = time.perf_counter()
+        try:
             answer = self.writer.ask(messages)
         except ModelFailed as exc:
             return self._failed(exc.error, None)
-        except QueryTimeout as exc:
-            return self._failed(AnalysisError(type="QueryTimeout", message=str(exc)), None)
         finally:
             self.timings.model_s += time.perf_counter() - t
         self.explanation = answer.explanation

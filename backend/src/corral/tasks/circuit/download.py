@@ -7,8 +7,9 @@ Redirects are not followed: the app hands out a direct URL.
 
 from __future__ import annotations
 
+import os
+import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -43,7 +44,6 @@ def download(
     connect_timeout_s: float,
     read_timeout_s: float,
     total_timeout_s: float,
-    on_progress: Callable[[int, int | None], None] | None = None,
 ) -> int:
     """Write the body of ``url`` to ``dest``; returns its size. Never more than ``max_bytes``."""
     if urlsplit(url).scheme not in {"http", "https"}:
@@ -54,10 +54,7 @@ def download(
     deadline = time.monotonic() + total_timeout_s
     size = 0
     try:
-        with (
-            httpx.Client(timeout=timeout, follow_redirects=False) as client,
-            client.stream("GET", url) as response,
-        ):
+        with _client().stream("GET", url, timeout=timeout) as response:
             _check_status(response, url)
             declared = _declared_length(response)
             if declared is not None and declared > max_bytes:
@@ -79,8 +76,6 @@ def download(
                             f"the dataset download took longer than {total_timeout_s:g}s "
                             f"(got {size} bytes); try again later"
                         )
-                    if on_progress is not None:
-                        on_progress(size, declared)
     except httpx.TimeoutException as exc:
         raise TransientTaskError(f"dataset download timed out ({_where(url)})") from exc
     except httpx.TransportError as exc:
@@ -88,6 +83,20 @@ def download(
             f"dataset download failed ({_where(url)}): {type(exc).__name__}"
         ) from exc
     return size
+
+
+_clients: dict[int, httpx.Client] = {}
+_clients_lock = threading.Lock()
+
+
+def _client() -> httpx.Client:
+    """One client per process (building one costs tens of ms: TLS context, pools)."""
+    with _clients_lock:
+        client = _clients.get(os.getpid())
+        if client is None:
+            client = httpx.Client(follow_redirects=False)
+            _clients[os.getpid()] = client
+        return client
 
 
 def _check_status(response: httpx.Response, url: str) -> None:

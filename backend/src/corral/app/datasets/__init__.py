@@ -1,0 +1,1 @@
+"""Datasets for circuit analysis: uploads, the shared sample, owner-only access."""
