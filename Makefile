@@ -23,6 +23,8 @@ sync: uv
 	cd $(BACKEND) && $(UV) sync --all-extras --frozen
 
 up: sync
+	@# As root, the python_q worker runs as the unprivileged user `corral` (bwrap refuses root).
+	@if [ "$$(id -u)" = 0 ]; then bash $(BACKEND)/scripts/sandbox_host_setup.sh; fi
 	cd $(BACKEND) && $(UV) run --frozen python -m corral.devstack
 
 # The database `make up` uses unless CORRAL_DATABASE__URL says otherwise.

@@ -52,7 +52,7 @@ def child_sandbox_only(backend: str, runs: int) -> dict[str, list[float]]:
 
     venv = Path(os.environ["TASKS_SANDBOX__VENV_PATH"])
     settings = SandboxSettings(
-        backend=backend,  # type: ignore[arg-type]
+        backend=backend,
         venv_path=venv,
         wasm_cache_dir=Path(os.environ.get("TASKS_SANDBOX__WASM_CACHE_DIR", "~")).expanduser(),
     )
@@ -141,6 +141,7 @@ async def end_to_end(url: str, headers: dict[str, str], runs: int) -> dict[str, 
 
 
 def run_stack(backend: str, runs: int, base_env: dict[str, str], as_user: list[str]) -> Any:
+    from tests.support.db import new_sqlite_database
     from tests.support.procs import (
         UvicornThread,
         env_vars,
@@ -149,8 +150,6 @@ def run_stack(backend: str, runs: int, base_env: dict[str, str], as_user: list[s
         wait_workers_ready,
     )
     from tests.support.sandbox import python_worker_env, shared_dir
-
-    from tests.support.db import new_sqlite_database
 
     redis = start_redis()
     objects = shared_dir("corral-bench-objects-")
@@ -181,7 +180,7 @@ def run_stack(backend: str, runs: int, base_env: dict[str, str], as_user: list[s
         from corral.app.settings import AppSettings
 
         with env_vars(env):
-            settings = AppSettings()  # type: ignore[call-arg]
+            settings = AppSettings()
         with UvicornThread(create_app(settings)) as server:
             headers = {"Authorization": f"Bearer {issue_dev_token(settings.auth)}"}
             return asyncio.run(end_to_end(server.url, headers, runs))

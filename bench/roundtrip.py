@@ -17,6 +17,7 @@ import asyncio
 import os
 import statistics
 import sys
+import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -37,6 +38,7 @@ from corral.task_schemas import (  # noqa: E402
     Queue,
     task_events_key,
 )
+from tests.support.db import new_sqlite_database  # noqa: E402
 from tests.support.procs import (  # noqa: E402
     env_vars,
     start_redis,
@@ -160,6 +162,7 @@ async def main() -> None:
         "CORRAL_AUTH__MODE": "dev",
         "CORRAL_AUTH__DEV_SECRET": "bench-" + uuid.uuid4().hex + uuid.uuid4().hex,
         "CORRAL_STORAGE__SIGNING_SECRET": "bench-" + uuid.uuid4().hex + uuid.uuid4().hex,
+        "CORRAL_DATABASE__URL": new_sqlite_database(Path(tempfile.mkdtemp(prefix="bench-db-"))),
     }
     workers = [start_worker((q.value,), env, name=f"{q.value}@bench") for q in ALL_QUEUES]
     try:

@@ -23,6 +23,7 @@ from corral.task_schemas import (
     CIRCUIT_ANALYZE,
     PRIORITY_NORMAL,
     CircuitAnalyzeInput,
+    DatasetFormat,
     decode_event,
     is_terminal,
     message_kwargs,
@@ -361,17 +362,14 @@ async def test_unknown_model_is_422_before_queueing(api: httpx.AsyncClient) -> N
     assert resp.status_code == 422 and "gpt-nope" in json.dumps(resp.json())
 
 
-def run_on_circuit_q(redis_server: RedisServer, url: str, sql: str) -> Any:
+def run_on_circuit_q(redis_server: RedisServer, url: str, sql: str, fmt: str = "csv") -> Any:
     """Send ``circuit.analyze`` straight to circuit_q (any URL) and return its terminal event."""
     from celery import Celery
 
     client = Celery(broker=redis_server.url + "/0", set_as_current=False)
     client.conf.broker_transport_options = {"priority_steps": [0, 3, 6, 9]}
     task_input = CircuitAnalyzeInput(
-        dataset_url=url,
-        dataset_format="csv",
-        question="q",
-        sql=sql,  # type: ignore[arg-type]
+        dataset_url=url, dataset_format=DatasetFormat(fmt), question="q", sql=sql
     )
     task_id = str(uuid.uuid4())
     try:
@@ -408,6 +406,29 @@ def test_a_failing_download_is_retried(live_app: LiveApp, redis_server: RedisSer
         assert server.hits == 2  # type: ignore[attr-defined]
     assert last.type == "done", last
     assert json.loads(last.result)["rows"] == [[10]]
+
+
+def test_a_file_that_does_not_load_is_dataset_invalid(
+    live_app: LiveApp, redis_server: RedisServer
+) -> None:
+    with huge_download_server() as server:
+        url = f"http://127.0.0.1:{server.server_address[1]}/garbage.parquet"
+        last = run_on_circuit_q(redis_server, url, "SELECT 1", fmt="parquet")
+    assert last.type == "error" and last.error_type == "DatasetInvalid", last
+    assert "cannot load the parquet dataset" in last.message
+
+
+async def test_model_down_or_answer_without_sql(
+    api: httpx.AsyncClient, fake_llm: FakeOpenAI
+) -> None:
+    down = await analyze(api, {"dataset_id": SAMPLE, "question": "q", "model": "offline"})
+    assert down["output"]["error"]["type"] == "ModelError", down
+    assert "no model could answer" in down["output"]["error"]["message"]
+    assert down["output"]["model"] == "offline" and down["output"]["llm_requests"] == 3
+    fake_llm.script("fake-primary", Reply.json({"query": "SELECT 1"}, prompt_tokens=50))
+    out = (await analyze(api, {"dataset_id": SAMPLE, "question": "q"}))["output"]
+    assert out["error"]["type"] == "InvalidModelAnswer" and '"sql"' in out["error"]["message"]
+    assert out["usage"]["prompt_tokens"] == 50
 
 
 # -- the pieces, in-process --------------------------------------------------------------------
@@ -557,3 +578,21 @@ def test_refused_and_unreachable_links(tmp_path: Path, live_app: LiveApp) -> Non
         _download(forged, tmp_path / "a")
     with pytest.raises(TransientTaskError, match="download failed"):
         _download(f"http://127.0.0.1:{free_port()}/gone", tmp_path / "b")
+
+
+def test_prompt_profile_exact_bounds_and_sampled_counts(loaded: Any) -> None:
+    from corral.tasks.circuit.prompt import profile_table, question_messages
+    from corral.tasks.circuit.settings import CircuitSettings
+
+    df = sample.generate(rows=2000).to_pandas()
+    full = profile_table(loaded, CircuitSettings())
+    big = profile_table(loaded, CircuitSettings(prompt_full_scan_rows=100))
+    assert (full.sampled, big.sampled) == (False, True)
+    for profile in (full, big):
+        depth = next(c for c in profile.columns if c.name == "depth")
+        assert (depth.minimum, depth.maximum) == (df.depth.min(), df.depth.max())  # exact
+    layer = next(c for c in full.columns if c.name == "layer")
+    assert layer.values == sorted(df.layer.unique())
+    prompt = question_messages(big, "q")[1]["content"]
+    assert "from a 10 % sample of rows" in prompt
+    assert "from a 10 % sample" not in question_messages(full, "q")[1]["content"]

@@ -38,7 +38,7 @@ class Devstack:
 
     def wait_up(self) -> str:
         wait_until(lambda: "Corral is up" in self.text() and "Dev token" in self.text()
-                   and self._after_token(), 90, f"devstack to start; output:\n{self.text()}",
+                   and self._after_token(), 150, f"devstack to start; output:\n{self.text()}",
                    interval=0.2)
         return self._after_token()
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import struct
 import time
+from typing import Any
 from urllib.parse import urljoin
 
 import httpx
@@ -34,12 +35,15 @@ def png_size(data: bytes) -> tuple[int, int]:
     return width, height
 
 
-async def invoke(api: httpx.AsyncClient, arguments: dict[str, object], timeout_s: float = 60):
+async def invoke(
+    api: httpx.AsyncClient, arguments: dict[str, object], timeout_s: float = 60
+) -> dict[str, Any]:
     resp = await api.post(
         "/api/tools/run_python/invoke", json={"arguments": arguments, "timeout_s": timeout_s}
     )
     assert resp.status_code == 200, resp.text
-    return resp.json()
+    body: dict[str, Any] = resp.json()
+    return body
 
 
 async def test_tool_is_listed(api: httpx.AsyncClient) -> None:

@@ -127,3 +127,37 @@ def test_wasm_backend_runs_in_a_real_worker(
     assert not any("wasmtime" in m.path for m in parent.memory_maps())
     (child,) = parent.children()
     assert any("wasmtime" in m.path for m in child.memory_maps())
+
+
+def _selftest(prefix: list[str], env: dict[str, str]) -> dict[str, object]:
+    import json
+    import subprocess
+    import sys
+
+    cmd = [*prefix, sys.executable, "-m", "corral.tasks.sandbox.cli", "selftest"]
+    proc = subprocess.run(
+        [*cmd, "--backend", "auto"],
+        env={**os.environ, **env}, capture_output=True, text=True, timeout=600, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
+    return dict(json.loads(proc.stdout.strip().splitlines()[-1]))
+
+
+def test_auto_picks_bwrap_when_it_works_else_wasm() -> None:
+    from tests.support.sandbox import (
+        SANDBOX_VENV,
+        as_sandbox_user,
+        ensure_sandbox_venv,
+        sandbox_user_home,
+    )
+
+    ensure_sandbox_venv()
+    base = {"TASKS_SANDBOX__VENV_PATH": str(SANDBOX_VENV)}
+    unprivileged = {**base, "HOME": sandbox_user_home()}
+    assert _selftest(as_sandbox_user(), unprivileged)["backend"] == "bwrap"
+    # No usable venv: bwrap's self-test fails, auto falls back to wasm.
+    broken = {
+        "TASKS_SANDBOX__VENV_PATH": "/nonexistent",
+        "TASKS_SANDBOX__WASM_CACHE_DIR": str(WASM_CACHE),
+    }
+    assert _selftest([], broken)["backend"] == "wasm"

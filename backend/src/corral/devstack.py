@@ -147,6 +147,50 @@ def build_env(data_dir: Path, redis_url: str, secret: str) -> dict[str, str]:
     return env
 
 
+SANDBOX_USER = os.environ.get("CORRAL_SANDBOX_USER", "corral")
+
+
+def prepare_python_sandbox(data_dir: Path, env: dict[str, str]) -> list[str]:
+    """Get the python_q worker ready; returns the command prefix that runs it.
+
+    The sandbox venv is built once under ``.corral/``. The bwrap backend refuses root, so as root
+    the worker runs as the unprivileged ``corral`` user (made by
+    ``backend/scripts/sandbox_host_setup.sh``), which must be able to write the object store.
+    """
+    venv = data_dir / "sandbox-venv"
+    env.setdefault("TASKS_SANDBOX__VENV_PATH", str(venv))
+    if not (venv / "bin" / "python").exists():
+        print("preparing the Python sandbox venv (first run only, about a minute)…", flush=True)
+        subprocess.run(
+            [sys.executable, "-m", "corral.tasks.sandbox.prepare", "venv"],
+            env=env,
+            cwd=REPO_ROOT,
+            check=True,
+        )
+    if os.geteuid() != 0:
+        return []
+    import pwd
+
+    try:
+        user = pwd.getpwnam(SANDBOX_USER)
+    except KeyError:
+        print(
+            f"note: running as root without a {SANDBOX_USER!r} user, so python_q falls back to "
+            "the wasm sandbox (compiled once, ~1 min); run backend/scripts/sandbox_host_setup.sh "
+            "for bwrap",
+            flush=True,
+        )
+        return []
+    rule = f"u:{SANDBOX_USER}:rwX"
+    objects = env["TASKS_STORAGE__LOCAL_DIR"]
+    if shutil.which("setfacl"):
+        subprocess.run(["setfacl", "-R", "-m", f"{rule},d:{rule}", objects], check=False)
+    for parent in [data_dir, *data_dir.parents]:
+        parent.chmod(parent.stat().st_mode | 0o001)  # traverse only
+    env["HOME"] = user.pw_dir
+    return ["setpriv", f"--reuid={SANDBOX_USER}", f"--regid={SANDBOX_USER}", "--init-groups"]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Run the whole Corral stack locally.")
     parser.add_argument("--data-dir", type=Path, default=REPO_ROOT / ".corral")
@@ -190,7 +234,34 @@ def main(argv: list[str] | None = None) -> int:
         redis_url = f"redis://127.0.0.1:{redis_port}"
         env = build_env(data_dir, redis_url, dev_secret(data_dir))
         py = sys.executable
-        migrate(env)
+        python_env = dict(env)
+        python_prefix = prepare_python_sandbox(data_dir, python_env)
+        env["TASKS_SANDBOX__VENV_PATH"] = python_env["TASKS_SANDBOX__VENV_PATH"]
+        for queue in QUEUES:
+            is_python = queue == "python_q"
+            stack.spawn(
+                f"worker {queue}",
+                [
+                    *(python_prefix if is_python else []),
+                    py,
+                    "-m",
+                    "celery",
+                    "-A",
+                    "corral.tasks.main",
+                    "worker",
+                    "-Q",
+                    queue,
+                    "-n",
+                    f"{queue}@%h",
+                    "-c",
+                    str(args.concurrency),
+                    "-l",
+                    "INFO",
+                ],
+                python_env if is_python else env,
+                f"worker-{queue}",
+            )
+        migrate(env)  # while the workers start; the app needs the schema, they do not
         stack.spawn(
             "app",
             [
@@ -207,28 +278,9 @@ def main(argv: list[str] | None = None) -> int:
             env,
             "app",
         )
-        for queue in QUEUES:
-            stack.spawn(
-                f"worker {queue}",
-                [
-                    py,
-                    "-m",
-                    "celery",
-                    "-A",
-                    "corral.tasks.main",
-                    "worker",
-                    "-Q",
-                    queue,
-                    "-n",
-                    f"{queue}@%h",
-                    "-c",
-                    str(args.concurrency),
-                    "-l",
-                    "INFO",
-                ],
-                env,
-                f"worker-{queue}",
-            )
+        url = f"http://127.0.0.1:{args.port}"
+        ready = wait_ready(url, stack, args.ready_timeout)
+        # Housekeeping only: started once the stack serves, off the start-up's critical path.
         stack.spawn(
             "beat",
             [
@@ -246,8 +298,6 @@ def main(argv: list[str] | None = None) -> int:
             env,
             "beat",
         )
-        url = f"http://127.0.0.1:{args.port}"
-        ready = wait_ready(url, stack, args.ready_timeout)
         token = _dev_token(env)
         print(f"\nCorral is up: {url}", flush=True)
         print(f"Readiness: {ready.get('status')} {ready.get('problems') or ''}", flush=True)

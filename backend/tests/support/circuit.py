@@ -105,10 +105,17 @@ def sql_reply(sql: str, explanation: str = "computed") -> str:
 
 class _Claims10GB(BaseHTTPRequestHandler):
     """Claims a 10 GB body (Content-Length); /endless streams without a length; /flaky fails
-    once with 503."""
+    once with 503; /garbage is a broken Parquet file."""
 
     def do_GET(self) -> None:
         self.server.hits += 1  # type: ignore[attr-defined]
+        if self.path.startswith("/garbage"):  # claims nothing, is not a Parquet file
+            body = b"PAR1 this is not really parquet"
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+            return
         if self.path.startswith("/flaky"):  # 503 the first time, a small CSV after
             body = b"a,b\n1,2\n3,4\n"
             self.send_response(503 if self.server.hits == 1 else 200)  # type: ignore[attr-defined]

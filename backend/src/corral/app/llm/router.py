@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, HTTPException, status
 
 from corral.app.celery_client import BrokerUnavailable
-from corral.app.deps import CurrentUser, ServicesDep
+from corral.app.deps import CurrentUser, ServicesDep, ToolsLimit
 from corral.app.llm import service
 from corral.app.llm.schemas import GenerateError, GenerateRequest, GenerateResponse
 
@@ -18,8 +18,9 @@ router = APIRouter(prefix="/llm", tags=["llm"])
     responses={code: {"model": GenerateError} for code in (409, 502, 503, 504)},
 )
 async def generate(
-    body: GenerateRequest, user: CurrentUser, services: ServicesDep
+    body: GenerateRequest, user: CurrentUser, services: ServicesDep, _limit: ToolsLimit
 ) -> GenerateResponse:
+    """Counts against the caller's `tools` rate limit."""
     limit = services.settings.max_invoke_timeout_s
     if body.timeout_s > limit:
         raise HTTPException(

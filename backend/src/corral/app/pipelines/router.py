@@ -13,7 +13,7 @@ from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from corral.app.background import ShuttingDown
 from corral.app.celery_client import BrokerUnavailable
-from corral.app.deps import CurrentUser, ServicesDep
+from corral.app.deps import CurrentUser, ServicesDep, ToolsLimit
 from corral.app.pipelines import service
 from corral.app.pipelines.dag import PipelineInvalid
 from corral.app.pipelines.repository import events_key
@@ -39,9 +39,11 @@ _ENTRY_ID = re.compile(r"^\d{1,20}-\d{1,20}$")
 
 @router.post("/runs", response_model=PipelineRun, status_code=status.HTTP_202_ACCEPTED)
 async def start_run(
-    body: PipelineRunRequest, user: CurrentUser, services: ServicesDep
+    body: PipelineRunRequest, user: CurrentUser, services: ServicesDep, _limit: ToolsLimit
 ) -> PipelineRun:
-    """Validated whole before any step is sent: 422 lists every problem found."""
+    """Validated whole before any step is sent: 422 lists every problem found.
+
+    A run counts once against the caller's `tools` rate limit."""
     try:
         return await service.start_run(services, user.id, body)
     except PipelineInvalid as exc:

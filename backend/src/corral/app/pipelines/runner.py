@@ -259,7 +259,9 @@ class PipelineRunner:
         except StepFailed as exc:
             await self._set(step.name, status="failed", error=exc.error, finished_at=now())
             if step.optional:
-                self.outputs[step.name] = StepValue(response="", error=exc.error.model_dump())
+                self.outputs[step.name] = StepValue(
+                    response="", parsed=None, responses=[], error=exc.error.model_dump()
+                )
             return "failed"
         except StepCancelled as exc:
             await self._set(

@@ -83,51 +83,49 @@ class TableProfile:
     rows: int
     columns: list[ColumnProfile]
     sample: list[dict[str, Any]] = field(default_factory=list)
+    sampled: bool = False
+
+
+def _one_row(con: duckdb.DuckDBPyConnection, timeout: float, sql: str) -> list[Any]:
+    row = run_internal(con, timeout, lambda: con.execute(sql).fetchone())
+    return list(row or [])
 
 
 def profile_table(con: duckdb.DuckDBPyConnection, settings: CircuitSettings) -> TableProfile:
+    """Types, exact min/max, approximate distinct counts, small value lists, first rows.
+
+    Hashing every value is the expensive part, so above ``prompt_full_scan_rows`` rows the
+    distinct counts and value lists come from a 10 % sample of row blocks (said in the prompt).
+    """
     table = quote_ident(NEURONS_TABLE)
     timeout = settings.query_timeout_s
-
-    def describe() -> list[tuple[Any, ...]]:
-        return con.execute(f"DESCRIBE {table}").fetchall()
-
-    described_rows = run_internal(con, timeout, describe)
+    described_rows = run_internal(con, timeout, lambda: con.execute(f"DESCRIBE {table}").fetchall())
     columns = [ColumnProfile(str(r[0]), str(r[1])) for r in described_rows]
-    count_row = run_internal(
-        con,
-        timeout,
-        lambda: con.execute(f"SELECT count(*) FROM {table}").fetchone(),  # noqa: S608
-    )
-    rows = int(count_row[0]) if count_row else 0
+    rows = int((_one_row(con, timeout, f"SELECT count(*) FROM {table}") or [0])[0])  # noqa: S608
+    sampled = rows > settings.prompt_full_scan_rows
     described = columns[: settings.prompt_stats_columns]
     numeric = [c for c in described if c.type.startswith(_NUMERIC_PREFIXES)]
     text = [c for c in described if c.type in _TEXT_TYPES]
-    if rows and (numeric or text):
-        exprs: list[str] = []
-        for c in numeric:
-            q = quote_ident(c.name)
-            exprs += [f"min({q})", f"max({q})", f"approx_count_distinct({q})"]
-        exprs += [f"approx_count_distinct({quote_ident(c.name)})" for c in text]
-        stats_sql = f"SELECT {', '.join(exprs)} FROM {table}"  # noqa: S608 - quoted names
-        stats = run_internal(con, timeout, lambda: con.execute(stats_sql).fetchone())
-        values = list(stats or [])
+    if rows and numeric:
+        bounds = ", ".join(
+            f"min({quote_ident(c.name)}), max({quote_ident(c.name)})" for c in numeric
+        )
+        values = _one_row(con, timeout, f"SELECT {bounds} FROM {table}")  # noqa: S608
         for i, c in enumerate(numeric):
-            c.minimum, c.maximum, c.distinct = (
-                jsonable(values[3 * i], 40),
-                jsonable(values[3 * i + 1], 40),
-                values[3 * i + 2],
-            )
-        for j, c in enumerate(text):
-            c.distinct = values[3 * len(numeric) + j]
+            c.minimum, c.maximum = jsonable(values[2 * i], 40), jsonable(values[2 * i + 1], 40)
+    source = f"{table} USING SAMPLE 10 PERCENT (system)" if sampled else table
+    if rows and (numeric or text):
+        counts = ", ".join(f"approx_count_distinct({quote_ident(c.name)})" for c in numeric + text)
+        values = _one_row(con, timeout, f"SELECT {counts} FROM {source}")  # noqa: S608
+        for c, distinct in zip(numeric + text, values, strict=False):
+            c.distinct = distinct
         cap = settings.prompt_max_categories
         few = [c for c in text if c.distinct is not None and c.distinct <= cap]
         if few:
-            aggregates = ", ".join(f"list_sort(list(DISTINCT {quote_ident(c.name)}))" for c in few)
-            lists_sql = f"SELECT {aggregates} FROM {table}"  # noqa: S608 - quoted identifiers
-            lists = run_internal(con, timeout, lambda: con.execute(lists_sql).fetchone())
-            for c, listed in zip(few, lists or [], strict=False):
-                if listed is not None and len(listed) <= settings.prompt_max_categories:
+            lists = ", ".join(f"list_sort(list(DISTINCT {quote_ident(c.name)}))" for c in few)
+            listed_values = _one_row(con, timeout, f"SELECT {lists} FROM {source}")  # noqa: S608
+            for c, listed in zip(few, listed_values, strict=False):
+                if listed is not None and len(listed) <= cap:
                     c.values = [jsonable(v, 60) for v in listed]
     sample: list[dict[str, Any]] = []
     if settings.prompt_sample_rows:
@@ -137,13 +135,18 @@ def profile_table(con: duckdb.DuckDBPyConnection, settings: CircuitSettings) -> 
             {n: jsonable(v, 80) for n, v in zip(names, row, strict=True)}
             for row in run_internal(con, timeout, lambda: con.execute(sample_sql).fetchall())
         ]
-    return TableProfile(rows=rows, columns=columns, sample=sample)
+    return TableProfile(rows=rows, columns=columns, sample=sample, sampled=sampled)
 
 
 def question_messages(profile: TableProfile, question: str) -> list[dict[str, str]]:
     lines = [
         f"Table {NEURONS_TABLE}: {profile.rows} rows, {len(profile.columns)} columns.",
-        "Columns:",
+        "Columns:"
+        + (
+            " (distinct counts and value lists from a 10 % sample of rows)"
+            if profile.sampled
+            else ""
+        ),
         *(c.describe() for c in profile.columns),
     ]
     if profile.sample:

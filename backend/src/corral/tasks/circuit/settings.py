@@ -40,6 +40,11 @@ class CircuitSettings(BaseModel):
     prompt_stats_columns: int = Field(
         default=40, ge=0, le=500, description="Columns described with min/max/distinct."
     )
+    prompt_full_scan_rows: int = Field(
+        default=1_000_000,
+        ge=0,
+        description="Larger tables get distinct counts for the prompt from a 10 % sample.",
+    )
     prompt_max_categories: int = Field(
         default=25, ge=0, le=200, description="Distinct values listed for a text column."
     )

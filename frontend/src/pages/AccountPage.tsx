@@ -1,0 +1,185 @@
+import { useMutation, useQuery, useQueryClient } from "@tanstack/react-query";
+import { useState } from "react";
+import { api, call, type Schemas } from "../api/client";
+import { describeError } from "../api/errors";
+import { PageHeader } from "../components/Layout";
+import { useToasts } from "../components/Toasts";
+import { ago } from "../lib/format";
+
+/** API keys (create: shown once; revoke), plus who you are, token usage and rate limits. */
+export function AccountPage() {
+  const qc = useQueryClient();
+  const toasts = useToasts();
+  const [name, setName] = useState("");
+  const [created, setCreated] = useState<Schemas["ApiKeyCreated"] | null>(null);
+  const me = useQuery({ queryKey: ["me"], queryFn: () => call(api.GET("/api/me")) });
+  const keys = useQuery({ queryKey: ["api-keys"], queryFn: () => call(api.GET("/api/api-keys")) });
+  const usage = useQuery({ queryKey: ["usage"], queryFn: () => call(api.GET("/api/usage", { params: { query: { days: 30 } } })) });
+  const limits = useQuery({ queryKey: ["rate-limit"], queryFn: () => call(api.GET("/api/rate-limit")) });
+
+  const create = useMutation({
+    mutationFn: (keyName: string) => call(api.POST("/api/api-keys", { body: { name: keyName } })),
+    onSuccess: (key) => {
+      setCreated(key);
+      setName("");
+      void qc.invalidateQueries({ queryKey: ["api-keys"] });
+    },
+  });
+  const revoke = useMutation({
+    mutationFn: (id: string) => call(api.DELETE("/api/api-keys/{key_id}", { params: { path: { key_id: id } } })),
+    onSuccess: () => {
+      toasts.push("Key revoked: it stops working now.", "ok");
+      void qc.invalidateQueries({ queryKey: ["api-keys"] });
+    },
+    onError: toasts.error,
+  });
+
+  return (
+    <div className="page">
+      <PageHeader title="API keys" subtitle="Keys let scripts call the Corral API as you. A key is shown once; revoking it takes effect at once." />
+      <div className="grid-2">
+        <section className="card">
+          <h2>Create a key</h2>
+          <form
+            className="row"
+            onSubmit={(e) => {
+              e.preventDefault();
+              if (name.trim()) create.mutate(name.trim());
+            }}
+          >
+            <input className="grow" value={name} onChange={(e) => setName(e.target.value)} placeholder="What is it for? e.g. nightly report" maxLength={100} data-testid="key-name" />
+            <button className="btn btn-primary" disabled={!name.trim() || create.isPending} data-testid="key-create">
+              Create key
+            </button>
+          </form>
+          {create.error ? <div className="callout callout-bad">{describeError(create.error)}</div> : null}
+          {created ? (
+            <div className="callout callout-ok" data-testid="key-created">
+              <div>
+                <strong>{created.name}</strong>: copy it now, it will not be shown again.
+              </div>
+              <div className="row">
+                <code className="secret grow" data-testid="key-value">
+                  {created.key}
+                </code>
+                <button className="btn btn-sm" onClick={() => void navigator.clipboard?.writeText(created.key).then(() => toasts.push("Copied", "ok"))}>
+                  Copy
+                </button>
+              </div>
+              <p className="small muted">
+                Use it as <code>Authorization: Bearer {created.prefix}…</code>
+              </p>
+            </div>
+          ) : null}
+          <h3>Your keys</h3>
+          {keys.isLoading ? <p className="muted">Loading…</p> : null}
+          {keys.error ? <div className="callout callout-bad">{describeError(keys.error)}</div> : null}
+          {keys.data && keys.data.length === 0 ? <p className="muted">No keys yet.</p> : null}
+          <ul className="list">
+            {keys.data?.map((k) => (
+              <li key={k.id} className="list-row" data-testid="key-row">
+                <div className="grow">
+                  <div>
+                    <strong>{k.name}</strong> <code className="muted">{k.prefix}…</code>
+                  </div>
+                  <div className="muted small">
+                    created {ago(k.created_at)} · {k.last_used_at ? `last used ${ago(k.last_used_at)}` : "never used"}
+                  </div>
+                </div>
+                <button
+                  className="btn btn-danger btn-sm"
+                  onClick={() => {
+                    if (confirm(`Revoke “${k.name}”? Programs using it will get 401 from now on.`)) revoke.mutate(k.id);
+                  }}
+                >
+                  Revoke
+                </button>
+              </li>
+            ))}
+          </ul>
+        </section>
+        <div className="stack">
+          <section className="card">
+            <h2>You</h2>
+            {me.data ? (
+              <dl className="kv">
+                <dt>User id</dt>
+                <dd className="mono">{me.data.id}</dd>
+                <dt>Name</dt>
+                <dd>{me.data.name ?? "—"}</dd>
+                <dt>Email</dt>
+                <dd>{me.data.email ?? "—"}</dd>
+                <dt>Signed in with</dt>
+                <dd>{me.data.auth === "api_key" ? "an API key (keys cannot create keys)" : "a token"}</dd>
+              </dl>
+            ) : null}
+          </section>
+          <section className="card">
+            <h2>Tokens used (30 days)</h2>
+            {usage.data ? (
+              <>
+                <div className="stats">
+                  <Stat label="model calls" value={usage.data.totals.calls} />
+                  <Stat label="prompt tokens" value={usage.data.totals.prompt_tokens} />
+                  <Stat label="completion tokens" value={usage.data.totals.completion_tokens} />
+                </div>
+                {usage.data.rows.length ? (
+                  <table className="data-table compact">
+                    <thead>
+                      <tr>
+                        <th>day</th>
+                        <th>model</th>
+                        <th className="num">calls</th>
+                        <th className="num">tokens</th>
+                      </tr>
+                    </thead>
+                    <tbody>
+                      {usage.data.rows.slice(-8).map((r) => (
+                        <tr key={`${r.day}-${r.model}`}>
+                          <td>{r.day}</td>
+                          <td>{r.model}</td>
+                          <td className="num">{r.calls}</td>
+                          <td className="num">{r.total_tokens.toLocaleString()}</td>
+                        </tr>
+                      ))}
+                    </tbody>
+                  </table>
+                ) : null}
+              </>
+            ) : null}
+          </section>
+          <section className="card">
+            <h2>Rate limits</h2>
+            {limits.data ? (
+              limits.data.enabled ? (
+                <ul className="list">
+                  {Object.entries(limits.data.groups).map(([group, g]) => (
+                    <li key={group} className="list-row">
+                      <span className="grow">
+                        <strong>{group}</strong> <span className="muted small">{g.limit}</span>
+                      </span>
+                      <span className="mono">
+                        {g.remaining}/{g.amount} left
+                      </span>
+                    </li>
+                  ))}
+                </ul>
+              ) : (
+                <p className="muted">Rate limits are off on this server.</p>
+              )
+            ) : null}
+          </section>
+        </div>
+      </div>
+    </div>
+  );
+}
+
+function Stat({ label, value }: { label: string; value: number }) {
+  return (
+    <div className="stat">
+      <div className="stat-value">{value.toLocaleString()}</div>
+      <div className="stat-label">{label}</div>
+    </div>
+  );
+}

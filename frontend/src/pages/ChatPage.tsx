@@ -1,0 +1,249 @@
+import { useQuery, useQueryClient } from "@tanstack/react-query";
+import { useCallback, useEffect, useRef, useState } from "react";
+import { useNavigate, useParams } from "react-router-dom";
+import { api, call, type Schemas } from "../api/client";
+import { describeError } from "../api/errors";
+import { eventData } from "../api/sse";
+import { Markdown } from "../components/Markdown";
+import { Spinner } from "../components/StatusBadge";
+import { ThreadsSidebar } from "../components/ThreadsSidebar";
+import { useToasts } from "../components/Toasts";
+import { ToolCallCard } from "../components/ToolCallCard";
+import type { LiveTurn } from "../lib/chatTurn";
+import { followTaskEvents } from "../lib/streams";
+import { applyTaskEvent, fromHistory, isActive, type TaskStreamEvent, type ToolCallView } from "../lib/toolState";
+import { useChatTurn } from "../lib/useChatTurn";
+
+type Message = Schemas["MessageOut"];
+
+const SUGGESTIONS = [
+  "Plot a damped sine wave and tell me its period.",
+  "In the sample cortical column, how many neurons are there per layer?",
+  "Simulate 1000 coin flips with numpy and show a histogram.",
+];
+
+/** A saved tool call; if it was still running when saved, follow its task until it ends. */
+function HistoryToolCard({ call: saved }: { call: Schemas["ToolCallOut"] }) {
+  const [view, setView] = useState<ToolCallView>(() => fromHistory(saved));
+  const toasts = useToasts();
+  useEffect(() => {
+    const initial = fromHistory(saved);
+    setView(initial);
+    if (!isActive(initial) || !saved.task_id) return;
+    const ctrl = new AbortController();
+    let current = initial;
+    followTaskEvents(saved.task_id, ctrl.signal, (e) => {
+      current = applyTaskEvent(current, { ...eventData(e), type: e.event } as TaskStreamEvent);
+      setView(current);
+    }).catch(() => undefined);
+    return () => ctrl.abort();
+  }, [saved]);
+  const cancel = () =>
+    call(api.DELETE("/api/tasks/{task_id}", { params: { path: { task_id: saved.task_id as string } } })).catch(toasts.error);
+  return <ToolCallCard view={view} onCancel={cancel} />;
+}
+
+function SavedMessage({ message }: { message: Message }) {
+  if (message.role === "tool" || message.role === "system") return null;
+  if (message.role === "user") {
+    return (
+      <div className="msg msg-user" data-testid="msg-user">
+        <div className="bubble">{message.content}</div>
+      </div>
+    );
+  }
+  return (
+    <div className="msg msg-assistant" data-testid="msg-assistant">
+      <div className="avatar avatar-bot">C</div>
+      <div className="msg-body">
+        {message.content ? <Markdown text={message.content} /> : null}
+        {message.tool_calls.length ? (
+          <div className="tool-group">
+            {message.tool_calls.map((c) => (
+              <HistoryToolCard key={c.call_id} call={c} />
+            ))}
+          </div>
+        ) : null}
+        {message.status !== "complete" ? <div className="muted small">reply {message.status === "cancelled" ? "stopped" : message.status}</div> : null}
+      </div>
+    </div>
+  );
+}
+
+function LiveMessage({ turn, onCancel }: { turn: LiveTurn; onCancel: (taskId: string) => void }) {
+  const waiting = turn.status === "streaming" && turn.blocks.length === 0;
+  return (
+    <>
+      {turn.userText ? (
+        <div className="msg msg-user" data-testid="msg-user">
+          <div className="bubble">{turn.userText}</div>
+        </div>
+      ) : null}
+      {turn.userText || turn.error ? (
+        <div className="msg msg-assistant" data-testid="msg-assistant-live">
+          <div className="avatar avatar-bot">C</div>
+          <div className="msg-body">
+            {waiting ? (
+              <div className="typing" aria-label="The assistant is thinking">
+                <span />
+                <span />
+                <span />
+              </div>
+            ) : null}
+            {turn.blocks.map((b, i) =>
+              b.kind === "text" ? (
+                <Markdown key={i} text={b.text} />
+              ) : (
+                <div className="tool-group" key={i}>
+                  {b.callIds.map((id) => {
+                    const card = turn.cards[id];
+                    return card ? <ToolCallCard key={id} view={card} onCancel={card.taskId ? () => onCancel(card.taskId as string) : undefined} /> : null;
+                  })}
+                </div>
+              ),
+            )}
+            {turn.status === "stopping" ? <div className="muted small">stopping…</div> : null}
+            {turn.status === "stopped" ? <div className="muted small">stopped</div> : null}
+            {turn.error ? (
+              <div className="callout callout-bad" data-testid="turn-error">
+                {turn.error}
+              </div>
+            ) : null}
+          </div>
+        </div>
+      ) : null}
+    </>
+  );
+}
+
+export function ChatPage() {
+  const { threadId } = useParams();
+  const navigate = useNavigate();
+  const qc = useQueryClient();
+  const toasts = useToasts();
+  const [draft, setDraft] = useState("");
+  const scroller = useRef<HTMLDivElement>(null);
+
+  const thread = useQuery({
+    queryKey: ["thread", threadId],
+    enabled: !!threadId,
+    queryFn: () => call(api.GET("/api/threads/{thread_id}", { params: { path: { thread_id: threadId as string } } })),
+  });
+  const messages = useQuery({
+    queryKey: ["messages", threadId],
+    enabled: !!threadId,
+    queryFn: () => call(api.GET("/api/threads/{thread_id}/messages", { params: { path: { thread_id: threadId as string }, query: { limit: 200 } } })),
+  });
+
+  const onFinished = useCallback(
+    async (id: string) => {
+      await qc.refetchQueries({ queryKey: ["messages", id] });
+      void qc.invalidateQueries({ queryKey: ["threads"] });
+      void qc.invalidateQueries({ queryKey: ["thread", id] });
+    },
+    [qc],
+  );
+  const { turn, send, stop, cancelCall, clear } = useChatTurn(onFinished);
+  const busy = turn?.status === "streaming" || turn?.status === "stopping";
+
+  useEffect(() => clear, [threadId, clear]);
+  useEffect(() => {
+    const el = scroller.current;
+    if (el) el.scrollTop = el.scrollHeight;
+  }, [messages.data, turn]);
+
+  async function submit(text: string) {
+    const content = text.trim();
+    if (!content || busy) return;
+    let id = threadId;
+    if (!id) {
+      try {
+        const created = await call(api.POST("/api/threads", { body: {} }));
+        id = created.id;
+        void qc.invalidateQueries({ queryKey: ["threads"] });
+        navigate(`/chat/${id}`);
+      } catch (err) {
+        toasts.error(err);
+        return;
+      }
+    }
+    setDraft("");
+    const result = await send(id, content);
+    if (result.unsent) {
+      setDraft(content);
+      toasts.error(result.error);
+    }
+  }
+
+  const items = messages.data?.items ?? [];
+  const empty = !turn && items.length === 0;
+  return (
+    <div className="chat">
+      <ThreadsSidebar activeId={threadId} />
+      <section className="conversation">
+        <header className="conv-head">
+          <h1 className="conv-title" data-testid="thread-title">
+            {threadId ? (thread.data?.title ?? "…") : "New conversation"}
+          </h1>
+          {thread.data?.model ? <span className="chip">{thread.data.model}</span> : null}
+          {turn?.model ? <span className="chip">{turn.model}</span> : null}
+        </header>
+        <div className="messages" ref={scroller}>
+          {messages.error ? <div className="callout callout-bad">{describeError(messages.error)}</div> : null}
+          {messages.isLoading && threadId ? (
+            <div className="center pad">
+              <Spinner />
+            </div>
+          ) : null}
+          {empty && !messages.isLoading ? (
+            <div className="welcome">
+              <h2>What should we work out?</h2>
+              <p className="muted">The assistant runs Python, analyses circuit datasets and calls other models on Corral's workers — you watch each tool call live.</p>
+              <div className="suggestions">
+                {SUGGESTIONS.map((s) => (
+                  <button key={s} className="suggestion" onClick={() => void submit(s)}>
+                    {s}
+                  </button>
+                ))}
+              </div>
+            </div>
+          ) : null}
+          {items.map((m) => (
+            <SavedMessage key={m.id} message={m} />
+          ))}
+          {turn ? <LiveMessage turn={turn} onCancel={(id) => void cancelCall(id)} /> : null}
+        </div>
+        <form
+          className="composer"
+          onSubmit={(e) => {
+            e.preventDefault();
+            void submit(draft);
+          }}
+        >
+          <textarea
+            value={draft}
+            onChange={(e) => setDraft(e.target.value)}
+            onKeyDown={(e) => {
+              if (e.key === "Enter" && !e.shiftKey) {
+                e.preventDefault();
+                void submit(draft);
+              }
+            }}
+            placeholder="Ask anything — Enter to send, Shift+Enter for a new line"
+            rows={2}
+            data-testid="composer"
+          />
+          {busy ? (
+            <button type="button" className="btn btn-danger" onClick={() => void stop()} disabled={turn?.status === "stopping"} data-testid="stop">
+              ■ Stop
+            </button>
+          ) : (
+            <button type="submit" className="btn btn-primary" disabled={!draft.trim()} data-testid="send">
+              Send ↵
+            </button>
+          )}
+        </form>
+      </section>
+    </div>
+  );
+}
