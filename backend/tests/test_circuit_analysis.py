@@ -22,6 +22,7 @@ from corral.app.datasets import sample
 from corral.task_schemas import (
     CIRCUIT_ANALYZE,
     PRIORITY_NORMAL,
+    PRIORITY_STEPS,
     CircuitAnalyzeInput,
     DatasetFormat,
     decode_event,
@@ -367,7 +368,7 @@ def run_on_circuit_q(redis_server: RedisServer, url: str, sql: str, fmt: str = "
     from celery import Celery
 
     client = Celery(broker=redis_server.url + "/0", set_as_current=False)
-    client.conf.broker_transport_options = {"priority_steps": [0, 3, 6, 9]}
+    client.conf.broker_transport_options = {"priority_steps": list(PRIORITY_STEPS)}
     task_input = CircuitAnalyzeInput(
         dataset_url=url, dataset_format=DatasetFormat(fmt), question="q", sql=sql
     )

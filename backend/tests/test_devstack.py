@@ -66,6 +66,20 @@ def test_make_up_stack_runs_keeps_data_and_stops_cleanly(tmp_path: Path) -> None
             assert http.get("/api/readyz").status_code == 200
             body = http.post("/api/tools/echo/invoke", json={"arguments": {"payload": "hi"}}).json()
             assert body["status"] == "done"
+            plot = http.post(
+                "/api/tools/run_python/invoke",
+                json={
+                    "arguments": {
+                        "code": "import matplotlib.pyplot as plt\nplt.plot([1, 3, 2])\n6 * 7"
+                    },
+                    "timeout_s": 120,
+                },
+                timeout=150,
+            ).json()
+            assert plot["status"] == "done", plot
+            assert plot["output"]["last_expr"] == "42"
+            png = http.get(plot["output"]["figures"][0]["url"])
+            assert png.status_code == 200 and png.content.startswith(b"\x89PNG")
             page = http.get("/")
             assert page.status_code == 200 and "<title>Corral</title>" in page.text
         children = stack.descendants()

@@ -119,9 +119,9 @@ export function AccountPage() {
             {usage.data ? (
               <>
                 <div className="stats">
-                  <Stat label="model calls" value={usage.data.totals.calls} />
-                  <Stat label="prompt tokens" value={usage.data.totals.prompt_tokens} />
-                  <Stat label="completion tokens" value={usage.data.totals.completion_tokens} />
+                  <Stat label="model calls" value={usage.data.totals.calls ?? 0} />
+                  <Stat label="prompt tokens" value={usage.data.totals.prompt_tokens ?? 0} />
+                  <Stat label="completion tokens" value={usage.data.totals.completion_tokens ?? 0} />
                 </div>
                 {usage.data.rows.length ? (
                   <table className="data-table compact">

@@ -57,9 +57,9 @@ function SavedMessage({ message }: { message: Message }) {
       <div className="avatar avatar-bot">C</div>
       <div className="msg-body">
         {message.content ? <Markdown text={message.content} /> : null}
-        {message.tool_calls.length ? (
+        {message.tool_calls?.length ? (
           <div className="tool-group">
-            {message.tool_calls.map((c) => (
+            {message.tool_calls?.map((c) => (
               <HistoryToolCard key={c.call_id} call={c} />
             ))}
           </div>

@@ -25,7 +25,7 @@ function StepDetail({ run, name }: { run: Run; name: string }) {
     <section className="card" data-testid="step-detail">
       <div className="row">
         <h3 className="grow mono">{step.name}</h3>
-        <StatusBadge state={step.status} />
+        <StatusBadge state={step.status ?? "pending"} />
       </div>
       <p className="muted small">
         {step.kind} · {step.model ?? "default model"} · {duration(step.started_at, step.finished_at)} · {step.usage?.total_tokens ?? 0} tokens
@@ -104,7 +104,8 @@ function RunView({ runId, onEdit }: { runId: string; onEdit: (def: PipelineDef) 
     for (const s of run.data?.steps ?? []) {
       const l = live[s.name];
       // whichever is further along: the saved state or the live event
-      out[s.name] = l && (RANK[l] ?? 3) > (RANK[s.status] ?? 3) ? l : s.status;
+      const saved = s.status ?? "pending";
+      out[s.name] = l && (RANK[l] ?? 3) > (RANK[saved] ?? 3) ? l : saved;
     }
     return out;
   }, [run.data, live]);
@@ -131,7 +132,7 @@ function RunView({ runId, onEdit }: { runId: string; onEdit: (def: PipelineDef) 
           <h2 className="grow">
             Run <span className="mono">{r.run_id.slice(0, 8)}</span>
           </h2>
-          <StatusBadge state={r.status} testId="run-status" />
+          <StatusBadge state={r.status ?? "running"} testId="run-status" />
           {r.status === "running" ? (
             <button className="btn btn-danger btn-sm" onClick={() => void cancel()}>
               Cancel run

@@ -1,0 +1,344 @@
+// End-to-end: Debian's Chromium (through playwright-core, never a downloaded browser) against a
+// running Corral stack with the scripted OpenAI-protocol model.
+//   CORRAL_E2E_URL=http://127.0.0.1:8099 CORRAL_E2E_TOKEN=... node e2e/run.mjs
+// Optional: CORRAL_E2E_OUT (screenshots; default ../test-output/screenshots), CHROMIUM_PATH,
+// CORRAL_E2E_ONLY=comma,separated,scenario,names. Ends with "N passed, M failed"; exit 1 on failure.
+import { mkdirSync } from "node:fs";
+import { dirname, join, resolve } from "node:path";
+import { fileURLToPath } from "node:url";
+import { chromium } from "playwright-core";
+
+const here = dirname(fileURLToPath(import.meta.url));
+const BASE = (process.env.CORRAL_E2E_URL ?? "").replace(/\/$/, "");
+const TOKEN = process.env.CORRAL_E2E_TOKEN ?? "";
+const OUT = resolve(process.env.CORRAL_E2E_OUT ?? join(here, "..", "..", "test-output", "screenshots"));
+const CHROMIUM = process.env.CHROMIUM_PATH ?? "/usr/bin/chromium";
+const ONLY = new Set((process.env.CORRAL_E2E_ONLY ?? "").split(",").filter(Boolean));
+if (!BASE || !TOKEN) {
+  console.error("set CORRAL_E2E_URL and CORRAL_E2E_TOKEN");
+  process.exit(2);
+}
+mkdirSync(OUT, { recursive: true });
+
+const browser = await chromium.launch({
+  executablePath: CHROMIUM,
+  headless: true,
+  timeout: 60_000,
+  // Playwright gives every launch a fresh temporary profile (--user-data-dir) of its own.
+  args: ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-dev-shm-usage"],
+});
+const context = await browser.newContext({ viewport: { width: 1440, height: 900 }, deviceScaleFactor: 1 });
+context.setDefaultTimeout(20_000);
+const page = await context.newPage();
+const consoleErrors = [];
+page.on("console", (m) => m.type() === "error" && consoleErrors.push(m.text()));
+page.on("pageerror", (e) => consoleErrors.push(`pageerror: ${e.message}`));
+
+let passed = 0;
+let failed = 0;
+const shot = (name) => page.screenshot({ path: join(OUT, `${name}.png`), fullPage: false });
+
+async function scenario(name, fn) {
+  if (ONLY.size && !ONLY.has(name)) return;
+  const t0 = Date.now();
+  try {
+    await fn();
+    passed += 1;
+    console.log(`ok    ${name} (${((Date.now() - t0) / 1000).toFixed(1)} s)`);
+  } catch (err) {
+    failed += 1;
+    console.log(`FAIL  ${name}: ${err?.stack ?? err}`);
+    await shot(`FAIL-${name}`).catch(() => undefined);
+  }
+}
+
+function expect(cond, message) {
+  if (!cond) throw new Error(message);
+}
+
+const go = async (hash) => {
+  await page.goto(`${BASE}/#${hash}`);
+  await page.waitForLoadState("domcontentloaded");
+};
+
+/** Record every state any tool card shows, in order (cards are replaced as history loads). */
+async function recordCardStates() {
+  await page.evaluate(() => {
+    window.__cardStates = [];
+    const note = (el) => {
+      const s = el.getAttribute("data-state");
+      const list = window.__cardStates;
+      if (s && list[list.length - 1] !== s) list.push(s);
+    };
+    window.__cardObserver?.disconnect();
+    window.__cardObserver = new MutationObserver((muts) => {
+      for (const m of muts) {
+        if (m.type === "attributes" && m.target.matches?.('[data-testid="tool-card"]')) note(m.target);
+        for (const n of m.addedNodes ?? []) {
+          if (n.nodeType !== 1) continue;
+          if (n.matches('[data-testid="tool-card"]')) note(n);
+          n.querySelectorAll?.('[data-testid="tool-card"]').forEach(note);
+        }
+      }
+    });
+    window.__cardObserver.observe(document.body, { subtree: true, childList: true, attributes: true, attributeFilter: ["data-state"] });
+  });
+}
+
+/** Draw the image into a canvas in the page and count pixels that are not (near) white. */
+async function imagePixels(selector) {
+  return page.evaluate(async (sel) => {
+    const img = document.querySelector(sel);
+    if (!img) return { error: "no image" };
+    await img.decode();
+    const canvas = document.createElement("canvas");
+    canvas.width = img.naturalWidth;
+    canvas.height = img.naturalHeight;
+    const ctx = canvas.getContext("2d");
+    ctx.drawImage(img, 0, 0);
+    const { data } = ctx.getImageData(0, 0, canvas.width, canvas.height);
+    let ink = 0;
+    for (let i = 0; i < data.length; i += 4) if (data[i + 3] > 0 && (data[i] < 235 || data[i + 1] < 235 || data[i + 2] < 235)) ink += 1;
+    return { width: canvas.width, height: canvas.height, ink, total: data.length / 4 };
+  }, selector);
+}
+
+async function newConversation() {
+  await go("/chat");
+  await page.getByTestId("new-thread").click();
+  await page.waitForURL(/#\/chat\/[\w-]+/);
+}
+
+async function api(path, init = {}) {
+  return page.evaluate(
+    async ([p, i, token]) => {
+      const r = await fetch(p, { ...i, headers: { ...(i.headers ?? {}), Authorization: `Bearer ${token}` } });
+      return { status: r.status, body: await r.json().catch(() => null) };
+    },
+    [path, init, TOKEN],
+  );
+}
+
+// ---------------------------------------------------------------------------------------------
+
+await scenario("sign-in", async () => {
+  await page.goto(BASE + "/");
+  await page.getByTestId("token-input").waitFor();
+  await shot("01-sign-in");
+  await page.getByTestId("token-input").fill("not-a-real-token");
+  await page.getByTestId("signin-submit").click();
+  const error = await page.getByTestId("signin-error").textContent();
+  expect(/refused/i.test(error ?? ""), `a bad token should be refused, got: ${error}`);
+  await page.getByTestId("token-input").fill(TOKEN);
+  await page.getByTestId("signin-submit").click();
+  await page.getByTestId("nav-chat").waitFor();
+  await page.getByTestId("composer").waitFor();
+  await shot("02-chat-empty");
+});
+
+await scenario("chat-plot", async () => {
+  await newConversation();
+  await recordCardStates();
+  await page.getByTestId("composer").fill("Please plot a damped sine wave");
+  await page.getByTestId("composer").press("Enter");
+  await page.locator('[data-testid="tool-card"]').first().waitFor({ timeout: 30_000 });
+  await page.locator('[data-testid="tool-card"][data-state="running"]').first().waitFor({ timeout: 30_000 }).catch(() => undefined);
+  await shot("03-chat-tool-running");
+  await page.locator('[data-testid="tool-card"][data-state="done"]').first().waitFor({ timeout: 90_000 });
+  const states = await page.evaluate(() => window.__cardStates);
+  const qi = states.indexOf("queued");
+  const ri = states.indexOf("running");
+  const di = states.indexOf("done");
+  expect(qi >= 0 && ri > qi && di > ri, `tool card should go queued → running → done, saw ${states.join(" → ")}`);
+  const img = page.locator('[data-testid="tool-card"] [data-testid="figure"]').first();
+  await img.waitFor({ timeout: 30_000 });
+  const px = await imagePixels('[data-testid="tool-card"] [data-testid="figure"]');
+  expect(!px.error && px.width > 100 && px.height > 100, `figure should load, got ${JSON.stringify(px)}`);
+  expect(px.ink / px.total > 0.02, `figure looks blank: ${px.ink} of ${px.total} pixels have ink`);
+  await page.locator(".msg-assistant .markdown", { hasText: "damped sine" }).first().waitFor({ timeout: 30_000 });
+  const code = await page.locator('[data-testid="tool-code"]').first().textContent();
+  expect(code?.includes("plt.subplots"), "the card shows the code it ran");
+  const stdout = await page.locator('[data-testid="stdout"]').first().textContent();
+  expect(stdout?.includes("period: 1.0 s"), `the card shows stdout, got ${stdout}`);
+  await page.waitForTimeout(300);
+  await shot("04-chat-plot-done");
+  await img.click();
+  await page.getByTestId("lightbox").waitFor();
+  await shot("05-chat-figure-enlarged");
+  await page.keyboard.press("Escape");
+  await page.getByTestId("lightbox").waitFor({ state: "detached" });
+  console.log(`      states ${states.join(" → ")}; figure ${px.width}x${px.height}, ${((100 * px.ink) / px.total).toFixed(1)}% ink`);
+});
+
+await scenario("chat-stop", async () => {
+  await newConversation();
+  await recordCardStates();
+  await page.getByTestId("composer").fill("Run something slow please");
+  await page.getByTestId("composer").press("Enter");
+  const running = page.locator('[data-testid="tool-card"][data-state="running"]').first();
+  await running.waitFor({ timeout: 60_000 });
+  const taskTitle = await running.locator(".mono[title]").first().getAttribute("title");
+  await shot("06-chat-slow-running");
+  await page.getByTestId("stop").click();
+  await page.locator('[data-testid="tool-card"][data-state="cancelled"]').first().waitFor({ timeout: 30_000 });
+  await page.getByTestId("send").waitFor({ timeout: 30_000 });
+  const states = await page.evaluate(() => window.__cardStates);
+  expect(states.includes("running") && states.at(-1) === "cancelled", `expected running → cancelled, saw ${states.join(" → ")}`);
+  expect(!states.includes("done"), `a stopped call must not finish: ${states.join(" → ")}`);
+  const task = await api(`/api/tasks/${taskTitle}`);
+  expect(task.body?.state === "cancelled", `the task itself should be cancelled, got ${JSON.stringify(task.body?.state)}`);
+  await shot("07-chat-stopped");
+});
+
+await scenario("code-runner", async () => {
+  await go("/code");
+  await page.getByTestId("code-editor").fill(
+    'import numpy as np\nimport matplotlib.pyplot as plt\nx = np.random.default_rng(1).normal(size=2000)\nplt.hist(x, bins=40, color="#10b981")\nplt.title("normal sample")\nprint("mean", round(float(x.mean()), 3))\nx.std()\n',
+  );
+  await page.getByTestId("code-run").click();
+  await page.locator('[data-testid="code-state"][data-state="done"]').waitFor({ timeout: 90_000 });
+  const stdout = await page.getByTestId("stdout").textContent();
+  expect(stdout?.includes("mean"), `stdout should be shown, got ${stdout}`);
+  await page.getByTestId("last-expr").waitFor();
+  const px = await imagePixels('[data-testid="code-output"] [data-testid="figure"]');
+  expect(!px.error && px.ink / px.total > 0.02, `histogram should render, got ${JSON.stringify(px)}`);
+  await shot("08-code-runner");
+  await page.getByTestId("code-editor").fill("values = [1, 2, 3]\nprint('about to fail')\nvalues[10]\n");
+  await page.getByTestId("code-run").click();
+  await page.getByTestId("python-error").waitFor({ timeout: 60_000 });
+  const err = await page.getByTestId("python-error").textContent();
+  expect(/IndexError/.test(err ?? "") && /line 3/.test(err ?? ""), `the error names type and line: ${err}`);
+  await shot("09-code-runner-error");
+});
+
+await scenario("datasets-upload-and-sql", async () => {
+  await go("/datasets");
+  await page.locator('[data-testid="dataset-item"]', { hasText: "sample" }).first().waitFor({ timeout: 30_000 });
+  await page.getByTestId("dataset-schema").waitFor({ timeout: 30_000 });
+  await shot("10-datasets-sample");
+  const layers = ["L1", "L23", "L4", "L5", "L6"];
+  const lines = ["id,layer,rate,excitatory"];
+  for (let i = 0; i < 3000; i += 1) lines.push(`${i},${layers[i % 5]},${((i * 37) % 100) / 10},${i % 7 !== 0}`);
+  await page.getByTestId("dataset-file").setInputFiles({ name: "e2e-neurons.csv", mimeType: "text/csv", buffer: Buffer.from(lines.join("\n") + "\n") });
+  await page.getByTestId("dataset-upload").click();
+  await page.locator('[data-testid="dataset-name"]', { hasText: "e2e-neurons.csv" }).waitFor({ timeout: 60_000 });
+  const rows = await page.getByTestId("dataset-rows").textContent();
+  expect(rows?.replace(/\D/g, "") === "3000", `uploaded dataset should have 3000 rows, shows ${rows}`);
+  await page.getByTestId("mode-sql").click();
+  await page.getByTestId("ask-sql").fill("SELECT layer, count(*) AS n, round(avg(rate), 2) AS mean_rate FROM neurons GROUP BY layer ORDER BY layer");
+  await page.getByTestId("ask-run").click();
+  const table = page.getByTestId("result-table");
+  await table.waitFor({ timeout: 90_000 });
+  const firstCells = await table.locator("tbody tr td:first-child").allTextContents();
+  expect(JSON.stringify(firstCells) === JSON.stringify(layers), `SQL result rows: ${JSON.stringify(firstCells)}`);
+  await table.locator("thead th", { hasText: "layer" }).locator("button").click();
+  await table.locator("thead th", { hasText: "layer" }).locator("button").click();
+  const sorted = await table.locator("tbody tr td:first-child").allTextContents();
+  expect(JSON.stringify(sorted) === JSON.stringify([...layers].reverse()), `sorted descending by clicking twice: ${JSON.stringify(sorted)}`);
+  await shot("11-datasets-sql-result");
+});
+
+await scenario("datasets-question", async () => {
+  await go("/datasets/sample-cortical-column");
+  await page.getByTestId("ask-question").fill("How many neurons are there per layer?");
+  await page.getByTestId("ask-run").click();
+  const table = page.getByTestId("result-table");
+  await table.waitFor({ timeout: 90_000 });
+  const n = await table.locator("tbody tr").count();
+  expect(n >= 5, `expected a row per layer, got ${n}`);
+  await page.getByTestId("analysis-sql").waitFor();
+  await shot("12-datasets-question");
+});
+
+await scenario("pipeline-3-steps", async () => {
+  await go("/pipelines");
+  await page.getByTestId("pipeline-new").click();
+  await page.locator('[data-testid="step-form"]').nth(2).waitFor();
+  // a template naming a step that does not exist: the app's 422 is shown at that step
+  const template = page.locator('[data-testid="step-template"]').nth(2);
+  const original = await template.inputValue();
+  await template.fill(original + "\n{nowhere}");
+  await page.getByTestId("pipeline-run").click();
+  await page.locator('[data-testid="field-error"]', { hasText: "nowhere" }).waitFor({ timeout: 20_000 });
+  await shot("13-pipeline-validation");
+  await template.fill(original);
+  await page.getByTestId("pipeline-run").click();
+  await page.waitForURL(/#\/pipelines\/runs\//, { timeout: 20_000 });
+  await page.locator('[data-testid="dag-node"]').nth(2).waitFor();
+  await page.locator('[data-testid="dag-node"][data-status="running"], [data-testid="dag-node"][data-status="done"]').first().waitFor();
+  await shot("14-pipeline-running");
+  await page.waitForFunction(() => {
+    const nodes = [...document.querySelectorAll('[data-testid="dag-node"]')];
+    return nodes.length === 3 && nodes.every((n) => n.getAttribute("data-status") === "done");
+  }, null, { timeout: 90_000 });
+  await page.locator('[data-testid="run-status"][data-state="succeeded"]').waitFor({ timeout: 20_000 });
+  await page.locator('[data-testid="dag-node"][data-step="summary"]').click();
+  const out = await page.getByTestId("step-output").textContent();
+  expect(out && out.length > 10, `the summary step's output shows on click: ${out}`);
+  await shot("15-pipeline-done");
+});
+
+await scenario("tasks-dashboard", async () => {
+  await go("/tasks");
+  for (const q of ["python_q", "circuit_q", "llm_q"]) {
+    const online = page.locator(`[data-testid="queue-card"][data-queue="${q}"] [data-testid="workers-online"]`);
+    await page.waitForFunction((sel) => Number(document.querySelector(sel)?.textContent ?? 0) > 0, `[data-testid="queue-card"][data-queue="${q}"] [data-testid="workers-online"]`, { timeout: 20_000 });
+    expect(Number(await online.textContent()) > 0, `${q} should show a worker online`);
+  }
+  await page.locator('[data-testid="task-row"]').first().waitFor();
+  await shot("16-tasks");
+  await page.locator('[data-testid="task-row"]', { hasText: "run_python" }).first().click();
+  await page.locator('[data-testid="task-event"]').first().waitFor();
+  const events = await page.locator('[data-testid="task-event"]').count();
+  expect(events >= 2, `a task's events are listed (got ${events})`);
+  await shot("17-task-events");
+});
+
+await scenario("api-keys", async () => {
+  await go("/account");
+  await page.getByTestId("key-name").fill("e2e script");
+  await page.getByTestId("key-create").click();
+  const key = await page.getByTestId("key-value").textContent();
+  expect(key?.startsWith("ck_"), `a new key is shown once: ${key}`);
+  await page.locator('[data-testid="key-row"]', { hasText: "e2e script" }).waitFor();
+  await shot("18-api-keys");
+});
+
+await scenario("threads-sidebar", async () => {
+  await go("/chat");
+  const items = page.getByTestId("thread-item");
+  await items.first().waitFor();
+  const before = await items.count();
+  expect(before >= 2, `the conversations from earlier scenarios are listed (${before})`);
+  await items.first().hover();
+  await items.first().getByTestId("thread-rename").click();
+  await page.getByTestId("thread-rename-input").fill("Renamed by e2e");
+  await page.getByTestId("thread-rename-input").press("Enter");
+  await page.locator('[data-testid="thread-item"]', { hasText: "Renamed by e2e" }).waitFor();
+  await page.getByTestId("thread-search").fill("renamed by");
+  await page.waitForFunction(() => document.querySelectorAll('[data-testid="thread-item"]').length === 1);
+  await shot("19-threads-search");
+  await page.getByTestId("thread-search").fill("");
+  await page.waitForFunction((n) => document.querySelectorAll('[data-testid="thread-item"]').length === n, before);
+  page.once("dialog", (d) => d.accept());
+  const last = items.nth(before - 1);
+  await last.hover();
+  await last.getByTestId("thread-delete").click();
+  await page.waitForFunction((n) => document.querySelectorAll('[data-testid="thread-item"]').length === n - 1, before);
+});
+
+await scenario("expired-token-401", async () => {
+  await page.evaluate(() => localStorage.setItem("corral.token", "expired.invalid.token"));
+  await go("/tasks");
+  await page.getByTestId("signin-reason").waitFor({ timeout: 20_000 });
+  const reason = await page.getByTestId("signin-reason").textContent();
+  expect(/sign in again/i.test(reason ?? ""), `a 401 sends you to sign-in with the reason: ${reason}`);
+  await shot("20-signed-out-401");
+});
+
+await browser.close();
+const unexpected = consoleErrors.filter((e) => !/401|Unauthorized|Failed to load resource/.test(e));
+if (unexpected.length) console.log(`browser console errors:\n  ${unexpected.slice(0, 10).join("\n  ")}`);
+console.log(`screenshots: ${OUT}`);
+console.log(`${passed} passed, ${failed} failed`);
+process.exit(failed ? 1 : 0);
