@@ -18,14 +18,6 @@ from corral.task_schemas import ALL_QUEUES, Queue
 from tests.support.db import PostgresServer, new_sqlite_database, postgres_server
 from tests.support.fake_openai import FakeOpenAI
 from tests.support.llm_env import LLM_API_KEY, llm_env
-from tests.support.sandbox import (
-    as_sandbox_user,
-    check_sandbox_host,
-    ensure_sandbox_venv,
-    python_worker_env,
-    sandbox_env,
-    shared_dir,
-)
 from tests.support.procs import (
     RedisServer,
     UvicornThread,
@@ -34,6 +26,14 @@ from tests.support.procs import (
     start_redis,
     start_worker,
     wait_workers_ready,
+)
+from tests.support.sandbox import (
+    as_sandbox_user,
+    check_sandbox_host,
+    ensure_sandbox_venv,
+    python_worker_env,
+    sandbox_env,
+    shared_dir,
 )
 
 DEV_SECRET = "test-" + secrets.token_hex(24)

@@ -19,6 +19,7 @@ import pytest
 import redis
 
 from corral.app.datasets import sample
+from corral.config import RedisSettings
 from corral.task_schemas import (
     CIRCUIT_ANALYZE,
     PRIORITY_NORMAL,
@@ -51,7 +52,7 @@ EXC_PER_LAYER = (
 
 
 def events(redis_server: RedisServer, task_id: str) -> list[Any]:
-    client = redis.Redis.from_url(redis_server.url + "/2", decode_responses=True)
+    client = redis.Redis.from_url(redis_server.url + f"/{RedisSettings().streams_db}", decode_responses=True)
     try:
         return [decode_event(f) for _, f in client.xrange(task_events_key(task_id))]
     finally:

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime
 from collections.abc import Iterator
+from datetime import UTC, datetime
 
 import httpx
 import pytest
@@ -159,12 +159,11 @@ async def test_sse_resume_with_last_event_id_misses_nothing_and_repeats_nothing(
                 if len(received) == 3:
                     break  # drop the connection mid-task
     last_id = received[-1][0]
-    async with live_app.client() as client:
-        async with aconnect_sse(
-            client, "GET", f"/api/tasks/{task_id}/events", headers={"Last-Event-ID": last_id}
-        ) as source:
-            async for sse in source.aiter_sse():
-                received.append((sse.id, sse.event))
+    async with live_app.client() as client, aconnect_sse(
+        client, "GET", f"/api/tasks/{task_id}/events", headers={"Last-Event-ID": last_id}
+    ) as source:
+        async for sse in source.aiter_sse():
+            received.append((sse.id, sse.event))
     await invoke
     detail = (await api.get(f"/api/tasks/{task_id}")).json()
     assert [e["id"] for e in detail["events"]] == [eid for eid, _ in received]

@@ -8,10 +8,18 @@ import time
 from typing import Any
 
 import httpx
+import pytest
 
 from tests.support.fake_openai import FakeOpenAI, Reply
+from tests.support.llm_env import wait_worker_idle
+from tests.support.procs import RedisServer, Worker
 
 PROMPT = "Say hello"
+
+
+@pytest.fixture(autouse=True)
+def _idle_llm_worker(workers: dict[str, Worker], redis_server: RedisServer) -> None:
+    wait_worker_idle(redis_server.url + "/0", workers["llm_q"])
 
 
 async def generate(api: httpx.AsyncClient, **body: Any) -> httpx.Response:

@@ -15,8 +15,13 @@ from corral.app.auth.service import issue_dev_token
 from corral.app.settings import AuthSettings
 from tests.conftest import DEV_SECRET, LiveApp
 from tests.support.fake_openai import FakeOpenAI, RecordedRequest, Reply
-from tests.support.llm_env import wait_pool_full
-from tests.support.procs import Worker
+from tests.support.llm_env import wait_worker_idle
+from tests.support.procs import RedisServer, Worker
+
+
+@pytest.fixture(autouse=True)
+def _idle_llm_worker(workers: dict[str, Worker], redis_server: RedisServer) -> None:
+    wait_worker_idle(redis_server.url + "/0", workers["llm_q"])
 
 
 def answer(req: RecordedRequest) -> Reply:
@@ -68,9 +73,8 @@ DIAMOND = [
 
 
 async def test_diamond_runs_middle_steps_concurrently_and_last_sees_both(
-    api: httpx.AsyncClient, fake_llm: FakeOpenAI, workers: dict[str, Worker]
+    api: httpx.AsyncClient, fake_llm: FakeOpenAI
 ) -> None:
-    wait_pool_full(workers["llm_q"])
     fake_llm.respond_with(answer)
     resp = await start(api, DIAMOND, input={"query": "tabs vs spaces"})
     assert resp.status_code == 202, resp.text
@@ -324,10 +328,7 @@ async def test_cancel_stops_the_run(api: httpx.AsyncClient, fake_llm: FakeOpenAI
     assert again.status_code == 409
 
 
-async def test_group_and_chord_steps(
-    api: httpx.AsyncClient, fake_llm: FakeOpenAI, workers: dict[str, Worker]
-) -> None:
-    wait_pool_full(workers["llm_q"])
+async def test_group_and_chord_steps(api: httpx.AsyncClient, fake_llm: FakeOpenAI) -> None:
     fake_llm.respond_with(answer)
     steps = [
         {

@@ -8,15 +8,23 @@ import time
 from datetime import UTC, datetime
 
 import httpx
+import pytest
 import redis
 
 from corral.app.main import create_app
 from corral.app.pipelines.schemas import PipelineRun, PipelineRunRequest, StepState
 from corral.app.settings import AppSettings
+from corral.config import RedisSettings
 from tests.conftest import LiveApp
 from tests.support.fake_openai import FakeOpenAI, Reply
-from tests.support.procs import RedisServer, UvicornThread, env_vars
+from tests.support.llm_env import wait_worker_idle
+from tests.support.procs import RedisServer, UvicornThread, Worker, env_vars
 from tests.test_pipelines import answer, start, steps_by_name, wait_run
+
+
+@pytest.fixture(autouse=True)
+def _idle_llm_worker(workers: dict[str, Worker], redis_server: RedisServer) -> None:
+    wait_worker_idle(redis_server.url + "/0", workers["llm_q"])
 
 
 async def test_step_timeout_fails_step_and_cancels_its_task(
@@ -116,7 +124,7 @@ async def test_cancel_run_whose_scheduler_is_gone(
         steps=[StepState(name="orphan", kind="generate", status="running", task_ids=[task_id])],
         definition=definition,
     )
-    client = redis.Redis.from_url(redis_server.url + "/2")
+    client = redis.Redis.from_url(redis_server.url + f"/{RedisSettings().streams_db}")
     try:
         client.set(f"pipeline:{run.run_id}:run", run.model_dump_json(), ex=600)
     finally:

@@ -26,6 +26,7 @@ from corral.app.streams import (
     long_poll_celery_result,
 )
 from corral.app.task_runs import service as task_runs
+from corral.config import RedisSettings
 from corral.task_schemas import (
     SYSTEM_ECHO,
     SYSTEM_FAIL,
@@ -48,7 +49,9 @@ async def services(stack_env: dict[str, str]) -> AsyncIterator[Services]:
 
 
 def stream_events(server: RedisServer, task_id: str) -> list[tuple[str, Any]]:
-    client = redis.Redis.from_url(server.url + "/2", decode_responses=True)
+    client = redis.Redis.from_url(
+        server.url + f"/{RedisSettings().streams_db}", decode_responses=True
+    )
     try:
         return [(eid, decode_event(f)) for eid, f in client.xrange(task_events_key(task_id))]
     finally:
@@ -178,9 +181,7 @@ async def test_cancel_reaches_waiter_within_a_second_and_stops_the_task(
     assert isinstance(outcome, TaskCancelled)
     assert time.monotonic() - cancelled_at < 1.0
     # The task really stopped: it is marked revoked and never completes or restarts.
-    wait_until(
-        lambda: services.celery.AsyncResult(task_id).state == "REVOKED", 10, "REVOKED state"
-    )
+    wait_until(lambda: services.celery.AsyncResult(task_id).state == "REVOKED", 10, "REVOKED state")
     await asyncio.sleep(2)
     types = [e.type for _, e in stream_events(redis_server, task_id)]
     assert "done" not in types
@@ -207,9 +208,12 @@ async def test_sigkilled_worker_child_task_is_redelivered(
     waiter = asyncio.create_task(wait(services, task_id, timeout_s=45))
 
     def child_pid() -> int | None:
-        active = services.celery.control.inspect(
-            destination=[workers[Queue.CIRCUIT.value].name], timeout=1
-        ).active() or {}
+        active = (
+            services.celery.control.inspect(
+                destination=[workers[Queue.CIRCUIT.value].name], timeout=1
+            ).active()
+            or {}
+        )
         for tasks in active.values():
             for t in tasks:
                 if t["id"] == task_id and t.get("worker_pid"):
@@ -235,7 +239,9 @@ async def test_sigkilled_worker_child_task_is_redelivered(
 async def test_thousand_concurrent_waits_use_few_redis_connections(
     services: Services, redis_server: RedisServer
 ) -> None:
-    admin = redis.Redis(host=redis_server.host, port=redis_server.port, password=redis_server.password)
+    admin = redis.Redis(
+        host=redis_server.host, port=redis_server.port, password=redis_server.password
+    )
 
     def waiter_connections() -> int:
         return sum(1 for c in admin.client_list() if c.get("name", "").startswith("corral-waiter"))
@@ -271,14 +277,19 @@ async def test_send_to_a_queue_the_task_does_not_use_is_refused(services: Servic
     from corral.task_schemas import TaskSpec
 
     only_llm: TaskSpec[Any, Any] = TaskSpec(
-        name="test.only_llm", queues=(Queue.LLM,), input_model=EchoInput,
-        output_model=EchoInput, description="test",
+        name="test.only_llm",
+        queues=(Queue.LLM,),
+        input_model=EchoInput,
+        output_model=EchoInput,
+        description="test",
     )
     with pytest.raises(QueueNotAllowed, match="llm_q"):
         await services.sender.send(only_llm, EchoInput(), owner_id="u1", queue=Queue.PYTHON)
 
 
-async def test_messages_carry_owner_and_expiry(services: Services, redis_server: RedisServer) -> None:
+async def test_messages_carry_owner_and_expiry(
+    services: Services, redis_server: RedisServer
+) -> None:
     """Inspect the raw message in the broker: owner in kwargs, expires from the registry."""
     queue = "corral-test-inspect"
     task_id = str(uuid.uuid4())

@@ -13,6 +13,7 @@ const BASE = (process.env.CORRAL_E2E_URL ?? "").replace(/\/$/, "");
 const TOKEN = process.env.CORRAL_E2E_TOKEN ?? "";
 const OUT = resolve(process.env.CORRAL_E2E_OUT ?? join(here, "..", "..", "test-output", "screenshots"));
 const CHROMIUM = process.env.CHROMIUM_PATH ?? "/usr/bin/chromium";
+const RUN = Math.random().toString(36).slice(2, 8); // names made here are unique per run
 const ONLY = new Set((process.env.CORRAL_E2E_ONLY ?? "").split(",").filter(Boolean));
 if (!BASE || !TOKEN) {
   console.error("set CORRAL_E2E_URL and CORRAL_E2E_TOKEN");
@@ -216,7 +217,7 @@ await scenario("datasets-upload-and-sql", async () => {
   await page.locator('[data-testid="dataset-item"]', { hasText: "sample" }).first().waitFor({ timeout: 30_000 });
   await page.getByTestId("dataset-schema").waitFor({ timeout: 30_000 });
   await shot("10-datasets-sample");
-  const layers = ["L1", "L23", "L4", "L5", "L6"];
+  const layers = ["L1", "L2", "L3", "L4", "L5"];
   const lines = ["id,layer,rate,excitatory"];
   for (let i = 0; i < 3000; i += 1) lines.push(`${i},${layers[i % 5]},${((i * 37) % 100) / 10},${i % 7 !== 0}`);
   await page.getByTestId("dataset-file").setInputFiles({ name: "e2e-neurons.csv", mimeType: "text/csv", buffer: Buffer.from(lines.join("\n") + "\n") });
@@ -235,6 +236,8 @@ await scenario("datasets-upload-and-sql", async () => {
   await table.locator("thead th", { hasText: "layer" }).locator("button").click();
   const sorted = await table.locator("tbody tr td:first-child").allTextContents();
   expect(JSON.stringify(sorted) === JSON.stringify([...layers].reverse()), `sorted descending by clicking twice: ${JSON.stringify(sorted)}`);
+  await page.getByTestId("ask-sql").scrollIntoViewIfNeeded();
+  await page.mouse.wheel(0, 260);
   await shot("11-datasets-sql-result");
 });
 
@@ -247,6 +250,8 @@ await scenario("datasets-question", async () => {
   const n = await table.locator("tbody tr").count();
   expect(n >= 5, `expected a row per layer, got ${n}`);
   await page.getByTestId("analysis-sql").waitFor();
+  await page.getByTestId("ask-question").scrollIntoViewIfNeeded();
+  await page.mouse.wheel(0, 300);
   await shot("12-datasets-question");
 });
 
@@ -296,11 +301,11 @@ await scenario("tasks-dashboard", async () => {
 
 await scenario("api-keys", async () => {
   await go("/account");
-  await page.getByTestId("key-name").fill("e2e script");
+  await page.getByTestId("key-name").fill(`e2e script ${RUN}`);
   await page.getByTestId("key-create").click();
   const key = await page.getByTestId("key-value").textContent();
   expect(key?.startsWith("ck_"), `a new key is shown once: ${key}`);
-  await page.locator('[data-testid="key-row"]', { hasText: "e2e script" }).waitFor();
+  await page.locator('[data-testid="key-row"]', { hasText: `e2e script ${RUN}` }).waitFor();
   await shot("18-api-keys");
 });
 
@@ -312,10 +317,10 @@ await scenario("threads-sidebar", async () => {
   expect(before >= 2, `the conversations from earlier scenarios are listed (${before})`);
   await items.first().hover();
   await items.first().getByTestId("thread-rename").click();
-  await page.getByTestId("thread-rename-input").fill("Renamed by e2e");
+  await page.getByTestId("thread-rename-input").fill(`Renamed by e2e ${RUN}`);
   await page.getByTestId("thread-rename-input").press("Enter");
-  await page.locator('[data-testid="thread-item"]', { hasText: "Renamed by e2e" }).waitFor();
-  await page.getByTestId("thread-search").fill("renamed by");
+  await page.locator('[data-testid="thread-item"]', { hasText: `Renamed by e2e ${RUN}` }).waitFor();
+  await page.getByTestId("thread-search").fill(`BY E2E ${RUN}`);
   await page.waitForFunction(() => document.querySelectorAll('[data-testid="thread-item"]').length === 1);
   await shot("19-threads-search");
   await page.getByTestId("thread-search").fill("");

@@ -38,7 +38,9 @@ class RedisSettings(BaseModel):
     ssl_ca_certs: Path | None = None
     broker_db: int = Field(default=0, ge=0, le=15)
     backend_db: int = Field(default=1, ge=0, le=15)
-    streams_db: int = Field(default=2, ge=0, le=15)
+    # Streams share the result backend's database so `done` is written in the same transaction
+    # as the result (see corral/tasks/result_backend.py).
+    streams_db: int = Field(default=1, ge=0, le=15)
 
     @field_validator("url")
     @classmethod

@@ -36,6 +36,7 @@ fig, ax = plt.subplots(figsize=(6, 3))
 ax.plot(t, y, color="#4f46e5", lw=2)
 ax.fill_between(t, y, alpha=.15, color="#4f46e5")
 ax.set(title="Damped sine", xlabel="t (s)", ylabel="amplitude")
+fig.tight_layout()
 print("period: 1.0 s")
 """
 

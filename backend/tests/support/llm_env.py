@@ -13,6 +13,7 @@ import json
 import secrets
 
 import psutil
+import redis
 
 from tests.support.fake_openai import FakeOpenAI
 from tests.support.procs import Worker, free_port, wait_until
@@ -73,3 +74,24 @@ def wait_pool_full(worker: Worker, size: int = 2, timeout: float = 10.0) -> None
         return len(alive) >= size and len(alive) == len(children)
 
     wait_until(full, timeout, f"{size} live pool processes in {worker.name}", interval=0.1)
+
+
+def wait_worker_idle(broker_url: str, worker: Worker, timeout: float = 60.0) -> None:
+    """Wait until no message of the worker's queues is taken (unacked) and its pool is whole.
+
+    Tests elsewhere in the session may leave long tasks (a 30 s echo) on the shared llm_q
+    worker; tests that measure parallelism or wait with deadlines start from an idle worker.
+    With ``acks_late`` a running or reserved message stays in kombu's ``unacked`` hash
+    (``[message, exchange, routing_key]``) until it finishes, so one HVALS tells.
+    """
+    client = redis.Redis.from_url(broker_url)
+    try:
+
+        def idle() -> bool:
+            taken = [json.loads(raw)[2] for raw in client.hvals("unacked")]
+            return not any(queue in worker.queues for queue in taken)
+
+        wait_until(idle, timeout, f"{worker.name} to be idle", interval=0.1)
+    finally:
+        client.close()
+    wait_pool_full(worker, timeout=timeout)

@@ -1,3 +1,4 @@
+import { Download } from "lucide-react";
 import { useMemo, useState } from "react";
 import { formatCell, sortRows, toCsv, type Cell, type SortDir } from "../lib/table";
 
@@ -18,13 +19,15 @@ interface Props {
   downloadName?: string;
   caption?: string;
   testId?: string;
+  /** Hide the download link (e.g. a dataset's preview rows). */
+  noDownload?: boolean;
 }
 
 const NUMERIC = /INT|DOUBLE|FLOAT|DECIMAL|REAL|NUMERIC|HUGEINT/i;
 
 /** A result table: click a header to sort (asc, desc, off), first rows with "show more",
  * and "download full result". */
-export function DataTable({ columns, rows, pageSize = 50, totalRows, downloadUrl, downloadName = "result.csv", caption, testId }: Props) {
+export function DataTable({ columns, rows, pageSize = 50, totalRows, downloadUrl, downloadName = "result.csv", caption, testId, noDownload }: Props) {
   const [sort, setSort] = useState<{ column: number; dir: SortDir } | null>(null);
   const [shown, setShown] = useState(pageSize);
   const sorted = useMemo(() => (sort ? sortRows(rows, sort.column, sort.dir) : rows), [rows, sort]);
@@ -34,10 +37,15 @@ export function DataTable({ columns, rows, pageSize = 50, totalRows, downloadUrl
   const cycle = (column: number) =>
     setSort((s) => (!s || s.column !== column ? { column, dir: "asc" } : s.dir === "asc" ? { column, dir: "desc" } : null));
 
-  const csvHref = useMemo(() => {
-    if (downloadUrl) return null;
-    return URL.createObjectURL(new Blob([toCsv(columns.map((c) => c.name), rows)], { type: "text/csv" }));
-  }, [columns, rows, downloadUrl]);
+  // Small results are whole here: save them as CSV, built on click (no lingering object URLs).
+  const saveCsv = () => {
+    const url = URL.createObjectURL(new Blob([toCsv(columns.map((c) => c.name), rows)], { type: "text/csv" }));
+    const a = document.createElement("a");
+    a.href = url;
+    a.download = downloadName;
+    a.click();
+    setTimeout(() => URL.revokeObjectURL(url), 1000);
+  };
 
   return (
     <div className="table-wrap" data-testid={testId}>
@@ -46,9 +54,15 @@ export function DataTable({ columns, rows, pageSize = 50, totalRows, downloadUrl
           {caption ? `${caption} · ` : ""}
           showing {visible.length.toLocaleString()} of {total.toLocaleString()} row{total === 1 ? "" : "s"}
         </span>
-        <a className="btn btn-ghost btn-sm" href={downloadUrl ?? csvHref ?? "#"} download={downloadUrl ? undefined : downloadName} target={downloadUrl ? "_blank" : undefined} rel="noreferrer">
-          ⤓ Download full result
-        </a>
+        {noDownload ? null : downloadUrl ? (
+          <a className="btn btn-ghost btn-sm" href={downloadUrl} target="_blank" rel="noreferrer" data-testid="download-result">
+            <Download size={14} /> Download full result
+          </a>
+        ) : (
+          <button className="btn btn-ghost btn-sm" onClick={saveCsv} data-testid="download-result">
+            <Download size={14} /> Download full result (CSV)
+          </button>
+        )}
       </div>
       <div className="table-scroll">
         <table className="data-table">

@@ -1,15 +1,16 @@
 import { useQuery } from "@tanstack/react-query";
+import { Boxes, Database, KeyRound, ListChecks, LogOut, MessageSquare, SquareTerminal, Workflow } from "lucide-react";
 import { NavLink, Outlet } from "react-router-dom";
 import { signOut } from "../api/auth";
 import { api, call } from "../api/client";
 
 const NAV = [
-  { to: "/chat", label: "Chat", icon: "💬" },
-  { to: "/code", label: "Code", icon: "⌨" },
-  { to: "/datasets", label: "Datasets", icon: "▦" },
-  { to: "/pipelines", label: "Pipelines", icon: "⛓" },
-  { to: "/tasks", label: "Tasks", icon: "◷" },
-  { to: "/account", label: "API keys", icon: "🔑" },
+  { to: "/chat", label: "Chat", icon: MessageSquare },
+  { to: "/code", label: "Code", icon: SquareTerminal },
+  { to: "/datasets", label: "Datasets", icon: Database },
+  { to: "/pipelines", label: "Pipelines", icon: Workflow },
+  { to: "/tasks", label: "Tasks", icon: ListChecks },
+  { to: "/account", label: "API keys", icon: KeyRound },
 ];
 
 export function Layout() {
@@ -19,14 +20,12 @@ export function Layout() {
     <div className="shell">
       <nav className="rail" aria-label="Main">
         <div className="brand">
-          <img src="/favicon.svg" alt="" width={28} height={28} />
+          <span className="logo"><Boxes size={18} /></span>
           <span>Corral</span>
         </div>
         {NAV.map((n) => (
           <NavLink key={n.to} to={n.to} className={({ isActive }) => `rail-link ${isActive ? "active" : ""}`} data-testid={`nav-${n.label.toLowerCase().replace(" ", "-")}`}>
-            <span className="rail-icon" aria-hidden>
-              {n.icon}
-            </span>
+            <n.icon className="rail-icon" size={18} aria-hidden />
             <span>{n.label}</span>
           </NavLink>
         ))}
@@ -36,9 +35,7 @@ export function Layout() {
           <div className="rail-user-name">{who}</div>
         </div>
         <button className="rail-link rail-signout" onClick={() => signOut(null)}>
-          <span className="rail-icon" aria-hidden>
-            ⎋
-          </span>
+          <LogOut className="rail-icon" size={16} aria-hidden />
           <span>Sign out</span>
         </button>
       </nav>

@@ -38,7 +38,8 @@ export function StatusBadge({ state, testId }: { state: string; testId?: string 
 }
 
 export function ProgressBar({ current, total, label }: { current: number | null; total: number | null; label?: string }) {
-  const pct = current !== null && total ? Math.max(0, Math.min(100, (current / total) * 100)) : null;
+  // Nothing measurable yet (no total, or 0 done): an indeterminate bar that still shows life.
+  const pct = current !== null && current > 0 && total ? Math.max(0, Math.min(100, (current / total) * 100)) : null;
   return (
     <div className="progress" role="progressbar" aria-valuenow={pct ?? undefined} aria-valuemin={0} aria-valuemax={100} aria-label={label}>
       <div className={`progress-fill ${pct === null ? "indeterminate" : ""}`} style={pct === null ? undefined : { width: `${pct}%` }} />

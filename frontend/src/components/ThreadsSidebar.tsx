@@ -1,4 +1,5 @@
 import { useMutation, useQuery, useQueryClient } from "@tanstack/react-query";
+import { Pencil, Plus, Trash2 } from "lucide-react";
 import { useEffect, useState } from "react";
 import { useNavigate } from "react-router-dom";
 import { api, call, type Schemas } from "../api/client";
@@ -68,7 +69,7 @@ export function ThreadsSidebar({ activeId }: { activeId: string | undefined }) {
     <aside className="threads" aria-label="Conversations">
       <div className="threads-head">
         <button className="btn btn-primary btn-block" onClick={() => create.mutate()} disabled={create.isPending} data-testid="new-thread">
-          ＋ New conversation
+          <Plus size={16} /> New conversation
         </button>
         <input className="search" type="search" placeholder="Search conversations" value={search} onChange={(e) => setSearch(e.target.value)} data-testid="thread-search" />
       </div>
@@ -99,7 +100,7 @@ export function ThreadsSidebar({ activeId }: { activeId: string | undefined }) {
             )}
             <div className="thread-actions">
               <button className="icon-btn" title="Rename" onClick={() => startEdit(t)} data-testid="thread-rename">
-                ✎
+                <Pencil size={14} />
               </button>
               <button
                 className="icon-btn danger"
@@ -109,7 +110,7 @@ export function ThreadsSidebar({ activeId }: { activeId: string | undefined }) {
                   if (confirm(`Delete “${t.title}”, its messages and files?`)) remove.mutate(t.id);
                 }}
               >
-                🗑
+                <Trash2 size={14} />
               </button>
             </div>
           </li>

@@ -1,3 +1,4 @@
+import { Brain, ChevronDown, ChevronRight, Code2, Sparkles, Wrench } from "lucide-react";
 import { useState } from "react";
 import { TERMINAL, type ToolCallView } from "../lib/toolState";
 import { ProgressBar, StatusBadge } from "./StatusBadge";
@@ -9,7 +10,7 @@ const TITLES: Record<string, string> = {
   llm_generate: "Language model",
 };
 
-const ICONS: Record<string, string> = { run_python: "🐍", circuit_population_analysis: "🧠", llm_generate: "✦" };
+const ICONS: Record<string, typeof Wrench> = { run_python: Code2, circuit_population_analysis: Brain, llm_generate: Sparkles };
 
 type Obj = Record<string, unknown>;
 
@@ -52,11 +53,13 @@ export function ToolCallCard({ view, onCancel }: { view: ToolCallView; onCancel?
   const active = !TERMINAL.has(view.state);
   const [open, setOpen] = useState(true);
   const title = TITLES[view.name] ?? view.name;
+  const Icon = ICONS[view.name] ?? Wrench;
   return (
     <div className={`tool-card tool-${view.state}`} data-testid="tool-card" data-state={view.state} data-history={view.history.join(",")}>
       <div className="tool-head">
         <button className="tool-toggle" onClick={() => setOpen((o) => !o)} aria-expanded={open}>
-          <span className="tool-icon">{ICONS[view.name] ?? "⚙"}</span>
+          {open ? <ChevronDown size={14} className="muted" /> : <ChevronRight size={14} className="muted" />}
+          <Icon size={16} className="tool-icon" />
           <span className="tool-title">{title}</span>
           <span className="tool-name mono">{view.name}</span>
         </button>

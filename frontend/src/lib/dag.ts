@@ -44,7 +44,7 @@ export function findCycle(steps: StepLike[]): string[] | null {
     state.set(n, 1);
     stack.push(n);
     for (const d of deps.get(n) ?? []) {
-      if (!deps.has(d)) continue;
+      if (!deps.has(d) || d === n) continue; // self-dependency: reported on its own
       const found = visit(d);
       if (found) return found;
     }
@@ -78,6 +78,7 @@ export const NODE_H = 64;
 const GAP_X = 72;
 const GAP_Y = 24;
 const PAD = 16;
+const ARC = 44;
 
 /** Layer = longest path from a root; within a layer, order by the parents' average position. */
 export function layoutDag(steps: StepLike[]): Layout {
@@ -112,11 +113,14 @@ export function layoutDag(steps: StepLike[]): Layout {
     names_.forEach((n, i) => rowOf.set(n, i));
   });
   const tallest = Math.max(1, ...layers.map((l) => l?.length ?? 0));
-  const height = PAD * 2 + tallest * NODE_H + (tallest - 1) * GAP_Y;
+  // Edges that skip a layer arc over the nodes in between: leave room above for them.
+  const skips = steps.some((s) => (deps.get(s.name) ?? []).some((d) => (layer.get(s.name) ?? 0) - (layer.get(d) ?? 0) > 1));
+  const top0 = skips ? ARC : 0;
+  const height = top0 + PAD * 2 + tallest * NODE_H + (tallest - 1) * GAP_Y;
   const nodes: LaidNode[] = [];
   layers.forEach((names_, l) => {
     const colHeight = names_.length * NODE_H + (names_.length - 1) * GAP_Y;
-    const top = (height - colHeight) / 2;
+    const top = top0 + (height - top0 - colHeight) / 2;
     names_.forEach((n, i) => nodes.push({ name: n, layer: l, x: PAD + l * (NODE_W + GAP_X), y: top + i * (NODE_H + GAP_Y) }));
   });
   const at = new Map(nodes.map((n) => [n.name, n]));
@@ -124,6 +128,12 @@ export function layoutDag(steps: StepLike[]): Layout {
     (deps.get(s.name) ?? []).map((d) => {
       const a = at.get(d) as LaidNode;
       const b = at.get(s.name) as LaidNode;
+      if (b.layer - a.layer > 1) {
+        const x1 = a.x + NODE_W - 28;
+        const x2 = b.x + 28;
+        const lift = Math.min(a.y, b.y) - ARC + 6;
+        return { from: d, to: s.name, path: `M${x1},${a.y} C${x1},${lift} ${x2},${lift} ${x2},${b.y}` };
+      }
       const x1 = a.x + NODE_W;
       const y1 = a.y + NODE_H / 2;
       const x2 = b.x;

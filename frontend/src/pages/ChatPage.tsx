@@ -1,4 +1,5 @@
 import { useQuery, useQueryClient } from "@tanstack/react-query";
+import { ArrowUp, Square } from "lucide-react";
 import { useCallback, useEffect, useRef, useState } from "react";
 import { useNavigate, useParams } from "react-router-dom";
 import { api, call, type Schemas } from "../api/client";
@@ -235,11 +236,11 @@ export function ChatPage() {
           />
           {busy ? (
             <button type="button" className="btn btn-danger" onClick={() => void stop()} disabled={turn?.status === "stopping"} data-testid="stop">
-              ■ Stop
+              <Square size={13} fill="currentColor" /> Stop
             </button>
           ) : (
             <button type="submit" className="btn btn-primary" disabled={!draft.trim()} data-testid="send">
-              Send ↵
+              <ArrowUp size={16} /> Send
             </button>
           )}
         </form>

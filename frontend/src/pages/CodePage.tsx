@@ -1,3 +1,4 @@
+import { Play, Square } from "lucide-react";
 import { useEffect, useRef, useState } from "react";
 import { describeError } from "../api/errors";
 import { PageHeader } from "../components/Layout";
@@ -72,11 +73,11 @@ export function CodePage() {
             </select>
             {active ? (
               <button className="btn btn-danger" onClick={() => void cancel()} data-testid="code-stop">
-                ■ Stop
+                <Square size={13} fill="currentColor" /> Stop
               </button>
             ) : (
               <button className="btn btn-primary" onClick={start} disabled={busy || !code.trim()} data-testid="code-run">
-                ▶ Run <kbd>Ctrl ↵</kbd>
+                <Play size={14} fill="currentColor" /> Run <kbd>Ctrl ↵</kbd>
               </button>
             )}
           </>

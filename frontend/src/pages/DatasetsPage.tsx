@@ -274,7 +274,7 @@ function DatasetDetail({ id, onDeleted }: { id: string; onDeleted: () => void })
           ))}
         </div>
         <h3>Sample rows</h3>
-        <DataTable columns={d.columns} rows={d.sample_rows as unknown[][]} totalRows={d.sample_rows.length} downloadName={`${d.name}-sample.csv`} testId="sample-table" />
+        <DataTable columns={d.columns} rows={d.sample_rows as unknown[][]} totalRows={d.sample_rows.length} noDownload testId="sample-table" />
       </section>
       <AskCard dataset={d} />
     </div>

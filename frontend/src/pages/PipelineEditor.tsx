@@ -1,3 +1,4 @@
+import { Play, Plus, Trash2 } from "lucide-react";
 import { useState } from "react";
 import { useNavigate } from "react-router-dom";
 import { api, call } from "../api/client";
@@ -140,7 +141,7 @@ export function PipelineEditor({ initial }: { initial?: PipelineDef }) {
             Load example
           </button>
           <button className="btn btn-primary" onClick={() => void runIt()} disabled={busy || (mode === "form" && client.length > 0)} data-testid="pipeline-run">
-            {busy ? "Starting…" : "▶ Run pipeline"}
+            {busy ? "Starting…" : (<><Play size={14} /> Run pipeline</>)}
           </button>
         </div>
         <p className="muted small">
@@ -186,7 +187,7 @@ export function PipelineEditor({ initial }: { initial?: PipelineDef }) {
                       </label>
                       <span className="grow" />
                       <button className="icon-btn danger" title="Remove step" onClick={() => removeStep(i)} disabled={def.steps.length <= 1}>
-                        🗑
+                        <Trash2 size={14} />
                       </button>
                     </div>
                     <FieldErrors messages={errorsFor(i, "name", client, serverFields, serverProblems)} />
@@ -209,7 +210,7 @@ export function PipelineEditor({ initial }: { initial?: PipelineDef }) {
                 ))}
               </ol>
               <button className="btn btn-ghost" onClick={() => setDef((d) => ({ ...d, steps: [...d.steps, blankStep(d.steps)] }))}>
-                ＋ Add step
+                <Plus size={15} /> Add step
               </button>
             </>
           ) : (

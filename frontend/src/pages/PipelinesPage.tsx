@@ -1,4 +1,5 @@
 import { useQuery, useQueryClient } from "@tanstack/react-query";
+import { Plus } from "lucide-react";
 import { useEffect, useMemo, useState } from "react";
 import { Link, useNavigate, useParams } from "react-router-dom";
 import { api, call, type Schemas } from "../api/client";
@@ -24,7 +25,7 @@ function StepDetail({ run, name }: { run: Run; name: string }) {
   return (
     <section className="card" data-testid="step-detail">
       <div className="row">
-        <h3 className="grow mono">{step.name}</h3>
+        <h2 className="grow mono">{step.name}</h2>
         <StatusBadge state={step.status ?? "pending"} />
       </div>
       <p className="muted small">
@@ -170,7 +171,7 @@ export function PipelinesPage() {
 
   return (
     <div className="page page-wide">
-      <PageHeader title="Pipelines" subtitle="DAGs of language-model steps: define, run, and watch each step fill in." actions={<button className="btn" onClick={() => { setDraft(null); navigate("/pipelines"); }} data-testid="pipeline-new">＋ New pipeline</button>} />
+      <PageHeader title="Pipelines" subtitle="DAGs of language-model steps: define, run, and watch each step fill in." actions={<button className="btn" onClick={() => { setDraft(null); navigate("/pipelines"); }} data-testid="pipeline-new"><Plus size={15} /> New pipeline</button>} />
       <div className="split split-narrow">
         <section className="card card-flush">
           <div className="list-head">Recent runs</div>

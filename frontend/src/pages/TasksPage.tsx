@@ -1,4 +1,5 @@
 import { useQuery, useQueryClient } from "@tanstack/react-query";
+import { X } from "lucide-react";
 import { useEffect, useMemo, useState } from "react";
 import { useNavigate, useParams } from "react-router-dom";
 import { api, call, fetchWithDeadline, type Schemas } from "../api/client";
@@ -97,7 +98,7 @@ function TaskDetail({ taskId, onClose }: { taskId: string; onClose: () => void }
       <div className="row">
         <h2 className="grow">Task</h2>
         <button className="icon-btn" onClick={onClose} aria-label="Close">
-          ✕
+          <X size={16} />
         </button>
       </div>
       {detail.isLoading ? <Spinner /> : null}
@@ -202,7 +203,7 @@ export function TasksPage() {
                 <div className={`stat-value ${q.workers.length ? "ok" : "bad"}`} data-testid="workers-online">
                   {q.workers.length}
                 </div>
-                <div className="stat-label">workers online</div>
+                <div className="stat-label">workers</div>
               </div>
               <div className="stat">
                 <div className="stat-value">{q.queued}</div>
@@ -214,7 +215,7 @@ export function TasksPage() {
               </div>
               <div className="stat">
                 <div className={`stat-value ${q.failures.length ? "bad" : ""}`}>{q.failures.length}</div>
-                <div className="stat-label">failures (24 h)</div>
+                <div className="stat-label">failed 24 h</div>
               </div>
             </div>
             <div className="muted small ellipsis" title={q.workers.join(", ")}>

@@ -13,6 +13,7 @@ from celery.signals import setup_logging
 
 from corral.task_schemas import PRIORITY_STEPS
 from corral.tasks.logging_setup import configure_logging
+from corral.tasks.result_backend import BACKEND_PATH, StreamingRedisBackend
 from corral.tasks.settings import TasksSettings
 
 settings = TasksSettings()
@@ -43,12 +44,17 @@ WORKER_DEFAULTS: dict[str, Any] = {
 }
 
 
+def done_rides_with_result(tasks_settings: TasksSettings) -> bool:
+    """Streams in the result backend's database: ``done`` is written with the result itself."""
+    return tasks_settings.redis.streams_url == tasks_settings.redis.backend_url
+
+
 def build_celery_app(tasks_settings: TasksSettings) -> Celery:
-    celery_app = Celery(
-        "corral",
-        broker=tasks_settings.redis.broker_url,
-        backend=tasks_settings.redis.backend_url,
-    )
+    backend = tasks_settings.redis.backend_url
+    if done_rides_with_result(tasks_settings):
+        StreamingRedisBackend.stream_settings = tasks_settings.streams
+        backend = f"{BACKEND_PATH}+{backend}"
+    celery_app = Celery("corral", broker=tasks_settings.redis.broker_url, backend=backend)
     celery_app.conf.update(WORKER_DEFAULTS)
     celery_app.conf.result_expires = tasks_settings.result_expires_s
     celery_app.conf.update(tasks_settings.celery)

@@ -19,7 +19,7 @@ from celery.signals import task_failure, task_postrun, task_prerun, task_revoked
 
 from corral.task_schemas import REGISTRY
 from corral.tasks._base import TaskUserError
-from corral.tasks.celery_app import settings
+from corral.tasks.celery_app import done_rides_with_result, settings
 from corral.tasks.stream_notifier import StreamNotifier
 
 log = structlog.get_logger(__name__)
@@ -59,7 +59,8 @@ def _clear_log_context(**_: Any) -> None:
 
 @task_success.connect
 def _publish_done(sender: Task, result: Any, **_: Any) -> None:
-    if _is_ours(sender):
+    # Usually already written in the transaction that stored the result (result_backend.py).
+    if _is_ours(sender) and not done_rides_with_result(settings):
         _notifier(sender.request.id).done(result)
 
 
