@@ -57,7 +57,30 @@ pytest: sync
 test: lint typecheck contracts migrations-check pytest
 
 bench: sync
-	cd $(BACKEND) && $(UV) run --frozen python ../bench/roundtrip.py
+	cd $(BACKEND) && for b in roundtrip python_tool pipeline analysis; do \
+		test -f ../bench/$$b.py && $(UV) run --frozen python ../bench/$$b.py || exit 1; done
 
 clean-data:
 	rm -rf .corral
+
+# --- Frontend (React + TypeScript + Vite in frontend/; see frontend/README.md) -------------------
+# `make up` should build it first (the app serves frontend/dist); `make test` should run
+# frontend-test (Vitest + the API-client check). The Chromium end-to-end run is a pytest test
+# (backend/tests/test_frontend_e2e.py), so `make pytest` runs it; it needs the chromium package.
+NPM := npm
+.PHONY: frontend-deps frontend-build frontend-test frontend-api
+
+frontend/node_modules/.package-lock.json: frontend/package.json frontend/package-lock.json
+	cd frontend && $(NPM) ci --no-audit --no-fund
+
+frontend-deps: frontend/node_modules/.package-lock.json
+
+frontend-build: frontend-deps
+	cd frontend && $(NPM) run build
+
+frontend-test: frontend-deps sync
+	cd frontend && $(NPM) test && $(NPM) run api:check
+
+# Regenerate the TypeScript API client after changing the app's routes or models.
+frontend-api: frontend-deps sync
+	cd frontend && $(NPM) run api:gen

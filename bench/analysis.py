@@ -20,6 +20,7 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -167,6 +168,7 @@ def run(runs: int, big_rows: int) -> None:
         finally:
             worker.stop()
             redis.stop()
+            shutil.rmtree(work, ignore_errors=True)
     print(table(results))
 
 

@@ -52,7 +52,9 @@ EXC_PER_LAYER = (
 
 
 def events(redis_server: RedisServer, task_id: str) -> list[Any]:
-    client = redis.Redis.from_url(redis_server.url + f"/{RedisSettings().streams_db}", decode_responses=True)
+    client = redis.Redis.from_url(
+        redis_server.url + f"/{RedisSettings().streams_db}", decode_responses=True
+    )
     try:
         return [decode_event(f) for _, f in client.xrange(task_events_key(task_id))]
     finally:

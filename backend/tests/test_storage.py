@@ -8,9 +8,11 @@ and must agree with the app on keys and layout.
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import secrets
+import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -22,11 +24,13 @@ import httpx
 import pytest
 
 from corral.app.auth.service import issue_dev_token
+from corral.app.db import DatabaseSettings
 from corral.app.main import create_app
 from corral.app.settings import AppSettings, AppStorageSettings, AuthSettings
 from corral.app.storage import store as app_store
 from corral.config import RedisSettings, StorageSettings
 from corral.tasks import object_store as tasks_store
+from tests.support.db import new_sqlite_database
 from tests.support.procs import RedisServer, UvicornThread, free_port
 from tests.support.s3 import MotoS3, moto_s3_server
 
@@ -71,8 +75,15 @@ class Stack:
         )
 
 
+@functools.cache
+def database_url() -> str:
+    """The storage apps' database: a migrated SQLite file (storage itself keeps no rows)."""
+    return new_sqlite_database(Path(tempfile.mkdtemp(prefix="corral-storage-db-")))
+
+
 def make_settings(redis: RedisServer, storage: dict[str, Any]) -> AppSettings:
     return AppSettings(
+        database=DatabaseSettings(url=database_url()),
         redis=RedisSettings(url=redis.url),
         auth=AuthSettings(mode="dev", dev_secret=DEV_SECRET, dev_user_id=OWNER),
         storage=AppStorageSettings(**{"max_upload_bytes": CAP, **storage}),

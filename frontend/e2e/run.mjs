@@ -66,10 +66,14 @@ const go = async (hash) => {
 async function recordCardStates() {
   await page.evaluate(() => {
     window.__cardStates = [];
+    window.__cardHistory = "";
     const note = (el) => {
       const s = el.getAttribute("data-state");
       const list = window.__cardStates;
       if (s && list[list.length - 1] !== s) list.push(s);
+      // the card's own record of every state it took (React may batch fast transitions)
+      const h = el.getAttribute("data-history") ?? "";
+      if (h.length > window.__cardHistory.length) window.__cardHistory = h;
     };
     window.__cardObserver?.disconnect();
     window.__cardObserver = new MutationObserver((muts) => {
@@ -147,10 +151,9 @@ await scenario("chat-plot", async () => {
   await shot("03-chat-tool-running");
   await page.locator('[data-testid="tool-card"][data-state="done"]').first().waitFor({ timeout: 90_000 });
   const states = await page.evaluate(() => window.__cardStates);
-  const qi = states.indexOf("queued");
-  const ri = states.indexOf("running");
-  const di = states.indexOf("done");
-  expect(qi >= 0 && ri > qi && di > ri, `tool card should go queued → running → done, saw ${states.join(" → ")}`);
+  const history = await page.evaluate(() => window.__cardHistory);
+  expect(history === "queued,running,done", `tool card should go queued → running → done, its history: ${history}`);
+  expect(states[0] === "queued" && states.at(-1) === "done", `shown states: ${states.join(" → ")}`);
   const img = page.locator('[data-testid="tool-card"] [data-testid="figure"]').first();
   await img.waitFor({ timeout: 30_000 });
   const px = await imagePixels('[data-testid="tool-card"] [data-testid="figure"]');
@@ -184,6 +187,8 @@ await scenario("chat-stop", async () => {
   await page.locator('[data-testid="tool-card"][data-state="cancelled"]').first().waitFor({ timeout: 30_000 });
   await page.getByTestId("send").waitFor({ timeout: 30_000 });
   const states = await page.evaluate(() => window.__cardStates);
+  const history = await page.evaluate(() => window.__cardHistory);
+  expect(history === "queued,running,cancelled", `expected queued → running → cancelled, history: ${history}`);
   expect(states.includes("running") && states.at(-1) === "cancelled", `expected running → cancelled, saw ${states.join(" → ")}`);
   expect(!states.includes("done"), `a stopped call must not finish: ${states.join(" → ")}`);
   const task = await api(`/api/tasks/${taskTitle}`);
@@ -193,8 +198,14 @@ await scenario("chat-stop", async () => {
 
 await scenario("code-runner", async () => {
   await go("/code");
+  // The first connection to the task's event stream breaks: the page must reconnect and finish.
+  let eventConnections = 0;
+  await page.route("**/api/tasks/*/events", (route) => {
+    eventConnections += 1;
+    return eventConnections === 1 ? route.abort("connectionreset") : route.continue();
+  });
   await page.getByTestId("code-editor").fill(
-    'import numpy as np\nimport matplotlib.pyplot as plt\nx = np.random.default_rng(1).normal(size=2000)\nplt.hist(x, bins=40, color="#10b981")\nplt.title("normal sample")\nprint("mean", round(float(x.mean()), 3))\nx.std()\n',
+    'import time\nimport numpy as np\nimport matplotlib.pyplot as plt\ntime.sleep(1)  # slower than the short invoke wait: the page follows the events\nx = np.random.default_rng(1).normal(size=2000)\nplt.hist(x, bins=40, color="#10b981")\nplt.title("normal sample")\nprint("mean", round(float(x.mean()), 3))\nx.std()\n',
   );
   await page.getByTestId("code-run").click();
   await page.locator('[data-testid="code-state"][data-state="done"]').waitFor({ timeout: 90_000 });
@@ -203,6 +214,8 @@ await scenario("code-runner", async () => {
   await page.getByTestId("last-expr").waitFor();
   const px = await imagePixels('[data-testid="code-output"] [data-testid="figure"]');
   expect(!px.error && px.ink / px.total > 0.02, `histogram should render, got ${JSON.stringify(px)}`);
+  await page.unroute("**/api/tasks/*/events");
+  expect(eventConnections >= 2, `the dropped event stream was reopened (${eventConnections} connections)`);
   await shot("08-code-runner");
   await page.getByTestId("code-editor").fill("values = [1, 2, 3]\nprint('about to fail')\nvalues[10]\n");
   await page.getByTestId("code-run").click();
@@ -265,6 +278,7 @@ await scenario("pipeline-3-steps", async () => {
   await template.fill(original + "\n{nowhere}");
   await page.getByTestId("pipeline-run").click();
   await page.locator('[data-testid="field-error"]', { hasText: "nowhere" }).waitFor({ timeout: 20_000 });
+  await page.locator('[data-testid="field-error"]', { hasText: "nowhere" }).scrollIntoViewIfNeeded();
   await shot("13-pipeline-validation");
   await template.fill(original);
   await page.getByTestId("pipeline-run").click();

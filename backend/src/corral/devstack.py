@@ -233,6 +233,8 @@ def main(argv: list[str] | None = None) -> int:
         )
         redis_url = f"redis://127.0.0.1:{redis_port}"
         env = build_env(data_dir, redis_url, dev_secret(data_dir))
+        # Workers download datasets from the app's signed local-store URLs.
+        env.setdefault("CORRAL_DATASETS__WORKER_BASE_URL", f"http://127.0.0.1:{args.port}")
         py = sys.executable
         python_env = dict(env)
         python_prefix = prepare_python_sandbox(data_dir, python_env)

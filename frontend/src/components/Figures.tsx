@@ -1,4 +1,7 @@
-import { useEffect, useState } from "react";
+import { createContext, useContext, useEffect, useState } from "react";
+
+/** Saved conversations keep figure URLs that expire; a card can offer to fetch fresh ones. */
+export const FigureRefresh = createContext<(() => void) | null>(null);
 
 export interface FigureOut {
   url?: string;
@@ -10,6 +13,7 @@ export interface FigureOut {
 /** Figures inline; click one to see it large (Esc or a click closes). */
 export function Figures({ figures }: { figures: FigureOut[] }) {
   const [open, setOpen] = useState<FigureOut | null>(null);
+  const refresh = useContext(FigureRefresh);
   useEffect(() => {
     if (!open) return;
     const onKey = (e: KeyboardEvent) => e.key === "Escape" && setOpen(null);
@@ -22,7 +26,7 @@ export function Figures({ figures }: { figures: FigureOut[] }) {
     <div className="figures">
       {shown.map((f, i) => (
         <button key={f.key ?? i} className="figure" onClick={() => setOpen(f)} title="Click to enlarge">
-          <img src={f.url} alt={f.name ?? `figure ${i + 1}`} data-testid="figure" loading="lazy" />
+          <img src={f.url} alt={f.name ?? `figure ${i + 1}`} data-testid="figure" loading="lazy" onError={() => refresh?.()} />
           <span className="figure-name">{f.name}</span>
         </button>
       ))}

@@ -5,6 +5,7 @@ import { useNavigate, useParams } from "react-router-dom";
 import { api, call, type Schemas } from "../api/client";
 import { describeError } from "../api/errors";
 import { eventData } from "../api/sse";
+import { FigureRefresh } from "../components/Figures";
 import { Markdown } from "../components/Markdown";
 import { Spinner } from "../components/StatusBadge";
 import { ThreadsSidebar } from "../components/ThreadsSidebar";
@@ -41,7 +42,20 @@ function HistoryToolCard({ call: saved }: { call: Schemas["ToolCallOut"] }) {
   }, [saved]);
   const cancel = () =>
     call(api.DELETE("/api/tasks/{task_id}", { params: { path: { task_id: saved.task_id as string } } })).catch(toasts.error);
-  return <ToolCallCard view={view} onCancel={cancel} />;
+  // A figure URL from an old conversation has expired: re-attach once for fresh ones.
+  const [refreshed, setRefreshed] = useState(false);
+  const refresh = () => {
+    if (refreshed || !saved.task_id) return;
+    setRefreshed(true);
+    call(api.GET("/api/tools/results/{task_id}", { params: { path: { task_id: saved.task_id } } }))
+      .then((r) => r.status === "done" && setView((v) => ({ ...v, output: r.output })))
+      .catch(() => undefined);
+  };
+  return (
+    <FigureRefresh.Provider value={refresh}>
+      <ToolCallCard view={view} onCancel={cancel} />
+    </FigureRefresh.Provider>
+  );
 }
 
 function SavedMessage({ message }: { message: Message }) {

@@ -52,6 +52,13 @@ class Subscription:
     async def get(self) -> tuple[str, TaskEvent]:
         return await self._queue.get()
 
+    def drain(self) -> list[tuple[str, TaskEvent]]:
+        """Entries already delivered and not yet read, without waiting."""
+        out = []
+        while not self._queue.empty():
+            out.append(self._queue.get_nowait())
+        return out
+
     def close(self) -> None:
         self.hub._remove(self)
 

@@ -11,8 +11,10 @@ import uuid
 from typing import Any
 
 from pydantic import BaseModel
+from sqlalchemy import insert
 
 from corral.app.celery_client import BrokerUnavailable
+from corral.app.db.base import utcnow
 from corral.app.db.models import TaskRun
 from corral.app.services import Services
 from corral.app.task_runs import repository
@@ -58,8 +60,8 @@ async def submit(
     task_id = task_id or str(uuid.uuid4())
     await services.users.ensure(owner_id)
     async with services.db.session() as session:
-        session.add(
-            TaskRun(
+        await session.execute(
+            insert(TaskRun).values(
                 id=task_id,
                 owner_id=owner_id,
                 thread_id=thread_id,
@@ -67,6 +69,9 @@ async def submit(
                 queue=target.value,
                 tool=tool,
                 state="queued",
+                created_at=utcnow(),
+                attempts=0,
+                usage_recorded=False,
             )
         )
     try:

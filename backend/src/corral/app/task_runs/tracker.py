@@ -18,7 +18,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 import structlog
-from sqlalchemy import or_, select, update
+from sqlalchemy import func, or_, select, update
 
 from corral.app.db import Database
 from corral.app.db.base import utcnow
@@ -35,6 +35,7 @@ from corral.task_schemas import (
     ProgressEvent,
     StartedEvent,
     TaskEvent,
+    is_terminal,
     task_events_key,
 )
 
@@ -114,12 +115,19 @@ class TaskRunTracker:
                         entry_id, event = await asyncio.wait_for(sub.get(), remaining)
                     except TimeoutError:
                         return
-                    if isinstance(event, ProgressEvent) and running:
-                        continue
-                    running = running or isinstance(event, StartedEvent | ProgressEvent)
-                    await self.apply(task_id, entry_id, event)
-                    if isinstance(event, DoneEvent | ErrorEvent | CancelledEvent):
+                    # Events already waiting are coalesced: only the newest state is written.
+                    batch = [(entry_id, event), *sub.drain()]
+                    final = next((b for b in batch if is_terminal(b[1])), None)
+                    if final is not None:
+                        started = [b for b in batch if isinstance(b[1], StartedEvent)]
+                        await self.apply(task_id, *final, started=started[-1] if started else None)
                         return
+                    if not running:
+                        started = [b for b in batch if isinstance(b[1], StartedEvent)]
+                        await self.apply(task_id, *(started[-1] if started else batch[-1]))
+                        running = True
+                    elif started := [b for b in batch if isinstance(b[1], StartedEvent)]:
+                        await self.apply(task_id, *started[-1])  # a retry: attempt changes
         except Exception as exc:  # a lost DB write is repaired by sync/reconcile
             log.warning("task run watcher failed", task_id=task_id, error=repr(exc))
 
@@ -154,15 +162,32 @@ class TaskRunTracker:
 
     # -- writing rows --------------------------------------------------------------------------
 
-    async def apply(self, task_id: str, entry_id: str, event: TaskEvent) -> str | None:
-        """Write what ``event`` changes; returns the new state, or ``None`` if nothing changed."""
+    async def apply(
+        self,
+        task_id: str,
+        entry_id: str,
+        event: TaskEvent,
+        *,
+        started: tuple[str, TaskEvent] | None = None,
+    ) -> str | None:
+        """Write what ``event`` changes; returns the new state, or ``None`` if nothing changed.
+
+        ``started``: the run's ``started`` entry when it was coalesced into a terminal one.
+        """
         when = repository.entry_time(entry_id)
+        extra: dict[str, Any] = {}
+        if started is not None and isinstance(started[1], StartedEvent):
+            extra = {
+                "started_at": func.coalesce(TaskRun.started_at, repository.entry_time(started[0])),
+                "attempts": started[1].attempt,
+                "worker": started[1].worker[:200] or None,
+            }
         if isinstance(event, StartedEvent | ProgressEvent):
             return await self._mark_running(task_id, entry_id, when, event)
         if isinstance(event, DoneEvent):
             output = await self._output(task_id, event)
             changed = await self.finish(
-                task_id, "done", when=when, entry_id=entry_id, output=output
+                task_id, "done", when=when, entry_id=entry_id, output=output, extra=extra
             )
             return "done" if changed else None
         if isinstance(event, ErrorEvent):
@@ -174,6 +199,7 @@ class TaskRunTracker:
                 entry_id=entry_id,
                 error_type=event.error_type,
                 error_message=event.message,
+                extra=extra,
             )
             return state if changed else None
         if isinstance(event, CancelledEvent):
@@ -184,6 +210,7 @@ class TaskRunTracker:
                 entry_id=entry_id,
                 error_type="Cancelled",
                 error_message=event.reason,
+                extra=extra,
             )
             return "cancelled" if changed else None
         return None
@@ -191,8 +218,13 @@ class TaskRunTracker:
     async def _mark_running(
         self, task_id: str, entry_id: str, when: datetime, event: StartedEvent | ProgressEvent
     ) -> str | None:
-        values: dict[str, Any] = {"state": "running", "last_event_at": when}
-        values["last_event_id"] = entry_id
+        values: dict[str, Any] = {
+            "state": "running",
+            "last_event_at": when,
+            "last_event_id": entry_id,
+            # started_at is the first start; a retry keeps it.
+            "started_at": func.coalesce(TaskRun.started_at, when),
+        }
         condition = TaskRun.state == "queued"
         if isinstance(event, StartedEvent):
             values |= {"attempts": event.attempt, "worker": event.worker[:200] or None}
@@ -203,15 +235,7 @@ class TaskRunTracker:
             result: Any = await session.execute(
                 update(TaskRun).where(TaskRun.id == task_id, condition).values(**values)
             )
-            if result.rowcount:
-                # started_at is the first start; a retry keeps it.
-                await session.execute(
-                    update(TaskRun)
-                    .where(TaskRun.id == task_id, TaskRun.started_at.is_(None))
-                    .values(started_at=when)
-                )
-                return "running"
-        return None
+        return "running" if result.rowcount else None
 
     async def _output(self, task_id: str, event: DoneEvent) -> Any:
         if event.result is not None:
@@ -232,6 +256,7 @@ class TaskRunTracker:
         output: Any = None,
         error_type: str | None = None,
         error_message: str | None = None,
+        extra: dict[str, Any] | None = None,
     ) -> bool:
         """Record the end of a run once (``lost`` may be replaced); True if this call did."""
         when = when or utcnow()
@@ -250,6 +275,7 @@ class TaskRunTracker:
             }
             if entry_id is not None:
                 values["last_event_id"] = entry_id
+            values |= extra or {}
             result: Any = await session.execute(
                 update(TaskRun)
                 .where(TaskRun.id == task_id, TaskRun.state.in_(_OPEN))
