@@ -22,7 +22,7 @@ uv:
 sync: uv
 	cd $(BACKEND) && $(UV) sync --all-extras --frozen
 
-up: sync
+up: sync frontend-build
 	@# As root, the python_q worker runs as the unprivileged user `corral` (bwrap refuses root).
 	@if [ "$$(id -u)" = 0 ]; then bash $(BACKEND)/scripts/sandbox_host_setup.sh; fi
 	cd $(BACKEND) && $(UV) run --frozen python -m corral.devstack
@@ -54,7 +54,7 @@ contracts: sync
 pytest: sync
 	cd $(BACKEND) && $(UV) run --frozen pytest $(PYTEST_ARGS)
 
-test: lint typecheck contracts migrations-check pytest
+test: lint typecheck contracts migrations-check frontend-test pytest
 
 bench: sync
 	cd $(BACKEND) && for b in roundtrip python_tool pipeline analysis; do \

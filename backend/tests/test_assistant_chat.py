@@ -221,6 +221,7 @@ async def test_tool_errors_go_back_to_the_model(app: AssistantApp, fake_llm: Fak
         ToolCall("echo", '{"payload": '),  # not JSON
         ToolCall("run_python", {"code": "x = 1", "bogus": True}),  # fails validation
         ToolCall("rm_rf", {}),  # not offered
+        ToolCall("circuit_population_analysis", {"dataset_id": "nope", "question": "?"}),
     ]
     fake_llm.respond_with(
         lambda req: (
@@ -241,8 +242,9 @@ async def test_tool_errors_go_back_to_the_model(app: AssistantApp, fake_llm: Fak
         assert results[calls[1].id]["task_id"] is None  # nothing was queued
         assert "bogus" in results[calls[2].id]["error"]["message"]
         assert results[calls[3].id]["error"]["type"] == "UnknownTool"
+        assert results[calls[4].id]["error"]["type"] == "NotFound"  # the tool's own check
         saved = (await client.get(f"/api/threads/{thread_id}/messages")).json()["items"]
-        assert [c["status"] for c in saved[1]["tool_calls"]] == ["error"] * 4
+        assert [c["status"] for c in saved[1]["tool_calls"]] == ["error"] * 5
     answers = tool_answers(fake_llm.requests(AGENT)[-1])
     assert [a["tool_call_id"] for a in sorted(answers, key=lambda a: a["tool_call_id"])] == sorted(
         c.id for c in calls

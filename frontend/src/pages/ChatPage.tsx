@@ -137,6 +137,7 @@ export function ChatPage() {
   const qc = useQueryClient();
   const toasts = useToasts();
   const [draft, setDraft] = useState("");
+  const [sendError, setSendError] = useState<string | null>(null);
   const scroller = useRef<HTMLDivElement>(null);
 
   const thread = useQuery({
@@ -161,7 +162,10 @@ export function ChatPage() {
   const { turn, send, stop, cancelCall, clear } = useChatTurn(onFinished);
   const busy = turn?.status === "streaming" || turn?.status === "stopping";
 
-  useEffect(() => clear, [threadId, clear]);
+  useEffect(() => {
+    setSendError(null);
+    return clear;
+  }, [threadId, clear]);
   useEffect(() => {
     const el = scroller.current;
     if (el) el.scrollTop = el.scrollHeight;
@@ -183,10 +187,12 @@ export function ChatPage() {
       }
     }
     setDraft("");
+    setSendError(null);
     const result = await send(id, content);
     if (result.unsent) {
+      // Not sent (busy thread, rate limit, no model configured): say why and keep the text.
       setDraft(content);
-      toasts.error(result.error);
+      setSendError(describeError(result.error));
     }
   }
 
@@ -228,6 +234,14 @@ export function ChatPage() {
           ))}
           {turn ? <LiveMessage turn={turn} onCancel={(id) => void cancelCall(id)} /> : null}
         </div>
+        {sendError ? (
+          <div className="composer-error" data-testid="send-error">
+            <span className="grow">Not sent: {sendError}</span>
+            <button className="icon-btn" onClick={() => setSendError(null)} aria-label="Dismiss">
+              ×
+            </button>
+          </div>
+        ) : null}
         <form
           className="composer"
           onSubmit={(e) => {

@@ -7,6 +7,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 from fastapi import APIRouter, FastAPI
+from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
 
 from corral.app.artifacts.router import router as artifacts_router
@@ -29,12 +30,18 @@ REPO_ROOT = Path(__file__).resolve().parents[4]
 
 
 def _frontend_dir(settings: AppSettings) -> Path | None:
+    """The built frontend (``npm run build`` → ``frontend/dist``), if there is one."""
     if settings.frontend_dir is not None:
         return settings.frontend_dir
-    for candidate in (REPO_ROOT / "frontend" / "dist", REPO_ROOT / "frontend"):
-        if (candidate / "index.html").is_file():
-            return candidate
-    return None
+    dist = REPO_ROOT / "frontend" / "dist"
+    return dist if (dist / "index.html").is_file() else None
+
+
+NOT_BUILT_PAGE = """<!doctype html><html><head><meta charset="utf-8"><title>Corral</title></head>
+<body style="font-family: system-ui; max-width: 40rem; margin: 3rem auto">
+<h1>Corral</h1><p>The API is running, but the web frontend has not been built.</p>
+<p>Run <code>make up</code> (it builds it), or <code>cd frontend &amp;&amp; npm ci &amp;&amp;
+npm run build</code>. The API is documented at <a href="/docs">/docs</a>.</p></body></html>"""
 
 
 def create_app(settings: AppSettings | None = None) -> FastAPI:
@@ -70,4 +77,9 @@ def create_app(settings: AppSettings | None = None) -> FastAPI:
     frontend = _frontend_dir(settings)
     if frontend is not None:
         app.mount("/", StaticFiles(directory=frontend, html=True), name="frontend")
+    else:
+
+        @app.get("/", include_in_schema=False)
+        async def frontend_not_built() -> HTMLResponse:
+            return HTMLResponse(NOT_BUILT_PAGE)
     return app

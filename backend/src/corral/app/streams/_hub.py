@@ -176,9 +176,10 @@ class StreamHub:
     async def _run(self) -> None:
         backoff = 0.05
         while not self._closed:
+            cursors = self._cursors()
             try:
                 response: Any = await self._reader.xread(
-                    cast(Any, self._cursors()), count=self._batch, block=self._block_ms
+                    cast(Any, cursors), count=self._batch, block=self._block_ms
                 )
                 backoff = 0.05
             except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
@@ -196,11 +197,16 @@ class StreamHub:
                         decoded.append((entry_id, decode_event(fields)))
                     except ValueError:
                         log.warning("skipping malformed stream entry", key=key, entry_id=entry_id)
-                for sub in list(self._subs.get(key, ())):
+                # A subscription that joined during this read with an earlier cursor would miss
+                # the entries between its cursor and the read's: it is served by the next read
+                # (which starts from the smallest cursor) instead.
+                read_from = _parse_id(cursors.get(key, "0-0"))
+                subs = [sub for sub in self._subs.get(key, ()) if sub._last >= read_from]
+                for sub in subs:
                     sub._deliver(decoded)
                 # A malformed last entry must still move the cursor on.
-                if entries and key in self._subs:
-                    for sub in self._subs[key]:
+                if entries:
+                    for sub in subs:
                         if _parse_id(entries[-1][0]) > sub._last:
                             sub._last = _parse_id(entries[-1][0])
                             sub.last_id = entries[-1][0]
