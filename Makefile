@@ -57,7 +57,7 @@ pytest: sync
 test: lint typecheck contracts migrations-check frontend-test pytest
 
 bench: sync
-	cd $(BACKEND) && for b in roundtrip python_tool pipeline analysis; do \
+	cd $(BACKEND) && for b in roundtrip task_runs python_tool pipeline analysis; do \
 		test -f ../bench/$$b.py && $(UV) run --frozen python ../bench/$$b.py || exit 1; done
 
 clean-data:

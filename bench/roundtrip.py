@@ -112,7 +112,7 @@ async def bench_fan_in(services: Services, redis_url: str, waits: int) -> dict[s
     def sample() -> None:
         nonlocal peak_conn, peak_rss
         waiting = sum(
-            1 for c in admin.client_list() if c.get("name", "").startswith("corral-waiter")
+            1 for c in admin.client_list() if c.get("name", "").startswith(services.hub.client_name)
         )
         peak_conn = max(peak_conn, waiting)
         peak_rss = max(peak_rss, proc.memory_info().rss)

@@ -14,11 +14,14 @@ import httpx
 import psutil
 
 from tests.support.procs import BACKEND_DIR, free_port, wait_until
+from tests.support.sandbox import ensure_sandbox_venv
 
 
 class Devstack:
     def __init__(self, data_dir: Path, port: int) -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("CORRAL_", "TASKS_"))}
+        # The sandbox venv the other tests use (built once), instead of a fresh one per data dir.
+        env["TASKS_SANDBOX__VENV_PATH"] = str(ensure_sandbox_venv())
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "corral.devstack", "--data-dir", str(data_dir),
              "--port", str(port), "--concurrency", "1"],

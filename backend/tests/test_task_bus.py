@@ -244,7 +244,8 @@ async def test_thousand_concurrent_waits_use_few_redis_connections(
     )
 
     def waiter_connections() -> int:
-        return sum(1 for c in admin.client_list() if c.get("name", "").startswith("corral-waiter"))
+        ours = services.hub.client_name
+        return sum(1 for c in admin.client_list() if c.get("name", "").startswith(ours))
 
     ids = [str(uuid.uuid4()) for _ in range(1000)]
     waits = [asyncio.create_task(wait(services, tid, timeout_s=120)) for tid in ids]

@@ -137,7 +137,9 @@ class Services:
         await hub.start()
         storage = await build_object_store(settings.storage)
         sender = TaskSender(celery, redis, settings.streams)
-        results = ResultBackendReader(celery, settings.redis.backend_url)
+        results = ResultBackendReader(
+            celery, settings.redis.backend_url, client_name=f"{hub.client_name}-backend"
+        )
         tracker = TaskRunTracker(db, hub, results, redis)
         services = cls(
             settings=settings,

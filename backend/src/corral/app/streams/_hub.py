@@ -87,8 +87,11 @@ class StreamHub:
         *,
         block_ms: int = 5_000,
         batch: int = 500,
-        client_name: str = "corral-waiter",
+        client_name: str | None = None,
     ) -> None:
+        # One name per hub: CLIENT LIST then tells exactly which connections wait for us.
+        self.client_name = client_name or f"corral-waiter-{uuid.uuid4().hex[:8]}"
+        client_name = self.client_name
         self._block_ms = block_ms
         self._batch = batch
         self._reader = aioredis.Redis.from_url(

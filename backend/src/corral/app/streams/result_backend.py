@@ -14,7 +14,9 @@ from celery import Celery
 
 
 class ResultBackendReader:
-    def __init__(self, celery_app: Celery, redis_url: str) -> None:
+    def __init__(
+        self, celery_app: Celery, redis_url: str, client_name: str = "corral-waiter-backend"
+    ) -> None:
         self._backend = celery_app.backend
         self._redis = aioredis.Redis.from_pool(
             aioredis.BlockingConnectionPool.from_url(
@@ -23,7 +25,7 @@ class ResultBackendReader:
                 timeout=10,
                 socket_timeout=10,
                 socket_connect_timeout=5,
-                client_name="corral-waiter-backend",
+                client_name=client_name,
             )
         )
 
