@@ -111,7 +111,9 @@ def stack_env(
 
 
 @pytest.fixture(scope="session")
-def workers(stack_env: dict[str, str], redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Worker]]:
+def workers(
+    stack_env: dict[str, str], redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[dict[str, Worker]]:
     """One worker per queue, as deployed."""
     log_dir = tmp_path_factory.mktemp("worker-logs")
     check_sandbox_host()
@@ -120,8 +122,11 @@ def workers(stack_env: dict[str, str], redis_server: RedisServer, tmp_path_facto
         q.value: start_worker((q.value,), stack_env, name=f"{q.value}@test", log_dir=log_dir)
         if q != Queue.PYTHON
         else start_worker(
-            (q.value,), {**stack_env, **python_worker_env()}, name=f"{q.value}@test",
-            log_dir=log_dir, wrap=as_sandbox_user(),
+            (q.value,),
+            {**stack_env, **python_worker_env()},
+            name=f"{q.value}@test",
+            log_dir=log_dir,
+            wrap=as_sandbox_user(),
         )
         for q in ALL_QUEUES
     }

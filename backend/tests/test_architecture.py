@@ -16,7 +16,11 @@ def _lint(cwd: Path) -> subprocess.CompletedProcess[str]:
     lint = shutil.which("lint-imports", path=str(Path(sys.executable).parent))
     assert lint, "import-linter is a dev dependency"
     return subprocess.run(
-        [lint, "--no-cache"], cwd=cwd, capture_output=True, text=True, timeout=120,
+        [lint, "--no-cache"],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=120,
         env={"PYTHONPATH": str(cwd / "src"), "PATH": str(Path(sys.executable).parent)},
     )
 
@@ -28,7 +32,9 @@ def test_contracts_hold() -> None:
 
 
 def test_contracts_catch_a_violation(tmp_path: Path) -> None:
-    shutil.copytree(BACKEND_DIR / "src", tmp_path / "src", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(
+        BACKEND_DIR / "src", tmp_path / "src", ignore=shutil.ignore_patterns("__pycache__")
+    )
     shutil.copy(BACKEND_DIR / "pyproject.toml", tmp_path / "pyproject.toml")
     (tmp_path / "src/corral/tasks/sneaky.py").write_text("from corral.app import settings\n")
     result = _lint(tmp_path)

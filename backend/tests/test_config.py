@@ -27,11 +27,17 @@ def _worker_conf(env: dict[str, str]) -> dict[str, object]:
     code = (
         "import json; from corral.tasks.main import app; c = app.conf; "
         "print(json.dumps({k: c[k] for k in ('worker_prefetch_multiplier', 'task_acks_late',"
-        " 'result_expires', 'broker_transport_options', 'worker_hijack_root_logger')}, default=str))"
+        " 'result_expires', 'broker_transport_options', 'worker_hijack_root_logger')},"
+        " default=str))"
     )
     out = subprocess.run(
-        [sys.executable, "-c", code], env={**os.environ, **env}, cwd=BACKEND_DIR,
-        capture_output=True, text=True, timeout=60, check=True,
+        [sys.executable, "-c", code],
+        env={**os.environ, **env},
+        cwd=BACKEND_DIR,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
     )
     return json.loads(out.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
 
@@ -84,9 +90,15 @@ def test_option_reaches_a_running_worker(stack_env: dict[str, str], redis_server
 def test_unknown_celery_option_stops_the_worker_with_a_clear_error() -> None:
     result = subprocess.run(
         [sys.executable, "-m", "celery", "-A", "corral.tasks.main", "worker", "-Q", "llm_q"],
-        env={**os.environ, "TASKS_CELERY__worker_prefetch_multiplierr": "2",
-             "TASKS_REDIS__PORT": str(free_port())},
-        cwd=BACKEND_DIR, capture_output=True, text=True, timeout=60,
+        env={
+            **os.environ,
+            "TASKS_CELERY__worker_prefetch_multiplierr": "2",
+            "TASKS_REDIS__PORT": str(free_port()),
+        },
+        cwd=BACKEND_DIR,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert result.returncode != 0
     output = result.stdout + result.stderr
@@ -125,9 +137,12 @@ def _self_signed(tmp: Path) -> tuple[Path, Path]:
     now = dt.datetime.now(dt.UTC)
     cert = (
         x509.CertificateBuilder()
-        .subject_name(name).issuer_name(name).public_key(key.public_key())
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=1)).not_valid_after(now + dt.timedelta(days=1))
+        .not_valid_before(now - dt.timedelta(minutes=1))
+        .not_valid_after(now + dt.timedelta(days=1))
         .add_extension(
             x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
             critical=False,
@@ -139,7 +154,8 @@ def _self_signed(tmp: Path) -> tuple[Path, Path]:
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     key_path.write_bytes(
         key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
             serialization.NoEncryption(),
         )
     )
@@ -153,8 +169,16 @@ def test_tls_redis_url_with_password_works() -> None:
     server = start_redis(
         password="tls-secret",
         extra=[
-            "--tls-port", str(tls_port), "--tls-cert-file", str(cert), "--tls-key-file", str(key),
-            "--tls-ca-cert-file", str(cert), "--tls-auth-clients", "no",
+            "--tls-port",
+            str(tls_port),
+            "--tls-cert-file",
+            str(cert),
+            "--tls-key-file",
+            str(key),
+            "--tls-ca-cert-file",
+            str(cert),
+            "--tls-auth-clients",
+            "no",
         ],
     )
     try:

@@ -23,9 +23,22 @@ class Devstack:
         # The sandbox venv the other tests use (built once), instead of a fresh one per data dir.
         env["TASKS_SANDBOX__VENV_PATH"] = str(ensure_sandbox_venv())
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "corral.devstack", "--data-dir", str(data_dir),
-             "--port", str(port), "--concurrency", "1"],
-            cwd=BACKEND_DIR, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            [
+                sys.executable,
+                "-m",
+                "corral.devstack",
+                "--data-dir",
+                str(data_dir),
+                "--port",
+                str(port),
+                "--concurrency",
+                "1",
+            ],
+            cwd=BACKEND_DIR,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
         )
         self.output: list[str] = []
         self.reader = threading.Thread(target=self._read, daemon=True)
@@ -40,9 +53,14 @@ class Devstack:
         return "".join(self.output)
 
     def wait_up(self) -> str:
-        wait_until(lambda: "Corral is up" in self.text() and "Dev token" in self.text()
-                   and self._after_token(), 150, f"devstack to start; output:\n{self.text()}",
-                   interval=0.2)
+        wait_until(
+            lambda: (
+                "Corral is up" in self.text() and "Dev token" in self.text() and self._after_token()
+            ),
+            150,
+            f"devstack to start; output:\n{self.text()}",
+            interval=0.2,
+        )
         return self._after_token()
 
     def _after_token(self) -> str:
@@ -92,7 +110,7 @@ def test_make_up_stack_runs_keeps_data_and_stops_cleanly(tmp_path: Path) -> None
         assert "corral.tasks.main beat" in names
         assert (tmp_path / "data" / "corral.db").is_file()  # migrated SQLite under the data dir
         assert stack.interrupt() == 0
-        gone, alive = psutil.wait_procs(children, timeout=10)
+        _gone, alive = psutil.wait_procs(children, timeout=10)
         assert not alive, f"orphans left: {[p.cmdline() for p in alive]}"
     finally:
         if stack.proc.poll() is None:

@@ -152,16 +152,21 @@ async def test_sse_resume_with_last_event_id_misses_nothing_and_repeats_nothing(
     )
     task_id = await newest_task_since(api, since, {"queued", "running"})
     received: list[tuple[str, str]] = []
-    async with live_app.client() as client:
-        async with aconnect_sse(client, "GET", f"/api/tasks/{task_id}/events") as source:
-            async for sse in source.aiter_sse():
-                received.append((sse.id, sse.event))
-                if len(received) == 3:
-                    break  # drop the connection mid-task
+    async with (
+        live_app.client() as client,
+        aconnect_sse(client, "GET", f"/api/tasks/{task_id}/events") as source,
+    ):
+        async for sse in source.aiter_sse():
+            received.append((sse.id, sse.event))
+            if len(received) == 3:
+                break  # drop the connection mid-task
     last_id = received[-1][0]
-    async with live_app.client() as client, aconnect_sse(
-        client, "GET", f"/api/tasks/{task_id}/events", headers={"Last-Event-ID": last_id}
-    ) as source:
+    async with (
+        live_app.client() as client,
+        aconnect_sse(
+            client, "GET", f"/api/tasks/{task_id}/events", headers={"Last-Event-ID": last_id}
+        ) as source,
+    ):
         async for sse in source.aiter_sse():
             received.append((sse.id, sse.event))
     await invoke
@@ -211,7 +216,9 @@ async def test_oidc_tokens_and_ownership(oidc_app: str, issuer: LocalIssuer) -> 
         ]:
             resp = await http.request(method, path, headers=bob)
             assert resp.status_code == 404, (method, path)
-        assert task_id not in [t["task_id"] for t in (await http.get("/api/tasks", headers=bob)).json()]
+        assert task_id not in [
+            t["task_id"] for t in (await http.get("/api/tasks", headers=bob)).json()
+        ]
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,4 @@
-"""Worker logs are structlog JSON carrying task id and queue; Celery leaves the root logger alone."""
+"""Worker logs are structlog JSON with task id and queue; Celery leaves the root logger alone."""
 
 from __future__ import annotations
 
@@ -28,11 +28,15 @@ async def test_worker_logs_are_json_with_task_id_and_queue(
     lines = wait_until(our_lines, 10, "log lines of the task")
     events = {str(line["event"]) for line in lines}
     assert "task body started" in events
-    assert all(line["task_id"] == task_id and line["queue"] == "circuit_q" for line in lines
-               if line["event"] in {"task body started", "task body finished"})
+    assert all(
+        line["task_id"] == task_id and line["queue"] == "circuit_q"
+        for line in lines
+        if line["event"] in {"task body started", "task body finished"}
+    )
     # Celery's own lines go through the same JSON formatter.
     non_json = [
-        ln for ln in worker.log().splitlines()
+        ln
+        for ln in worker.log().splitlines()
         if ln.strip() and not ln.startswith("{") and not ln.startswith(" ")
     ]
     assert not [ln for ln in non_json if "Task " in ln and task_id in ln]

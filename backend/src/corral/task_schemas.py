@@ -411,7 +411,9 @@ class PythonRunInput(BaseModel):
     input_files: list[PythonInputFile] = Field(default_factory=list, max_length=20)
     limits: PythonLimitOverrides = Field(default_factory=PythonLimitOverrides)
     figure_formats: list[FigureFormat] = Field(
-        default_factory=lambda: [FigureFormat.PNG], min_length=1, max_length=2,
+        default_factory=lambda: [FigureFormat.PNG],
+        min_length=1,
+        max_length=2,
         description="Formats matplotlib figures left open are saved in.",
     )
 

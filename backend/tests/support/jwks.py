@@ -44,7 +44,13 @@ class LocalIssuer:
 
     def token(self, sub: str, *, key: Any = None, **overrides: Any) -> str:
         now = int(time.time())
-        claims = {"sub": sub, "iss": self.issuer, "aud": self.audience, "iat": now, "exp": now + 600}
+        claims = {
+            "sub": sub,
+            "iss": self.issuer,
+            "aud": self.audience,
+            "iat": now,
+            "exp": now + 600,
+        }
         claims |= overrides
         return jwt.encode(claims, key or self.key, algorithm="RS256", headers={"kid": self.kid})
 

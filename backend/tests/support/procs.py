@@ -27,7 +27,9 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_until(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> Any:
+def wait_until(
+    predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.05
+) -> Any:
     deadline = time.monotonic() + timeout
     last_exc: BaseException | None = None
     while time.monotonic() < deadline:
@@ -83,8 +85,20 @@ def start_redis(password: str | None = None, extra: list[str] | None = None) -> 
     data = tempfile.mkdtemp(prefix="corral-test-redis-")
     args = [
         redis_server_binary(),
-        "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-        "--dir", data, "--maxclients", "20000", "--loglevel", "warning",
+        "--port",
+        str(port),
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--dir",
+        data,
+        "--maxclients",
+        "20000",
+        "--loglevel",
+        "warning",
     ]
     if password:
         args += ["--requirepass", password]
@@ -138,14 +152,33 @@ def start_worker(
     log_path = log_dir / f"{name.split('@')[0]}.log"
     cmd = [
         *(wrap or []),  # e.g. setpriv to run as an unprivileged user
-        sys.executable, "-m", "celery", "-A", "corral.tasks.main", "worker",
-        "-Q", ",".join(queues), "-n", name, "-c", str(concurrency), "--pool", "prefork",
-        "--without-gossip", "--without-mingle", "-l", "INFO",
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "corral.tasks.main",
+        "worker",
+        "-Q",
+        ",".join(queues),
+        "-n",
+        name,
+        "-c",
+        str(concurrency),
+        "--pool",
+        "prefork",
+        "--without-gossip",
+        "--without-mingle",
+        "-l",
+        "INFO",
     ]
     with log_path.open("wb") as out:
         proc = subprocess.Popen(
-            cmd, env={**os.environ, **env}, stdout=out, stderr=subprocess.STDOUT,
-            cwd=BACKEND_DIR, start_new_session=True,
+            cmd,
+            env={**os.environ, **env},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=BACKEND_DIR,
+            start_new_session=True,
         )
     return Worker(queues, name, proc, log_path)
 
@@ -155,6 +188,7 @@ def wait_workers_ready(broker_url: str, workers: list[Worker], timeout: float = 
 
     client = Celery(broker=broker_url, set_as_current=False)
     try:
+
         def ready() -> bool:
             for w in workers:
                 if w.proc.poll() is not None:
@@ -176,7 +210,11 @@ class UvicornThread:
 
         self.port = port or free_port()
         config = uvicorn.Config(
-            app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on",
+            app,
+            host="127.0.0.1",
+            port=self.port,
+            log_level="warning",
+            lifespan="on",
             timeout_graceful_shutdown=2,
         )
         self.server = uvicorn.Server(config)

@@ -82,4 +82,5 @@ def create_app(settings: AppSettings | None = None) -> FastAPI:
         @app.get("/", include_in_schema=False)
         async def frontend_not_built() -> HTMLResponse:
             return HTMLResponse(NOT_BUILT_PAGE)
+
     return app

@@ -71,6 +71,8 @@ def corral_task(
         "soft_time_limit": spec.soft_time_limit_s,
         "time_limit": spec.time_limit_s,
         "max_retries": retry.max_retries,
+        # Expected, user-facing failures: logged as one line, not as a crash with a traceback.
+        "throws": (TaskUserError,),
     }
     if retry.max_retries:
         options |= {
