@@ -153,7 +153,9 @@ await scenario("chat-plot", async () => {
   const states = await page.evaluate(() => window.__cardStates);
   const history = await page.evaluate(() => window.__cardHistory);
   expect(history === "queued,running,done", `tool card should go queued → running → done, its history: ${history}`);
-  expect(states[0] === "queued" && states.at(-1) === "done", `shown states: ${states.join(" → ")}`);
+  // Rendered states may skip "queued" when the task starts within one frame (React batches);
+  // the card's own history above proves the transition, the DOM must end in "done".
+  expect(states.at(-1) === "done", `shown states: ${states.join(" → ")}`);
   const img = page.locator('[data-testid="tool-card"] [data-testid="figure"]').first();
   await img.waitFor({ timeout: 30_000 });
   const px = await imagePixels('[data-testid="tool-card"] [data-testid="figure"]');
