@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
-import re
-from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, HTTPException, Query, status
@@ -23,18 +20,16 @@ from corral.app.pipelines.schemas import (
     PipelineRunRequest,
     PipelineRunSummary,
 )
+from corral.app.streams.sse import resume_cursor, stream_response
 from corral.task_schemas import (
     CancelledEvent,
     DoneEvent,
     ErrorEvent,
     ProgressEvent,
     TaskEvent,
-    is_terminal,
 )
 
 router = APIRouter(prefix="/pipelines", tags=["pipelines"])
-
-_ENTRY_ID = re.compile(r"^\d{1,20}-\d{1,20}$")
 
 
 @router.post("/runs", response_model=PipelineRun, status_code=status.HTTP_202_ACCEPTED)
@@ -109,25 +104,11 @@ async def run_events(
         await service.get_owned(services, run_id, user.id)
     except service.RunNotFound as exc:
         raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from exc
-    cursor = last_event_id or after or "0-0"
-    if not _ENTRY_ID.match(cursor):
-        raise HTTPException(
-            status.HTTP_422_UNPROCESSABLE_CONTENT,
-            f"Last-Event-ID {cursor!r} is not a stream id like 1700000000000-0",
-        )
-    max_s = services.settings.max_invoke_timeout_s + 3600
-
-    async def stream() -> AsyncIterator[ServerSentEvent]:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + max_s
-        async with services.hub.subscribe(events_key(run_id), cursor) as sub:
-            while (remaining := deadline - loop.time()) > 0:
-                try:
-                    entry_id, event = await asyncio.wait_for(sub.get(), remaining)
-                except TimeoutError:
-                    return
-                yield _sse(entry_id, event)
-                if is_terminal(event):
-                    return
-
-    return EventSourceResponse(stream(), ping=int(services.settings.sse_ping_s))
+    return stream_response(
+        services.hub,
+        events_key(run_id),
+        resume_cursor(last_event_id, after),
+        max_s=services.settings.max_invoke_timeout_s + 3600,
+        ping_s=services.settings.sse_ping_s,
+        render=_sse,
+    )

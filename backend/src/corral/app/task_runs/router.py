@@ -2,23 +2,18 @@
 
 from __future__ import annotations
 
-import asyncio
-import json
-import re
-from collections.abc import AsyncIterator
 from typing import Annotated
 
 from fastapi import APIRouter, Header, HTTPException, Query, status
-from sse_starlette import EventSourceResponse, ServerSentEvent
+from sse_starlette import EventSourceResponse
 
 from corral.app.deps import CurrentUser, ServicesDep
+from corral.app.streams.sse import resume_cursor, stream_response
 from corral.app.task_runs import service
 from corral.app.task_runs.schemas import TaskRunDetail, TaskRunOut, TaskState
-from corral.task_schemas import is_terminal, task_events_key
+from corral.task_schemas import task_events_key
 
 router = APIRouter(prefix="/tasks", tags=["tasks"])
-
-_ENTRY_ID = re.compile(r"^\d{1,20}-\d{1,20}$")
 
 
 @router.get("", response_model=list[TaskRunOut])
@@ -64,29 +59,10 @@ async def task_events(
         await service.get_owned(services, task_id, user.id)
     except service.TaskNotFound as exc:
         raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from exc
-    cursor = last_event_id or after or "0-0"
-    if not _ENTRY_ID.match(cursor):
-        raise HTTPException(
-            status.HTTP_422_UNPROCESSABLE_CONTENT,
-            f"Last-Event-ID {cursor!r} is not a stream id like 1700000000000-0",
-        )
-    max_s = services.settings.max_invoke_timeout_s + 3600
-
-    async def stream() -> AsyncIterator[ServerSentEvent]:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + max_s
-        async with services.hub.subscribe(task_events_key(task_id), cursor) as sub:
-            while (remaining := deadline - loop.time()) > 0:
-                try:
-                    entry_id, event = await asyncio.wait_for(sub.get(), remaining)
-                except TimeoutError:
-                    return
-                yield ServerSentEvent(
-                    id=entry_id,
-                    event=event.type,
-                    data=json.dumps(event.model_dump(mode="json", exclude_none=True)),
-                )
-                if is_terminal(event):
-                    return
-
-    return EventSourceResponse(stream(), ping=int(services.settings.sse_ping_s))
+    return stream_response(
+        services.hub,
+        task_events_key(task_id),
+        resume_cursor(last_event_id, after),
+        max_s=services.settings.max_invoke_timeout_s + 3600,
+        ping_s=services.settings.sse_ping_s,
+    )

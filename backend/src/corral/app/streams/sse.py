@@ -1,0 +1,67 @@
+"""Relaying one event stream to a browser as server-sent events that resume exactly.
+
+Event ids are Redis stream ids, so a client reconnecting with ``Last-Event-ID`` continues after
+the last entry it saw. The stream ends after a terminal event or at a deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from collections.abc import AsyncIterator, Callable
+
+from fastapi import HTTPException, status
+from sse_starlette import EventSourceResponse, ServerSentEvent
+
+from corral.app.streams._hub import StreamHub
+from corral.task_schemas import TaskEvent, is_terminal
+
+_ENTRY_ID = re.compile(r"^\d{1,20}-\d{1,20}$")
+
+Render = Callable[[str, TaskEvent], ServerSentEvent]
+
+
+def resume_cursor(last_event_id: str | None, after: str | None) -> str:
+    """Where to start: after ``Last-Event-ID`` (or ``?after=``), else from the beginning."""
+    cursor = last_event_id or after or "0-0"
+    if not _ENTRY_ID.match(cursor):
+        raise HTTPException(
+            status.HTTP_422_UNPROCESSABLE_CONTENT,
+            f"Last-Event-ID {cursor!r} is not a stream id like 1700000000000-0",
+        )
+    return cursor
+
+
+def render_event(entry_id: str, event: TaskEvent) -> ServerSentEvent:
+    """The event as it is in the stream: SSE event name = its type, data = its fields."""
+    return ServerSentEvent(
+        id=entry_id,
+        event=event.type,
+        data=json.dumps(event.model_dump(mode="json", exclude_none=True)),
+    )
+
+
+def stream_response(
+    hub: StreamHub,
+    key: str,
+    cursor: str,
+    *,
+    max_s: float,
+    ping_s: float,
+    render: Render = render_event,
+) -> EventSourceResponse:
+    async def events() -> AsyncIterator[ServerSentEvent]:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + max_s
+        async with hub.subscribe(key, cursor) as sub:
+            while (remaining := deadline - loop.time()) > 0:
+                try:
+                    entry_id, event = await asyncio.wait_for(sub.get(), remaining)
+                except TimeoutError:
+                    return
+                yield render(entry_id, event)
+                if is_terminal(event):
+                    return
+
+    return EventSourceResponse(events(), ping=int(ping_s))
