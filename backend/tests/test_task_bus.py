@@ -249,9 +249,14 @@ async def test_thousand_concurrent_waits_use_few_redis_connections(
 
     ids = [str(uuid.uuid4()) for _ in range(1000)]
     waits = [asyncio.create_task(wait(services, tid, timeout_s=120)) for tid in ids]
-    await asyncio.sleep(0.5)
+    # All 1000 are waiting before anything is sent; sample until the hub's connections show.
+    during = 0
+    for _ in range(100):
+        await asyncio.sleep(0.1)
+        during = waiter_connections()
+        if services.hub.waiting_keys == 1000 and during:
+            break
     assert services.hub.waiting_keys == 1000
-    during = waiter_connections()
     queues = [Queue.PYTHON, Queue.CIRCUIT, Queue.LLM]
     sends = [
         services.sender.send(
