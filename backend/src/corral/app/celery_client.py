@@ -12,8 +12,10 @@ import uuid
 from typing import Any, cast
 
 import anyio
+import redis
 import redis.asyncio as aioredis
 from celery import Celery
+from celery.backends.redis import RedisBackend
 from pydantic import BaseModel
 
 from corral.app.settings import AppSettings
@@ -40,11 +42,28 @@ class BrokerUnavailable(RuntimeError):
     """The task could not be published."""
 
 
+class StreamWaitingRedisBackend(RedisBackend):  # type: ignore[misc]
+    """Celery's Redis backend without the pub/sub subscription it makes for every task sent.
+
+    ``send_task`` subscribes the client to each task's result channel so that a later
+    ``AsyncResult.get()`` is fast (and unsubscribes when the ``AsyncResult`` is collected). The
+    app never calls ``get()``: it waits on event streams and reads stored results with
+    ``ResultBackendReader``. Skipping it saves a SUBSCRIBE/UNSUBSCRIBE pair per send and the
+    pub/sub connection each app process would hold.
+    """
+
+    def on_task_call(self, producer: Any, task_id: str) -> None:
+        return None
+
+
+_BACKEND_PATH = f"{__name__}:StreamWaitingRedisBackend"
+
+
 def build_celery_client(settings: AppSettings) -> Celery:
     client = Celery(
         "corral-app",
         broker=settings.redis.broker_url,
-        backend=settings.redis.backend_url,
+        backend=f"{_BACKEND_PATH}+{settings.redis.backend_url}",
         set_as_current=False,
     )
     client.conf.update(
@@ -69,10 +88,24 @@ def build_celery_client(settings: AppSettings) -> Celery:
 
 class TaskSender:
     def __init__(
-        self, client: Celery, streams: aioredis.Redis, stream_settings: StreamSettings
+        self,
+        client: Celery,
+        streams: aioredis.Redis,
+        stream_settings: StreamSettings,
+        streams_url: str,
     ) -> None:
         self.client = client
         self._streams = streams
+        # Used from the send thread: `queued` and the message go out in one hop off the loop.
+        self._sync_streams = redis.Redis.from_pool(
+            redis.BlockingConnectionPool.from_url(
+                streams_url,
+                max_connections=16,
+                timeout=20,
+                socket_timeout=10,
+                socket_connect_timeout=5,
+            )
+        )
         self._stream_settings = stream_settings
         self._limiter = anyio.CapacityLimiter(16)
         # Bursts queue here (in order) instead of exhausting the Redis pool.
@@ -127,27 +160,37 @@ class TaskSender:
         task_id: str,
         priority: int | None,
     ) -> None:
-        await self.publish_event(task_id, QueuedEvent(task_name=spec.name, queue=target.value))
-        try:
-            await anyio.to_thread.run_sync(
-                lambda: self.client.send_task(
-                    spec.name,
-                    kwargs=message_kwargs(task_input, owner_id),
-                    task_id=task_id,
-                    queue=target.value,
-                    expires=spec.expires_s,
-                    priority=PRIORITY_NORMAL if priority is None else priority,
-                    retry=True,
-                    retry_policy={"max_retries": 3, "interval_start": 0.2, "interval_step": 0.5},
-                ),
-                limiter=self._limiter,
+        queued = cast(Any, encode_event(QueuedEvent(task_name=spec.name, queue=target.value)))
+
+        def queue_and_publish() -> None:
+            # `queued` first, so it is always the stream's first entry.
+            key = task_events_key(task_id)
+            pipe = self._sync_streams.pipeline(transaction=False)
+            pipe.xadd(key, queued, maxlen=self._stream_settings.maxlen, approximate=True)
+            pipe.expire(key, self._stream_settings.ttl_s)
+            pipe.execute()
+            self.client.send_task(
+                spec.name,
+                kwargs=message_kwargs(task_input, owner_id),
+                task_id=task_id,
+                queue=target.value,
+                expires=spec.expires_s,
+                priority=PRIORITY_NORMAL if priority is None else priority,
+                retry=True,
+                retry_policy={"max_retries": 3, "interval_start": 0.2, "interval_step": 0.5},
             )
+
+        try:
+            await anyio.to_thread.run_sync(queue_and_publish, limiter=self._limiter)
         except Exception as exc:
             await self.publish_event(
                 task_id,
                 ErrorEvent(error_type="BrokerUnavailable", message=f"could not queue: {exc}"),
             )
             raise BrokerUnavailable(f"the task queue is unreachable: {exc}") from exc
+
+    def close(self) -> None:
+        self._sync_streams.close()
 
     async def revoke(self, task_id: str) -> None:
         """Stop the task wherever it is: discarded if queued, its process killed if running."""

@@ -136,7 +136,7 @@ class Services:
         hub = StreamHub(settings.redis.streams_url)
         await hub.start()
         storage = await build_object_store(settings.storage)
-        sender = TaskSender(celery, redis, settings.streams)
+        sender = TaskSender(celery, redis, settings.streams, settings.redis.streams_url)
         results = ResultBackendReader(
             celery, settings.redis.backend_url, client_name=f"{hub.client_name}-backend"
         )
@@ -181,5 +181,6 @@ class Services:
         await self.hub.aclose()
         await self.results.aclose()
         await self.redis.aclose()
+        self.sender.close()
         self.celery.close()
         await self.db.aclose()
