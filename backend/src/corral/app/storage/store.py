@@ -10,6 +10,7 @@ other); the key grammar and the local layout (``data/<key>``, ``meta/<key>.json`
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import hashlib
 import hmac
@@ -166,7 +167,7 @@ async def _as_file(data: PutData, max_bytes: int | None) -> tuple[BinaryIO, int,
     return spool, size, True  # type: ignore[return-value]
 
 
-class _Base:
+class _Base(abc.ABC):
     async def put(
         self, key: str, data: PutData, content_type: str, *, max_bytes: int | None = None
     ) -> ObjectInfo:
@@ -194,14 +195,17 @@ class _Base:
     async def aclose(self) -> None:
         return None
 
+    @abc.abstractmethod
     def _put_sync(self, key: str, src: BinaryIO, size: int, content_type: str) -> ObjectInfo:
-        raise NotImplementedError
+        """Blocking backend operation (run in a worker thread)."""
 
+    @abc.abstractmethod
     def _head_sync(self, key: str) -> ObjectInfo | None:
-        raise NotImplementedError
+        """Blocking backend operation (run in a worker thread)."""
 
+    @abc.abstractmethod
     def _delete_sync(self, key: str) -> None:
-        raise NotImplementedError
+        """Blocking backend operation (run in a worker thread)."""
 
 
 @contextlib.contextmanager
