@@ -12,7 +12,6 @@ import re
 import shutil
 import tempfile
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -34,6 +33,7 @@ from corral.app.datasets.extract import (
 from corral.app.datasets.repository import DatasetRepository, RedisDatasetRepository
 from corral.app.datasets.schemas import DatasetOut, DatasetRecord, DatasetSummary, summary_of
 from corral.app.services import Services
+from corral.app.storage.service import BodyTooLarge, capped
 from corral.app.storage.store import BLOB_ROUTE, S3ObjectStore, new_key
 from corral.task_schemas import DatasetFormat, TaskSpec
 
@@ -76,19 +76,6 @@ def repository(services: Services) -> DatasetRepository:
 # -- upload ------------------------------------------------------------------------------------
 
 
-class _BodyTooLarge(Exception):
-    pass
-
-
-async def _capped(stream: AsyncIterator[bytes], limit: int) -> AsyncGenerator[bytes]:
-    seen = 0
-    async for chunk in stream:
-        seen += len(chunk)
-        if seen > limit:
-            raise _BodyTooLarge
-        yield chunk
-
-
 def _too_large(cap: int) -> DatasetTooLarge:
     return DatasetTooLarge(f"dataset too large: the limit is {cap} bytes")
 
@@ -103,11 +90,11 @@ async def _read_form(request: Request, cap: int) -> tuple[UploadFile, dict[str, 
     if declared.isdigit() and int(declared) > cap + _FRAMING_SLACK:
         raise _too_large(cap)
     parser = MultiPartParser(
-        request.headers, _capped(request.stream(), cap + _FRAMING_SLACK), max_files=1, max_fields=8
+        request.headers, capped(request.stream(), cap + _FRAMING_SLACK), max_files=1, max_fields=8
     )
     try:
         form = await parser.parse()
-    except _BodyTooLarge as exc:
+    except BodyTooLarge as exc:
         raise _too_large(cap) from exc
     except MultiPartException as exc:
         raise BadDatasetUpload(f"bad multipart body: {exc.message}") from exc

@@ -42,17 +42,17 @@ class BadUpload(StorageError):
     """The upload request is malformed; the message says how to fix it."""
 
 
-class _BodyTooLarge(Exception):
+class BodyTooLarge(Exception):
     pass
 
 
-async def _capped(stream: AsyncIterator[bytes], limit: int) -> AsyncGenerator[bytes]:
+async def capped(stream: AsyncIterator[bytes], limit: int) -> AsyncGenerator[bytes]:
     """Pass the body through, stopping as soon as it exceeds ``limit`` (no unbounded spooling)."""
     seen = 0
     async for chunk in stream:
         seen += len(chunk)
         if seen > limit:
-            raise _BodyTooLarge
+            raise BodyTooLarge
         yield chunk
 
 
@@ -67,11 +67,11 @@ async def _read_file_part(request: Request, cap: int) -> UploadFile:
     if declared.isdigit() and int(declared) > cap + _FRAMING_SLACK:
         raise _too_large(cap)
     parser = MultiPartParser(
-        request.headers, _capped(request.stream(), cap + _FRAMING_SLACK), max_files=1, max_fields=8
+        request.headers, capped(request.stream(), cap + _FRAMING_SLACK), max_files=1, max_fields=8
     )
     try:
         form = await parser.parse()
-    except _BodyTooLarge as exc:
+    except BodyTooLarge as exc:
         raise _too_large(cap) from exc
     except MultiPartException as exc:
         raise BadUpload(f"bad multipart body: {exc.message}") from exc

@@ -8,7 +8,13 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from corral.tasks.sandbox import SandboxResult, UserCodeError
+from corral.tasks.sandbox import (
+    Sandbox,
+    SandboxFailure,
+    SandboxResult,
+    SandboxUnavailable,
+    UserCodeError,
+)
 from corral.tasks.sandbox.settings import SandboxLimits
 
 IMAGE_TYPES: dict[str, str] = {
@@ -172,3 +178,31 @@ def note_truncation(result: SandboxResult, limits: SandboxLimits) -> None:
     for name, cut in (("stdout", result.stdout_truncated), ("stderr", result.stderr_truncated)):
         if cut:
             result.notes.append(f"{name} was cut at {limits.stdout_max_bytes} bytes")
+
+
+SELF_TEST_CODE = (
+    "import os, socket\n"
+    "assert not os.path.exists('/etc/passwd'), 'host files visible'\n"
+    "assert not any(k.startswith(('TASKS_', 'CORRAL_', 'AWS_')) for k in os.environ), 'env'\n"
+    "print(6 * 7)\n"
+    "6 * 7\n"
+)
+
+
+def run_self_test(
+    sandbox: Sandbox, label: str, limits: SandboxLimits, work_dir: Path | None
+) -> None:
+    """Run known code through ``sandbox``; ``SandboxUnavailable`` unless it answers 42 exactly."""
+    with tempfile.TemporaryDirectory(prefix="corral-selftest-", dir=work_dir) as d:
+        out, inp = Path(d) / "out", Path(d) / "in"
+        out.mkdir()
+        inp.mkdir()
+        try:
+            result = sandbox.run(SELF_TEST_CODE, input_dir=inp, output_dir=out, limits=limits)
+        except SandboxFailure as exc:
+            raise SandboxUnavailable(f"{label} self-test could not start: {exc}") from exc
+    if result.error is not None or result.stdout != "42\n" or result.last_expr_repr != "42":
+        raise SandboxUnavailable(
+            f"{label} self-test gave a wrong answer: error={result.error} "
+            f"stdout={result.stdout[:200]!r} stderr={result.stderr[-500:]!r}"
+        )

@@ -44,19 +44,13 @@ from corral.tasks.sandbox._common import (
     kill_message,
     new_run_dir,
     note_truncation,
+    run_self_test,
     safe_name,
 )
 from corral.tasks.sandbox.settings import SandboxLimits, SandboxSettings
 
 GUEST_DIR = Path(__file__).resolve().parent / "guest"
 MPL_CACHE = "mpl-cache"  # inside the venv, built by ``prepare``
-SELF_TEST_CODE = (
-    "import os, socket\n"
-    "assert not os.path.exists('/etc/passwd'), 'host files visible'\n"
-    "assert not any(k.startswith(('TASKS_', 'CORRAL_', 'AWS_')) for k in os.environ), 'env'\n"
-    "print(6 * 7)\n"
-    "6 * 7\n"
-)
 
 
 @dataclass
@@ -153,22 +147,7 @@ class BwrapSandbox:
     def self_test(self) -> None:
         self.check_host()
         limits = self.settings.limits.model_copy(update={"wall_s": 60.0})
-        with tempfile.TemporaryDirectory(
-            prefix="corral-selftest-", dir=self.settings.work_dir
-        ) as d:
-            out = Path(d) / "out"
-            inp = Path(d) / "in"
-            out.mkdir()
-            inp.mkdir()
-            try:
-                result = self.run(SELF_TEST_CODE, input_dir=inp, output_dir=out, limits=limits)
-            except SandboxFailure as exc:
-                raise SandboxUnavailable(f"bwrap self-test could not start: {exc}") from exc
-        if result.error is not None or result.stdout != "42\n" or result.last_expr_repr != "42":
-            raise SandboxUnavailable(
-                f"bwrap self-test gave a wrong answer: error={result.error} "
-                f"stdout={result.stdout[:200]!r} stderr={result.stderr[-500:]!r}"
-            )
+        run_self_test(self, "bwrap", limits, self.settings.work_dir)
 
     # -- running ---------------------------------------------------------------------------
 

@@ -36,9 +36,10 @@ from corral.tasks.sandbox._common import (
     collect_outputs,
     kill_message,
     note_truncation,
+    run_self_test,
     safe_name,
 )
-from corral.tasks.sandbox.bwrap import GUEST_DIR, SELF_TEST_CODE
+from corral.tasks.sandbox.bwrap import GUEST_DIR
 from corral.tasks.sandbox.settings import SandboxLimits, SandboxSettings
 
 
@@ -213,24 +214,9 @@ class WasmSandbox:
                 shutil.rmtree(staging, ignore_errors=True)
 
     def self_test(self) -> None:
-        import tempfile
-
+        # The first run may compile the module (about a minute), hence the generous limits.
         limits = self.settings.limits.model_copy(update={"wall_s": 600.0, "cpu_s": 600})
-        with tempfile.TemporaryDirectory(
-            prefix="corral-selftest-", dir=self.settings.work_dir
-        ) as d:
-            out, inp = Path(d) / "out", Path(d) / "in"
-            out.mkdir()
-            inp.mkdir()
-            try:
-                result = self.run(SELF_TEST_CODE, input_dir=inp, output_dir=out, limits=limits)
-            except SandboxFailure as exc:
-                raise SandboxUnavailable(f"wasm self-test could not start: {exc}") from exc
-        if result.error is not None or result.stdout != "42\n" or result.last_expr_repr != "42":
-            raise SandboxUnavailable(
-                f"wasm self-test gave a wrong answer: error={result.error} "
-                f"stdout={result.stdout[:200]!r} stderr={result.stderr[-500:]!r}"
-            )
+        run_self_test(self, "wasm", limits, self.settings.work_dir)
 
     def run(
         self,
