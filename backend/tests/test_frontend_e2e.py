@@ -20,6 +20,7 @@ import pytest
 
 from tests.support.assistant import assistant_app, dev_token
 from tests.support.db import new_sqlite_database
+from tests.support.fake_idp import FakeIdP
 from tests.support.fake_openai import FakeOpenAI
 from tests.support.frontend_stack import scripted_assistant
 from tests.support.procs import Worker
@@ -84,19 +85,37 @@ def test_browser_end_to_end(
     if not Path(CHROMIUM).is_file():
         raise RuntimeError(f"no Chromium at {CHROMIUM}: apt-get install -y chromium")
     database = new_sqlite_database(tmp_path)
-    with assistant_app(
-        stack_env, database, "sqlite", CORRAL_FRONTEND_DIR=str(frontend_dist)
-    ) as app:
+    idp = FakeIdP(client_id="corral-web", audience="corral-api", sub="oidc-1", name="Olive Sso")
+    with (
+        idp,
+        assistant_app(stack_env, database, "sqlite", CORRAL_FRONTEND_DIR=str(frontend_dist)) as app,
+        # the same UI and stack, in OIDC mode: single sign-on through the fake IdP
+        assistant_app(
+            stack_env,
+            database,
+            "sqlite",
+            CORRAL_FRONTEND_DIR=str(frontend_dist),
+            CORRAL_AUTH__MODE="oidc",
+            CORRAL_AUTH__OIDC_ISSUER=idp.issuer,
+            CORRAL_AUTH__OIDC_AUDIENCE=idp.audience,
+            CORRAL_AUTH__OIDC_JWKS_URL=idp.jwks_url,
+            CORRAL_AUTH__OIDC_CLIENT_ID=idp.client_id,
+        ) as oidc_app,
+    ):
         env = {
             **os.environ,
             "CORRAL_E2E_URL": app.url,
             "CORRAL_E2E_TOKEN": dev_token("e2e-browser-user", app.secret),
+            "CORRAL_E2E_OIDC_URL": oidc_app.url,
+            "CORRAL_E2E_OIDC_NAME": idp.name,
             "CORRAL_E2E_OUT": str(SCREENSHOTS),
             "CHROMIUM_PATH": CHROMIUM,
         }
         out = _run(["node", "e2e/run.mjs"], timeout=300, env=env)
     print(out)
     assert "0 failed" in out
+    assert "ok    oidc-sign-in" in out
+    assert [r["grant_type"] for r in idp.token_requests] == ["authorization_code"]
     for name in (
         "04-chat-plot-done",
         "07-chat-stopped",
@@ -105,6 +124,7 @@ def test_browser_end_to_end(
         "15-pipeline-done",
         "16-tasks",
         "18-api-keys",
+        "21-signed-in-with-oidc",
     ):
         assert (SCREENSHOTS / f"{name}.png").stat().st_size > 10_000, name
     assert scripted_llm.requests(), "the browser's turns reached the scripted model"

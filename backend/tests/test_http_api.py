@@ -185,8 +185,15 @@ def issuer() -> Iterator[LocalIssuer]:
 
 
 @pytest.fixture(scope="module")
-def oidc_app(stack_env: dict[str, str], workers: object, issuer: LocalIssuer) -> Iterator[str]:
+def oidc_app(
+    stack_env: dict[str, str],
+    workers: object,
+    issuer: LocalIssuer,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[str]:
     env = {k: v for k, v in stack_env.items() if not k.startswith("CORRAL_AUTH")}
+    ui = tmp_path_factory.mktemp("ui")
+    (ui / "index.html").write_text("<!doctype html><title>corral-ui</title>")
     with env_vars(env):
         settings = AppSettings(
             auth={
@@ -194,11 +201,44 @@ def oidc_app(stack_env: dict[str, str], workers: object, issuer: LocalIssuer) ->
                 "oidc_issuer": issuer.issuer,
                 "oidc_audience": issuer.audience,
                 "oidc_jwks_url": issuer.jwks_url,
+                "oidc_client_id": "corral-web",
                 "leeway_s": 5,
-            }
+            },
+            frontend_dir=ui,
         )
     with UvicornThread(create_app(settings)) as server:
         yield server.url
+
+
+async def test_auth_config_is_public(live_app: LiveApp, oidc_app: str, issuer: LocalIssuer) -> None:
+    """The UI learns at run time whether it can offer single sign-on, before anyone signs in."""
+    async with httpx.AsyncClient(timeout=10) as anon:
+        dev = await anon.get(f"{live_app.url}/api/auth/config")
+        oidc = await anon.get(f"{oidc_app}/api/auth/config")
+    assert dev.status_code == 200, dev.text
+    assert dev.json() == {
+        "mode": "dev",
+        "oidc_issuer": None,
+        "oidc_client_id": None,
+        "oidc_scopes": "openid profile email",
+    }
+    assert oidc.status_code == 200, oidc.text
+    assert oidc.json() == {
+        "mode": "oidc",
+        "oidc_issuer": issuer.issuer,
+        "oidc_client_id": "corral-web",
+        "oidc_scopes": "openid profile email",
+    }
+
+
+async def test_spa_deep_links_get_index_but_api_404s_stay(oidc_app: str) -> None:
+    """The IdP redirects to ``/auth/callback``: a real path the built UI must answer."""
+    async with httpx.AsyncClient(base_url=oidc_app, timeout=10) as anon:
+        page = await anon.get("/auth/callback", params={"code": "c", "state": "s"})
+        assert page.status_code == 200 and "corral-ui" in page.text
+        assert "corral-ui" in (await anon.get("/")).text
+        missing = await anon.get("/api/no-such-route")
+        assert missing.status_code == 404 and missing.json() == {"detail": "Not Found"}
 
 
 async def test_oidc_tokens_and_ownership(oidc_app: str, issuer: LocalIssuer) -> None:

@@ -2,7 +2,8 @@
 // running Corral stack with the scripted OpenAI-protocol model.
 //   CORRAL_E2E_URL=http://127.0.0.1:8099 CORRAL_E2E_TOKEN=... node e2e/run.mjs
 // Optional: CORRAL_E2E_OUT (screenshots; default ../test-output/screenshots), CHROMIUM_PATH,
-// CORRAL_E2E_ONLY=comma,separated,scenario,names. Ends with "N passed, M failed"; exit 1 on failure.
+// CORRAL_E2E_ONLY=comma,separated,scenario,names; CORRAL_E2E_OIDC_URL (an app in OIDC mode whose
+// IdP signs you straight in) and CORRAL_E2E_OIDC_NAME (the name it gives) for single sign-on. Ends with "N passed, M failed"; exit 1 on failure.
 import { mkdirSync } from "node:fs";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -355,6 +356,35 @@ await scenario("expired-token-401", async () => {
   const reason = await page.getByTestId("signin-reason").textContent();
   expect(/sign in again/i.test(reason ?? ""), `a 401 sends you to sign-in with the reason: ${reason}`);
   await shot("20-signed-out-401");
+});
+
+const OIDC = (process.env.CORRAL_E2E_OIDC_URL ?? "").replace(/\/$/, "");
+if (!OIDC) console.log("not run oidc-sign-in: CORRAL_E2E_OIDC_URL is not set (the pytest run sets it)");
+else await scenario("oidc-sign-in", async () => {
+  const ctx = await browser.newContext({ viewport: { width: 1440, height: 900 } });
+  ctx.setDefaultTimeout(20_000);
+  try {
+    const p = await ctx.newPage();
+    p.on("pageerror", (e) => consoleErrors.push(`pageerror: ${e.message}`));
+    await p.goto(OIDC + "/");
+    const sso = p.getByTestId("signin-sso");
+    await p.waitForFunction(() => !document.querySelector('[data-testid="signin-sso"]')?.disabled);
+    await sso.click();
+    // the IdP redirects straight back to /auth/callback; the code is traded for a token there
+    await p.getByTestId("nav-chat").waitFor();
+    expect(new URL(p.url()).pathname === "/" && p.url().includes("#/chat"), `lands home after the callback: ${p.url()}`);
+    const name = process.env.CORRAL_E2E_OIDC_NAME ?? "";
+    await p.locator(".rail-user-name", { hasText: name }).waitFor();
+    const stored = await p.evaluate(() => localStorage.getItem("corral.token"));
+    expect(stored?.split(".").length === 3, "the IdP's access token is kept where a pasted one is");
+    await p.screenshot({ path: join(OUT, "21-signed-in-with-oidc.png") });
+    // a forged redirect back is refused with the reason
+    await p.goto(`${OIDC}/auth/callback?code=x&state=forged`);
+    const err = await p.getByTestId("oidc-error").textContent();
+    expect(/no sign-in was started|state mismatch/i.test(err ?? ""), `a stray callback is refused: ${err}`);
+  } finally {
+    await ctx.close();
+  }
 });
 
 await browser.close();

@@ -1,14 +1,16 @@
 import { QueryCache, QueryClient, QueryClientProvider } from "@tanstack/react-query";
-import { useEffect, useState } from "react";
+import { useCallback, useEffect, useState } from "react";
 import { Navigate, RouterProvider, createHashRouter } from "react-router-dom";
 import { getToken, onAuthChange } from "./api/auth";
 import { ApiError } from "./api/errors";
 import { Layout } from "./components/Layout";
 import { ToastProvider, useToasts } from "./components/Toasts";
+import { CALLBACK_PATH } from "./lib/oidc";
 import { AccountPage } from "./pages/AccountPage";
 import { ChatPage } from "./pages/ChatPage";
 import { CodePage } from "./pages/CodePage";
 import { DatasetsPage } from "./pages/DatasetsPage";
+import { OidcCallback } from "./pages/OidcCallback";
 import { PipelinesPage } from "./pages/PipelinesPage";
 import { SignInPage } from "./pages/SignInPage";
 import { TasksPage } from "./pages/TasksPage";
@@ -61,6 +63,9 @@ function Queries({ children }: { children: React.ReactNode }) {
 export function App() {
   const [token, setTokenState] = useState(getToken());
   const [reason, setReason] = useState<string | null>(null);
+  // The IdP's redirect back (a real path, not a hash route: IdPs drop URL fragments).
+  const [callback, setCallback] = useState(() => window.location.pathname === CALLBACK_PATH);
+  const callbackDone = useCallback(() => setCallback(false), []);
   useEffect(
     () =>
       onAuthChange((why) => {
@@ -71,7 +76,9 @@ export function App() {
   );
   return (
     <ToastProvider>
-      {token ? (
+      {callback ? (
+        <OidcCallback onDone={callbackDone} />
+      ) : token ? (
         <Queries key={token}>
           <RouterProvider router={router} />
         </Queries>

@@ -311,6 +311,26 @@ export type paths = {
         patch?: never;
         trace?: never;
     };
+    "/api/auth/config": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Auth Config
+         * @description Unauthenticated: lets the web UI offer OIDC sign-in without being rebuilt.
+         */
+        get: operations["auth_config_api_auth_config_get"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/me": {
         parameters: {
             query?: never;
@@ -585,6 +605,23 @@ export type components = {
             created_at: string;
             /** Url */
             url: string;
+        };
+        /**
+         * AuthConfigOut
+         * @description What the web UI needs to offer single sign-on; public, holds no secrets.
+         */
+        AuthConfigOut: {
+            /**
+             * Mode
+             * @enum {string}
+             */
+            mode: "dev" | "oidc";
+            /** Oidc Issuer */
+            oidc_issuer?: string | null;
+            /** Oidc Client Id */
+            oidc_client_id?: string | null;
+            /** Oidc Scopes */
+            oidc_scopes: string;
         };
         /** CancelOut */
         CancelOut: {
@@ -2119,6 +2156,26 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["HTTPValidationError"];
+                };
+            };
+        };
+    };
+    auth_config_api_auth_config_get: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["AuthConfigOut"];
                 };
             };
         };

@@ -1,17 +1,42 @@
-import { useState } from "react";
+import { useEffect, useState } from "react";
 import { setToken } from "../api/auth";
 import { NetworkError, describeError, errorFromResponse } from "../api/errors";
 import { fetchWithDeadline } from "../api/client";
-
-const OIDC_ISSUER = import.meta.env.VITE_OIDC_ISSUER as string | undefined;
+import { type AuthConfig, beginSignIn, ssoAvailable } from "../lib/oidc";
 
 /** Paste the dev token `make up` prints (or an OIDC access token, or an API key `ck_…`).
- * It is checked against /api/me before it is kept. */
+ * It is checked against /api/me before it is kept. Or single sign-on, when the app has it. */
 export function SignInPage({ reason }: { reason: string | null }) {
   const [token, setValue] = useState("");
   const [remember, setRemember] = useState(true);
   const [error, setError] = useState<string | null>(null);
   const [busy, setBusy] = useState(false);
+  const [config, setConfig] = useState<AuthConfig | null>(null);
+  const [ssoBusy, setSsoBusy] = useState(false);
+
+  useEffect(() => {
+    let live = true;
+    fetchWithDeadline("/api/auth/config", {}, 15_000)
+      .then((r) => (r.ok ? (r.json() as Promise<AuthConfig>) : null))
+      .then((c) => live && setConfig(c))
+      .catch(() => undefined); // the paste form still works; the button stays off
+    return () => {
+      live = false;
+    };
+  }, []);
+  const sso = ssoAvailable(config) ? config : null;
+
+  async function singleSignOn() {
+    if (!sso) return;
+    setSsoBusy(true);
+    setError(null);
+    try {
+      window.location.assign(await beginSignIn(sso, { remember, origin: window.location.origin }));
+    } catch (err) {
+      setError(err instanceof Error ? err.message : String(err));
+      setSsoBusy(false);
+    }
+  }
 
   async function submit(e: React.FormEvent) {
     e.preventDefault();
@@ -78,19 +103,26 @@ export function SignInPage({ reason }: { reason: string | null }) {
         <div className="divider">
           <span>or</span>
         </div>
-        <button className="btn btn-block" disabled title={OIDC_ISSUER ? `Issuer: ${OIDC_ISSUER}` : "Not configured"}>
-          Sign in with single sign-on (OIDC)
+        <button
+          className="btn btn-block"
+          type="button"
+          data-testid="signin-sso"
+          disabled={!sso || ssoBusy}
+          onClick={singleSignOn}
+          title={sso ? `Issuer: ${sso.oidc_issuer}` : "Not configured"}
+        >
+          {ssoBusy ? "Redirecting…" : "Sign in with single sign-on (OIDC)"}
         </button>
         <p className="muted small">
-          {OIDC_ISSUER ? (
+          {sso ? (
             <>
-              Issuer <code>{OIDC_ISSUER}</code>: sign in there and paste the access token above.
+              Signs you in at <code>{sso.oidc_issuer}</code> and brings you back here.
             </>
           ) : (
             <>
               Single sign-on is not configured. To turn it on, run the app with <code>CORRAL_AUTH__MODE=oidc</code>,{" "}
-              <code>CORRAL_AUTH__OIDC_ISSUER</code>, <code>_OIDC_AUDIENCE</code> and <code>_OIDC_JWKS_URL</code>, and build the
-              frontend with <code>VITE_OIDC_ISSUER</code> set. An access token from that issuer can be pasted above.
+              <code>CORRAL_AUTH__OIDC_ISSUER</code>, <code>_OIDC_AUDIENCE</code>, <code>_OIDC_JWKS_URL</code> and{" "}
+              <code>_OIDC_CLIENT_ID</code> (a public client with redirect URI <code>{window.location.origin}/auth/callback</code>).
             </>
           )}
         </p>

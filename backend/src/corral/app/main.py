@@ -9,6 +9,9 @@ from pathlib import Path
 from fastapi import APIRouter, FastAPI
 from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
+from starlette.types import Scope
 
 from corral.app.artifacts.router import router as artifacts_router
 from corral.app.auth.router import router as auth_router
@@ -35,6 +38,18 @@ def _frontend_dir(settings: AppSettings) -> Path | None:
         return settings.frontend_dir
     dist = REPO_ROOT / "frontend" / "dist"
     return dist if (dist / "index.html").is_file() else None
+
+
+class SpaFiles(StaticFiles):
+    """The built UI; unknown non-API paths (e.g. ``/auth/callback``) get ``index.html``."""
+
+    async def get_response(self, path: str, scope: Scope) -> Response:
+        try:
+            return await super().get_response(path, scope)
+        except StarletteHTTPException as exc:
+            if exc.status_code != 404 or path == "api" or path.startswith("api/"):
+                raise
+            return await super().get_response("index.html", scope)
 
 
 NOT_BUILT_PAGE = """<!doctype html><html><head><meta charset="utf-8"><title>Corral</title></head>
@@ -76,7 +91,7 @@ def create_app(settings: AppSettings | None = None) -> FastAPI:
 
     frontend = _frontend_dir(settings)
     if frontend is not None:
-        app.mount("/", StaticFiles(directory=frontend, html=True), name="frontend")
+        app.mount("/", SpaFiles(directory=frontend, html=True), name="frontend")
     else:
 
         @app.get("/", include_in_schema=False)

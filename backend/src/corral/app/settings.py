@@ -32,6 +32,12 @@ class AuthSettings(BaseModel):
     oidc_issuer: str | None = None
     oidc_audience: str | None = None
     oidc_jwks_url: str | None = None
+    oidc_client_id: str | None = Field(
+        default=None,
+        description="Public client id for the web UI's single sign-on (code + PKCE); "
+        "unset: the UI only takes pasted tokens.",
+    )
+    oidc_scopes: str = Field(default="openid profile email", description="Scopes the UI asks for.")
     algorithms: list[str] = Field(default_factory=lambda: ["RS256", "ES256"])
     leeway_s: int = Field(default=30, ge=0, le=600, description="Allowed clock skew.")
 

@@ -1,14 +1,14 @@
-"""``/api/me`` and ``/api/api-keys`` (create, list, revoke the caller's keys)."""
+"""``/api/auth/config`` (public), ``/api/me`` and ``/api/api-keys`` (create, list, revoke)."""
 
 from __future__ import annotations
 
 from fastapi import APIRouter, HTTPException, Response, status
 
 from corral.app.auth import api_keys
-from corral.app.auth.schemas import ApiKeyCreate, ApiKeyCreated, ApiKeyOut, MeOut
+from corral.app.auth.schemas import ApiKeyCreate, ApiKeyCreated, ApiKeyOut, AuthConfigOut, MeOut
 from corral.app.db.models import ApiKey
 from corral.app.db.models import User as UserRow
-from corral.app.deps import CurrentUser, SessionDep
+from corral.app.deps import CurrentUser, ServicesDep, SessionDep
 
 router = APIRouter(tags=["auth"])
 
@@ -22,6 +22,19 @@ def _out(row: ApiKey) -> ApiKeyOut:
         prefix=row.prefix,
         created_at=row.created_at,
         last_used_at=row.last_used_at,
+    )
+
+
+@router.get("/auth/config", response_model=AuthConfigOut)
+async def auth_config(services: ServicesDep) -> AuthConfigOut:
+    """Unauthenticated: lets the web UI offer OIDC sign-in without being rebuilt."""
+    auth = services.settings.auth
+    oidc = auth.mode == "oidc"
+    return AuthConfigOut(
+        mode=auth.mode,
+        oidc_issuer=auth.oidc_issuer if oidc else None,
+        oidc_client_id=auth.oidc_client_id if oidc else None,
+        oidc_scopes=auth.oidc_scopes,
     )
 
 

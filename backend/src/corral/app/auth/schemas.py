@@ -16,6 +16,15 @@ class MeOut(BaseModel):
     auth: Literal["token", "api_key"]
 
 
+class AuthConfigOut(BaseModel):
+    """What the web UI needs to offer single sign-on; public, holds no secrets."""
+
+    mode: Literal["dev", "oidc"]
+    oidc_issuer: str | None = None
+    oidc_client_id: str | None = None
+    oidc_scopes: str
+
+
 class ApiKeyCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
