@@ -269,7 +269,14 @@ async def test_upload_stops_reading_past_the_cap(declare_length: bool) -> None:
         headers.append((b"content-length", str(chunk * total_chunks).encode()))
     request = Request({"type": "http", "method": "POST", "headers": headers}, receive)
     with pytest.raises(app_store.ObjectTooLarge, match=f"limit is {CAP} bytes"):
-        await service._read_file_part(request, CAP)
+        await service.read_upload_form(
+            request,
+            CAP,
+            field=service.UPLOAD_FIELD,
+            usage="multipart please",
+            bad=service.BadUpload,
+            too_large=service._too_large,
+        )
     budget = 0 if declare_length else (CAP + service._FRAMING_SLACK) // chunk + 2
     assert pulled <= budget
 

@@ -18,7 +18,6 @@ from typing import Any
 
 import anyio
 from starlette.datastructures import UploadFile
-from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import Request
 
 from corral.app.auth.service import User
@@ -33,12 +32,11 @@ from corral.app.datasets.extract import (
 from corral.app.datasets.repository import DatasetRepository, RedisDatasetRepository
 from corral.app.datasets.schemas import DatasetOut, DatasetRecord, DatasetSummary, summary_of
 from corral.app.services import Services
-from corral.app.storage.service import BodyTooLarge, capped
+from corral.app.storage.service import read_upload_form
 from corral.app.storage.store import BLOB_ROUTE, S3ObjectStore, new_key
 from corral.task_schemas import DatasetFormat, TaskSpec
 
 UPLOAD_FIELD = "file"
-_FRAMING_SLACK = 64 * 1024
 _ID_RE = re.compile(r"[0-9a-f]{32}")
 LIST_LIMIT = 500
 
@@ -81,32 +79,15 @@ def _too_large(cap: int) -> DatasetTooLarge:
 
 
 async def _read_form(request: Request, cap: int) -> tuple[UploadFile, dict[str, str]]:
-    if not request.headers.get("content-type", "").startswith("multipart/form-data"):
-        raise BadDatasetUpload(
-            f"send multipart/form-data with the file in a '{UPLOAD_FIELD}' field (and optional "
-            "'format', 'population', 'name' fields)"
-        )
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > cap + _FRAMING_SLACK:
-        raise _too_large(cap)
-    parser = MultiPartParser(
-        request.headers, capped(request.stream(), cap + _FRAMING_SLACK), max_files=1, max_fields=8
+    return await read_upload_form(
+        request,
+        cap,
+        field=UPLOAD_FIELD,
+        usage=f"send multipart/form-data with the file in a '{UPLOAD_FIELD}' field (and optional "
+        "'format', 'population', 'name' fields)",
+        bad=BadDatasetUpload,
+        too_large=_too_large,
     )
-    try:
-        form = await parser.parse()
-    except BodyTooLarge as exc:
-        raise _too_large(cap) from exc
-    except MultiPartException as exc:
-        raise BadDatasetUpload(f"bad multipart body: {exc.message}") from exc
-    upload = form.get(UPLOAD_FIELD)
-    fields = {k: v for k, v in form.items() if isinstance(v, str)}
-    if not isinstance(upload, UploadFile):
-        await form.close()
-        raise BadDatasetUpload(f"missing file: send it in a multipart field named '{UPLOAD_FIELD}'")
-    if upload.size is not None and upload.size > cap:
-        await form.close()
-        raise _too_large(cap)
-    return upload, fields
 
 
 def _declared_format(value: str | None) -> DatasetFormat | None:

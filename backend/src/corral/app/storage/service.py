@@ -7,7 +7,7 @@ a caller can never learn which keys exist.
 from __future__ import annotations
 
 import mimetypes
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from pathlib import Path
 
 from starlette.datastructures import UploadFile
@@ -60,29 +60,43 @@ def _too_large(cap: int) -> ObjectTooLarge:
     return ObjectTooLarge(f"file too large: the limit is {cap} bytes")
 
 
-async def _read_file_part(request: Request, cap: int) -> UploadFile:
+async def read_upload_form(
+    request: Request,
+    cap: int,
+    *,
+    field: str,
+    usage: str,
+    bad: Callable[[str], Exception],
+    too_large: Callable[[int], Exception],
+) -> tuple[UploadFile, dict[str, str]]:
+    """The multipart file in ``field`` (at most ``cap`` bytes) and the form's text fields.
+
+    The body is read through ``capped``, so an oversized upload stops as soon as it passes the
+    cap; ``usage`` says how to send it right, ``bad``/``too_large`` make the caller's errors.
+    """
     if not request.headers.get("content-type", "").startswith("multipart/form-data"):
-        raise BadUpload(f"send multipart/form-data with the file in a '{UPLOAD_FIELD}' field")
+        raise bad(usage)
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > cap + _FRAMING_SLACK:
-        raise _too_large(cap)
+        raise too_large(cap)
     parser = MultiPartParser(
         request.headers, capped(request.stream(), cap + _FRAMING_SLACK), max_files=1, max_fields=8
     )
     try:
         form = await parser.parse()
     except BodyTooLarge as exc:
-        raise _too_large(cap) from exc
+        raise too_large(cap) from exc
     except MultiPartException as exc:
-        raise BadUpload(f"bad multipart body: {exc.message}") from exc
-    upload = form.get(UPLOAD_FIELD)
+        raise bad(f"bad multipart body: {exc.message}") from exc
+    upload = form.get(field)
+    fields = {k: v for k, v in form.items() if isinstance(v, str)}
     if not isinstance(upload, UploadFile):
         await form.close()
-        raise BadUpload(f"missing file: send it in a multipart field named '{UPLOAD_FIELD}'")
+        raise bad(f"missing file: send it in a multipart field named '{field}'")
     if upload.size is not None and upload.size > cap:
         await form.close()
-        raise _too_large(cap)
-    return upload
+        raise too_large(cap)
+    return upload, fields
 
 
 def _content_type_of(upload: UploadFile) -> str:
@@ -97,7 +111,14 @@ async def upload(services: Services, user: User, request: Request) -> UploadOut:
     """Store one uploaded file under ``{user.id}/uploads/{uuid}``."""
     cap = services.settings.storage.max_upload_bytes
     key = new_key(user.id, "uploads")
-    part = await _read_file_part(request, cap)
+    part, _ = await read_upload_form(
+        request,
+        cap,
+        field=UPLOAD_FIELD,
+        usage=f"send multipart/form-data with the file in a '{UPLOAD_FIELD}' field",
+        bad=BadUpload,
+        too_large=_too_large,
+    )
     try:
         content_type = _content_type_of(part)
         info = await services.storage.put(key, part.file, content_type, max_bytes=cap)
