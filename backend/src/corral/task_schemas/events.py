@@ -1,0 +1,98 @@
+"""The event stream of a task: key ``task:{task_id}:events``, flat string fields."""
+
+from __future__ import annotations
+
+import json
+from enum import StrEnum
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+
+
+def task_events_key(task_id: str) -> str:
+    return f"task:{task_id}:events"
+
+
+class EventType(StrEnum):
+    QUEUED = "queued"
+    STARTED = "started"
+    PROGRESS = "progress"
+    DONE = "done"
+    ERROR = "error"
+    CANCELLED = "cancelled"
+
+
+TERMINAL_EVENT_TYPES = frozenset({EventType.DONE, EventType.ERROR, EventType.CANCELLED})
+
+
+class _Event(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+
+class QueuedEvent(_Event):
+    type: Literal["queued"] = "queued"
+    task_name: str
+    queue: str
+
+
+class StartedEvent(_Event):
+    type: Literal["started"] = "started"
+    worker: str = ""
+    attempt: int = 1
+
+
+class ProgressEvent(_Event):
+    type: Literal["progress"] = "progress"
+    current: float | None = None
+    total: float | None = None
+    message: str = ""
+    data: str | None = Field(
+        default=None, description="Optional JSON text (e.g. a chunk of generated tokens)."
+    )
+
+
+class DoneEvent(_Event):
+    type: Literal["done"] = "done"
+    result: str | None = Field(
+        default=None, description="The result as JSON when small; else read the backend."
+    )
+
+
+class ErrorEvent(_Event):
+    type: Literal["error"] = "error"
+    error_type: str
+    message: str
+    traceback: str | None = None
+
+
+class CancelledEvent(_Event):
+    type: Literal["cancelled"] = "cancelled"
+    reason: str = "cancelled by user"
+
+
+TaskEvent = Annotated[
+    QueuedEvent | StartedEvent | ProgressEvent | DoneEvent | ErrorEvent | CancelledEvent,
+    Field(discriminator="type"),
+]
+_EVENT_ADAPTER: TypeAdapter[TaskEvent] = TypeAdapter(TaskEvent)
+
+
+def encode_event(event: _Event) -> dict[str, str]:
+    """Flatten an event into Redis stream fields (strings only, ``None`` fields left out)."""
+    out: dict[str, str] = {}
+    for key, value in event.model_dump(mode="json", exclude_none=True).items():
+        out[key] = value if isinstance(value, str) else json.dumps(value)
+    return out
+
+
+def decode_event(fields: dict[str, str] | dict[bytes, bytes]) -> TaskEvent:
+    """Parse a stream entry back into its typed event."""
+    flat = {
+        (k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
+        for k, v in fields.items()
+    }
+    return _EVENT_ADAPTER.validate_python(flat)
+
+
+def is_terminal(event: TaskEvent) -> bool:
+    return event.type in TERMINAL_EVENT_TYPES
