@@ -151,15 +151,15 @@ class BwrapSandbox:
 
     # -- running ---------------------------------------------------------------------------
 
-    def _argv(
+    def sandbox_argv(
         self,
         binary: str,
-        code_file: Path,
         input_dir: Path,
         limits: SandboxLimits,
-        result_fd: int,
-        formats: tuple[str, ...],
+        binds: tuple[tuple[Path, str], ...] = (),
     ) -> list[str]:
+        """bwrap's options up to the command: namespaces, read-only binds (``binds`` adds more,
+        host path to guest path), tmpfs, environment. Shared by one-shot runs and sessions."""
         argv = [
             binary,
             "--unshare-all",
@@ -179,7 +179,10 @@ class BwrapSandbox:
         argv += [
             "--ro-bind", str(self.venv), "/venv",
             "--ro-bind", str(GUEST_DIR), "/sandbox",
-            "--ro-bind", str(code_file), "/code.py",
+        ]  # fmt: skip
+        for host, guest in binds:
+            argv += ["--ro-bind", str(host), guest]
+        argv += [
             "--ro-bind", str(input_dir), "/input",
             "--proc", "/proc",
             "--dev", "/dev",
@@ -198,6 +201,20 @@ class BwrapSandbox:
             "--setenv", "MALLOC_ARENA_MAX", "2",
             "--setenv", "PYTHONDONTWRITEBYTECODE", "1",
             "--chdir", "/output",
+        ]  # fmt: skip
+        return argv
+
+    def _argv(
+        self,
+        binary: str,
+        code_file: Path,
+        input_dir: Path,
+        limits: SandboxLimits,
+        result_fd: int,
+        formats: tuple[str, ...],
+    ) -> list[str]:
+        argv = self.sandbox_argv(binary, input_dir, limits, ((code_file, "/code.py"),))
+        argv += [
             "/venv/bin/python", "-I", "/sandbox/runner.py",
             json.dumps({
                 "mode": "bwrap", "code": "/code.py", "output": "/output",
