@@ -57,10 +57,14 @@ def as_sandbox_user() -> list[str]:
 
 def ensure_sandbox_venv() -> Path:
     """The bwrap backend's venv, made with the production prepare step when missing."""
-    if not (SANDBOX_VENV / "bin" / "python").exists() or not (SANDBOX_VENV / "mpl-cache").is_dir():
-        from corral.tasks.sandbox.prepare import prepare_venv
-        from corral.tasks.sandbox.settings import SandboxSettings
+    from corral.tasks.sandbox.prepare import prepare_venv, venv_is_current
+    from corral.tasks.sandbox.settings import SandboxSettings
 
+    if (
+        not (SANDBOX_VENV / "bin" / "python").exists()
+        or not (SANDBOX_VENV / "mpl-cache").is_dir()
+        or not venv_is_current(SANDBOX_VENV)
+    ):
         prepare_venv(SandboxSettings(venv_path=SANDBOX_VENV))
     return SANDBOX_VENV
 

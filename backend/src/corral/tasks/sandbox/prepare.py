@@ -23,6 +23,7 @@ from corral.tasks.sandbox.cli import _Env
 from corral.tasks.sandbox.settings import SandboxSettings
 
 REQUIREMENTS = GUEST_DIR.parent / "guest-requirements.txt"
+REQUIREMENTS_STAMP = "corral-requirements.txt"
 
 
 def _base_python() -> str:
@@ -53,9 +54,20 @@ def prepare_venv(settings: SandboxSettings, python: str | None = None) -> Path:
     env = {"PATH": "/usr/bin:/bin", "MPLCONFIGDIR": str(cache), "MPLBACKEND": "Agg"}
     subprocess.run([str(venv / "bin" / "python"), "-c", "import matplotlib.pyplot"],
                    check=True, env=env)  # fmt: skip
+    # What it was built from: ``venv_is_current`` compares it with today's requirements.
+    shutil.copyfile(REQUIREMENTS, venv / REQUIREMENTS_STAMP)
     # Readable (not writable) by the unprivileged worker user.
     subprocess.run(["chmod", "-R", "a+rX,go-w", str(venv)], check=True)
     return venv
+
+
+def venv_is_current(venv: Path) -> bool:
+    """The venv exists and was built from the current ``guest-requirements.txt``."""
+    stamp = venv / REQUIREMENTS_STAMP
+    try:
+        return stamp.read_bytes() == REQUIREMENTS.read_bytes()
+    except OSError:
+        return False
 
 
 def prepare_wasm(settings: SandboxSettings) -> float:
