@@ -3,8 +3,8 @@
 #
 #   sudo backend/scripts/sandbox_host_setup.sh            # from the repo root
 #
-# - installs bubblewrap (the bwrap backend) and acl (tests share the local object store
-#   between root and the unprivileged worker user through a default ACL);
+# - installs bubblewrap (the bwrap backend), libseccomp2 (its seccomp filter) and acl (tests
+#   share the local object store between root and the unprivileged worker user by a default ACL);
 # - creates the unprivileged user the python_q worker runs as (default: corral), because the
 #   bwrap backend refuses to run as root;
 # - makes the project's Python interpreter reachable by that user (traverse-only on its
@@ -26,6 +26,8 @@ need=()
 command -v bwrap >/dev/null || need+=(bubblewrap)
 command -v setfacl >/dev/null || need+=(acl)
 command -v setpriv >/dev/null || need+=(util-linux)
+# libseccomp builds the sandbox's seccomp filter (loaded through ctypes, no Python package).
+ldconfig -p | grep -q 'libseccomp\.so\.2' || need+=(libseccomp2)
 if [ ${#need[@]} -gt 0 ]; then
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}"

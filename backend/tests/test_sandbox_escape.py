@@ -247,3 +247,103 @@ def test_1gb_file_is_capped(backend: str, dirs: tuple[Path, Path]) -> None:
     assert "16 MB" in error["message"], error
     for path in dirs[1].iterdir():
         assert path.stat().st_size <= 16 << 20
+
+
+# -- seccomp (bwrap): every denied syscall fails with EPERM, normal work still runs ------------
+
+
+def _host_syscall_numbers(names: tuple[str, ...]) -> dict[str, int]:
+    """Syscall numbers of this architecture, resolved by the same libseccomp the filter uses."""
+    from corral.tasks.sandbox.seccomp import _lib
+
+    lib = _lib()
+    numbers = {name: lib.seccomp_syscall_resolve_name(name.encode()) for name in names}
+    return {name: nr for name, nr in numbers.items() if nr >= 0}
+
+
+def test_bwrap_denies_each_blocked_syscall(sandbox_ready: None, dirs: tuple[Path, Path]) -> None:
+    from corral.tasks.sandbox.seccomp import DENIED_SYSCALLS, NAMESPACE_FLAGS
+
+    numbers = _host_syscall_numbers((*DENIED_SYSCALLS, "clone", "clone3"))
+    assert {"userfaultfd", "io_uring_setup", "bpf", "keyctl", "unshare", "ptrace"} <= set(numbers)
+    code = (
+        "import ctypes, json, os, socket\n"
+        "libc = ctypes.CDLL(None, use_errno=True)\n"
+        f"numbers = {numbers!r}\n"
+        "seen = {}\n"
+        "for name, nr in numbers.items():\n"
+        "    if name.startswith('clone'):\n"
+        "        continue\n"
+        "    ctypes.set_errno(0)\n"
+        "    seen[name] = [libc.syscall(nr, 0, 0, 0, 0, 0), ctypes.get_errno()]\n"
+        "ctypes.set_errno(0)\n"
+        "seen['clone3'] = [libc.syscall(numbers['clone3'], 0, 0), ctypes.get_errno()]\n"
+        f"for flag_name, flag in {NAMESPACE_FLAGS!r}.items():\n"
+        "    ctypes.set_errno(0)\n"
+        "    rc = libc.syscall(numbers['clone'], flag | 17, 0, 0, 0, 0)\n"
+        "    if rc == 0:\n"
+        "        os._exit(0)  # the filter let it through: the child leaves at once\n"
+        "    seen['clone+' + flag_name] = [rc, ctypes.get_errno()]\n"
+        "for label, args in (('AF_PACKET', (17, 3)), ('SOCK_RAW', (2, 3, 1))):\n"
+        "    try:\n"
+        "        socket.socket(*args).close()\n"
+        "        seen['socket ' + label] = [0, 0]\n"
+        "    except OSError as exc:\n"
+        "        seen['socket ' + label] = [-1, exc.errno]\n"
+        "print(json.dumps(seen))\n"
+    )
+    result = run_sandbox("bwrap", code, dirs)
+    assert result["error"] is None, result
+    seen = json.loads(result["stdout"])
+    eperm = [-1, 1]
+    wrong = {
+        name: got
+        for name, got in seen.items()
+        if got != ([-1, 38] if name == "clone3" else eperm)  # clone3: ENOSYS, libc falls back
+    }
+    assert not wrong, wrong
+    assert len(seen) == len(numbers) + len(NAMESPACE_FLAGS) + 1  # every call was tried
+
+
+def test_bwrap_filter_keeps_threads_subprocesses_and_numpy(
+    sandbox_ready: None, dirs: tuple[Path, Path]
+) -> None:
+    code = (
+        "import subprocess, threading, numpy as np\n"
+        "box = []\n"
+        "t = threading.Thread(target=lambda: box.append(int(np.arange(10).sum())))\n"
+        "t.start(); t.join()\n"
+        "child = subprocess.run(['/venv/bin/python', '-c', 'print(5)'], capture_output=True)\n"
+        "print(box[0], child.stdout.decode().strip(), open('/proc/self/status').read().count('Seccomp:\\t2'))\n"  # noqa: E501
+    )
+    result = run_sandbox("bwrap", code, dirs)
+    assert result["error"] is None, result
+    assert result["stdout"] == "45 5 1\n"
+
+
+def test_bwrap_self_test_fails_without_a_working_filter(sandbox_ready: None) -> None:
+    """The probe catches a filter that loads but blocks nothing (and a missing one)."""
+    script = (
+        "import struct, sys\n"
+        "from corral.tasks.sandbox import SandboxUnavailable, seccomp\n"
+        "from corral.tasks.sandbox.bwrap import BwrapSandbox\n"
+        "from corral.tasks.sandbox.settings import SandboxSettings\n"
+        "settings = SandboxSettings(venv_path=sys.argv[1])\n"
+        "seccomp.bpf_program.cache_clear()\n"
+        "seccomp.bpf_program = lambda: struct.pack('<HBBI', 6, 0, 0, 0x7FFF0000)  # allow all\n"
+        "for box in (BwrapSandbox(settings), BwrapSandbox(settings, seccomp=False)):\n"
+        "    try:\n"
+        "        box.self_test()\n"
+        "        print('passed')\n"
+        "    except SandboxUnavailable as exc:\n"
+        "        print('refused:', str(exc)[:300].replace(chr(10), ' '))\n"
+    )
+    proc = subprocess.run(
+        [*as_sandbox_user(), sys.executable, "-c", script, str(SANDBOX_VENV)],
+        capture_output=True, text=True, timeout=120, check=False,
+        env={**os.environ, "HOME": sandbox_user_home()},
+    )  # fmt: skip
+    lines = proc.stdout.splitlines()
+    assert proc.returncode == 0 and len(lines) == 2, proc.stdout + proc.stderr[-2000:]
+    assert lines[0].startswith("refused:") and "unshare" in lines[0], lines
+    assert lines[1].startswith("refused:") and "without its seccomp filter" in lines[1], lines

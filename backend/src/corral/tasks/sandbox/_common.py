@@ -190,15 +190,20 @@ SELF_TEST_CODE = (
 
 
 def run_self_test(
-    sandbox: Sandbox, label: str, limits: SandboxLimits, work_dir: Path | None
+    sandbox: Sandbox, label: str, limits: SandboxLimits, work_dir: Path | None, probe: str = ""
 ) -> None:
-    """Run known code through ``sandbox``; ``SandboxUnavailable`` unless it answers 42 exactly."""
+    """Run known code through ``sandbox``; ``SandboxUnavailable`` unless it answers 42 exactly.
+
+    ``probe`` (backend-specific checks, e.g. bwrap's seccomp filter) runs first and must not
+    print or fail."""
     with tempfile.TemporaryDirectory(prefix="corral-selftest-", dir=work_dir) as d:
         out, inp = Path(d) / "out", Path(d) / "in"
         out.mkdir()
         inp.mkdir()
         try:
-            result = sandbox.run(SELF_TEST_CODE, input_dir=inp, output_dir=out, limits=limits)
+            result = sandbox.run(
+                probe + SELF_TEST_CODE, input_dir=inp, output_dir=out, limits=limits
+            )
         except SandboxFailure as exc:
             raise SandboxUnavailable(f"{label} self-test could not start: {exc}") from exc
     if result.error is not None or result.stdout != "42\n" or result.last_expr_repr != "42":

@@ -5,6 +5,8 @@ only a loopback of its own), no capabilities, an empty environment, a read-only 
 venv, size-limited tmpfs for ``/tmp`` and ``/output``, and a read-only root. It dies with the
 worker's child process (``--die-with-parent``). Output files leave through a pipe as a tar
 stream that the host unpacks with caps, so the sandbox never writes to the host's disk.
+A seccomp filter (``seccomp.py``, loaded by bwrap's ``--seccomp``) denies the syscalls that
+widen the kernel's attack surface; the self-test proves it is loaded.
 
 Needs unprivileged user namespaces and refuses to run as root: a bug in the sandbox setup would
 then hand out root's powers.
@@ -34,6 +36,7 @@ from corral.tasks.sandbox import (
     SandboxResult,
     SandboxUnavailable,
     UserCodeError,
+    seccomp,
 )
 from corral.tasks.sandbox._common import (
     GUEST_MPL_DIR,
@@ -115,9 +118,12 @@ def _rlimits(limits: SandboxLimits) -> list[tuple[int, tuple[int, int]]]:
 class BwrapSandbox:
     name = "bwrap"
 
-    def __init__(self, settings: SandboxSettings) -> None:
+    def __init__(self, settings: SandboxSettings, *, seccomp: bool = True) -> None:
         self.settings = settings
         self.venv = settings.venv_path.resolve()
+        # ``seccomp=False`` exists only for bench/python_tool.py's on/off comparison: the
+        # self-test fails without the filter, so a worker never serves python_q without it.
+        self.seccomp = seccomp
 
     def _work_dir(self) -> str | None:
         work_dir = self.settings.work_dir
@@ -146,8 +152,14 @@ class BwrapSandbox:
 
     def self_test(self) -> None:
         self.check_host()
+        if not self.seccomp:
+            raise SandboxUnavailable("the bwrap sandbox was built without its seccomp filter")
+        try:
+            seccomp.bpf_program()
+        except seccomp.SeccompUnavailable as exc:
+            raise SandboxUnavailable(str(exc)) from exc
         limits = self.settings.limits.model_copy(update={"wall_s": 60.0})
-        run_self_test(self, "bwrap", limits, self.settings.work_dir)
+        run_self_test(self, "bwrap", limits, self.settings.work_dir, probe=seccomp.PROBE_CODE)
 
     # -- running ---------------------------------------------------------------------------
 
@@ -157,9 +169,12 @@ class BwrapSandbox:
         input_dir: Path,
         limits: SandboxLimits,
         binds: tuple[tuple[Path, str], ...] = (),
+        seccomp_fd: int | None = None,
     ) -> list[str]:
         """bwrap's options up to the command: namespaces, read-only binds (``binds`` adds more,
-        host path to guest path), tmpfs, environment. Shared by one-shot runs and sessions."""
+        host path to guest path), tmpfs, environment. Shared by one-shot runs and sessions.
+        ``seccomp_fd`` (from ``seccomp.filter_fd()``, passed to bwrap) loads the filter just
+        before the command runs, after the namespaces are made."""
         argv = [
             binary,
             "--unshare-all",
@@ -202,6 +217,8 @@ class BwrapSandbox:
             "--setenv", "PYTHONDONTWRITEBYTECODE", "1",
             "--chdir", "/output",
         ]  # fmt: skip
+        if seccomp_fd is not None:
+            argv += ["--seccomp", str(seccomp_fd)]
         return argv
 
     def _argv(
@@ -212,8 +229,11 @@ class BwrapSandbox:
         limits: SandboxLimits,
         result_fd: int,
         formats: tuple[str, ...],
+        seccomp_fd: int | None,
     ) -> list[str]:
-        argv = self.sandbox_argv(binary, input_dir, limits, ((code_file, "/code.py"),))
+        argv = self.sandbox_argv(
+            binary, input_dir, limits, ((code_file, "/code.py"),), seccomp_fd=seccomp_fd
+        )
         argv += [
             "/venv/bin/python", "-I", "/sandbox/runner.py",
             json.dumps({
@@ -267,8 +287,13 @@ class BwrapSandbox:
         formats: tuple[str, ...],
         started: float,
     ) -> SandboxResult:
+        try:
+            filter_fd = seccomp.filter_fd() if self.seccomp else None
+        except seccomp.SeccompUnavailable as exc:
+            raise SandboxFailure(str(exc)) from exc
         read_fd, write_fd = os.pipe()
         rlimits = _rlimits(limits)
+        passed = (write_fd,) if filter_fd is None else (write_fd, filter_fd)
 
         def _preexec() -> None:
             for which, value in rlimits:
@@ -276,20 +301,21 @@ class BwrapSandbox:
 
         try:
             proc = subprocess.Popen(
-                self._argv(binary, code_file, input_dir, limits, write_fd, formats),
+                self._argv(binary, code_file, input_dir, limits, write_fd, formats, filter_fd),
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
-                pass_fds=(write_fd,),
+                pass_fds=passed,
                 env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"},
                 preexec_fn=_preexec,  # rlimits must be set in the child, before exec
                 start_new_session=True,
             )
         except OSError as exc:
             os.close(read_fd)
-            os.close(write_fd)
             raise SandboxFailure(f"could not start bwrap: {exc}") from exc
-        os.close(write_fd)
+        finally:
+            for fd in passed:
+                os.close(fd)
         if on_start is not None:
             on_start(proc.pid)
         with tempfile.SpooledTemporaryFile(max_size=4 * MB, dir=self._work_dir()) as spool:
