@@ -86,6 +86,35 @@ class RedisSettings(BaseModel):
         return self.url_for(self.streams_db)
 
 
+class BrokerSettings(BaseModel):
+    """The message broker: Redis (default, the Redis above) or RabbitMQ (``amqp://``).
+
+    One setting switches it (``CORRAL_BROKER__URL`` for the app, ``TASKS_BROKER__URL`` for
+    workers); Redis stays the result backend, event streams and rate limits either way.
+    """
+
+    url: str | None = Field(
+        default=None,
+        description="amqp://user:pass@host:5672/vhost for RabbitMQ; unset: Redis broker_db.",
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _url_scheme(cls, value: str | None) -> str | None:
+        if value is not None and urlsplit(value).scheme not in {
+            "redis",
+            "rediss",
+            "amqp",
+            "amqps",
+            "pyamqp",
+        }:
+            raise ValueError("broker url must start with redis://, rediss:// or amqp://")
+        return value
+
+    def resolve(self, redis: RedisSettings) -> str:
+        return self.url or redis.broker_url
+
+
 class StreamSettings(BaseModel):
     """Bounds on every task's event stream."""
 

@@ -32,6 +32,8 @@ from corral.task_schemas import (
     message_kwargs,
     task_events_key,
 )
+from corral.task_schemas.delivery import TERMINAL_ONCE_LUA, terminal_once_call
+from corral.task_schemas.events import TERMINAL_EVENT_TYPES
 
 
 class QueueNotAllowed(ValueError):
@@ -111,7 +113,25 @@ class TaskSender:
         # Bursts queue here (in order) instead of exhausting the Redis pool.
         self._send_slots = asyncio.Semaphore(32)
 
+    async def publish_outcome(self, task_id: str, event: _Event) -> tuple[bool, str]:
+        """Write a terminal ``event`` if the task has no outcome yet: ``(True, entry_id)``;
+        else ``(False, first_outcome)`` and the stream records this one as ``ignored``."""
+        keys, args = terminal_once_call(
+            task_id,
+            event,
+            maxlen=self._stream_settings.maxlen,
+            ttl_s=self._stream_settings.ttl_s,
+            stream_key=task_events_key(task_id),
+        )
+        won, value = await cast(Any, self._streams.eval(TERMINAL_ONCE_LUA, len(keys), *keys, *args))
+        text = value.decode() if isinstance(value, bytes) else str(value)
+        return bool(won), text
+
     async def publish_event(self, task_id: str, event: _Event) -> str:
+        """Append ``event``; a terminal one goes through ``publish_outcome`` (first wins)."""
+        if getattr(event, "type", None) in TERMINAL_EVENT_TYPES:
+            won, value = await self.publish_outcome(task_id, event)
+            return value if won else ""
         key = task_events_key(task_id)
         pipe = self._streams.pipeline(transaction=False)
         pipe.xadd(

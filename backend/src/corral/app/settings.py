@@ -13,6 +13,7 @@ from corral.app.db.settings import DatabaseSettings
 from corral.app.ratelimit.settings import RateLimitSettings
 from corral.app.task_runs.settings import TaskRunSettings
 from corral.config import (
+    BrokerSettings,
     LLMSettings,
     RedisSettings,
     StorageSettings,
@@ -132,6 +133,7 @@ class AppSettings(BaseSettings):
     )
 
     redis: RedisSettings = Field(default_factory=RedisSettings)
+    broker: BrokerSettings = Field(default_factory=BrokerSettings)
     streams: StreamSettings = Field(default_factory=StreamSettings)
     storage: AppStorageSettings = Field(default_factory=AppStorageSettings)
     auth: AuthSettings

@@ -5,6 +5,7 @@ A package with one module per domain; every public name is re-exported here, so
 
 - ``registry``: ``Queue``, ``TaskSpec``, ``REGISTRY``, the message format and priorities;
 - ``events``: the event stream of a task (``task:{task_id}:events``);
+- ``delivery``: first-outcome-wins and delivery counting (Lua), broker queue rules;
 - ``system``: ``system.echo``, ``system.fail``, ``system.purge_scratch``;
 - ``llm``: ``llm.generate``;  ``python``: ``python.run``;  ``circuit``: ``circuit.analyze``;
 - ``sessions``: research sessions on python_q (``session.*``).
@@ -24,12 +25,19 @@ from corral.task_schemas.circuit import (
     ResultColumn,
     SQLAttempt,
 )
+from corral.task_schemas.delivery import (
+    DEFAULT_MAX_DELIVERIES,
+    WORKER_LOST,
+    task_deliveries_key,
+    task_outcome_key,
+)
 from corral.task_schemas.events import (
     TERMINAL_EVENT_TYPES,
     CancelledEvent,
     DoneEvent,
     ErrorEvent,
     EventType,
+    IgnoredEvent,
     ProgressEvent,
     QueuedEvent,
     StartedEvent,
@@ -103,6 +111,7 @@ __all__ = [
     "ALL_QUEUES",
     "CIRCUIT_ANALYZE",
     "CSV_READ_OPTIONS",
+    "DEFAULT_MAX_DELIVERIES",
     "FILE_NAME_PATTERN",
     "LLM_GENERATE",
     "NEURONS_TABLE",
@@ -118,6 +127,7 @@ __all__ = [
     "SYSTEM_FAIL",
     "SYSTEM_PURGE_SCRATCH",
     "TERMINAL_EVENT_TYPES",
+    "WORKER_LOST",
     "AnalysisError",
     "AnalysisTimings",
     "CancelledEvent",
@@ -135,6 +145,7 @@ __all__ = [
     "FigureFormat",
     "FigureRef",
     "GenerationOptions",
+    "IgnoredEvent",
     "InputT",
     "LLMGenerateInput",
     "LLMGenerateOutput",
@@ -170,6 +181,8 @@ __all__ = [
     "message_priority",
     "register",
     "session_queue",
+    "task_deliveries_key",
     "task_events_key",
+    "task_outcome_key",
     "worker_lease_key",
 ]

@@ -20,6 +20,7 @@ class EventType(StrEnum):
     DONE = "done"
     ERROR = "error"
     CANCELLED = "cancelled"
+    IGNORED = "ignored"
 
 
 TERMINAL_EVENT_TYPES = frozenset({EventType.DONE, EventType.ERROR, EventType.CANCELLED})
@@ -39,6 +40,7 @@ class StartedEvent(_Event):
     type: Literal["started"] = "started"
     worker: str = ""
     attempt: int = 1
+    delivery: int = Field(default=1, description="Starts of this attempt (redeliveries + 1).")
 
 
 class ProgressEvent(_Event):
@@ -70,8 +72,23 @@ class CancelledEvent(_Event):
     reason: str = "cancelled by user"
 
 
+class IgnoredEvent(_Event):
+    """A late outcome (or a redelivery) after the task already ended: recorded, not applied."""
+
+    type: Literal["ignored"] = "ignored"
+    outcome: str = Field(description="What arrived late: done, error, cancelled or started.")
+    first: str = Field(default="", description="The outcome that won (the first one).")
+    detail: str = ""
+
+
 TaskEvent = Annotated[
-    QueuedEvent | StartedEvent | ProgressEvent | DoneEvent | ErrorEvent | CancelledEvent,
+    QueuedEvent
+    | StartedEvent
+    | ProgressEvent
+    | DoneEvent
+    | ErrorEvent
+    | CancelledEvent
+    | IgnoredEvent,
     Field(discriminator="type"),
 ]
 _EVENT_ADAPTER: TypeAdapter[TaskEvent] = TypeAdapter(TaskEvent)

@@ -53,8 +53,13 @@ class TaskSpec(Generic[InputT, OutputT]):
     time_limit_s: float = 75.0
     expires_s: float = 3600.0
     retry: RetryPolicy = field(default_factory=RetryPolicy)
+    # A worker that dies running the task gets it redelivered; past this many starts of one
+    # attempt the task fails ``WorkerLost`` instead of running again (see delivery.py).
+    max_deliveries: int = 3
 
     def __post_init__(self) -> None:
+        if not 1 <= self.max_deliveries <= 20:
+            raise ValueError(f"{self.name}: max_deliveries must be within 1..20")
         if not self.queues:
             raise ValueError(f"{self.name}: at least one queue")
         if self.time_limit_s <= self.soft_time_limit_s:

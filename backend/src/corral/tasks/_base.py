@@ -1,7 +1,9 @@
 """Turning a plain function into a registered Corral task.
 
 ``corral_task(spec)`` registers ``fn(ctx, input) -> output`` under the registry name with the
-registry's limits and retry policy. The wrapper validates the input with the spec's model,
+registry's limits and retry policy. The wrapper first counts the delivery (``delivery.py``:
+past ``max_deliveries`` the task fails ``WorkerLost``; a task that already has an outcome is not
+run), then validates the input with the spec's model,
 publishes ``started``/``progress`` through ``task_stream_notifier`` and returns the output as
 JSON. ``done``/``error`` are written by ``corral.tasks.lifecycle`` after Celery stores the outcome.
 """
@@ -14,10 +16,12 @@ from typing import Any, TypeVar
 
 import structlog
 from celery import Task
+from celery.exceptions import Ignore
 from pydantic import BaseModel
 
-from corral.task_schemas import TaskSpec
+from corral.task_schemas import WORKER_LOST, IgnoredEvent, TaskSpec
 from corral.tasks.celery_app import app, settings
+from corral.tasks.delivery import begin_delivery
 from corral.tasks.stream_notifier import StreamNotifier, task_stream_notifier
 
 InputT = TypeVar("InputT", bound=BaseModel)
@@ -85,13 +89,36 @@ def corral_task(
     def decorator(fn: Callable[[TaskContext, InputT], OutputT]) -> Task:
         def run(self: Task, input: dict[str, Any], owner_id: str) -> dict[str, Any]:
             request = self.request
-            parsed = spec.input_model.model_validate(input)
             attempt = int(request.retries or 0) + 1
+            delivery = begin_delivery(
+                request.id,
+                attempt,
+                str(request.hostname or ""),
+                redis_url=settings.redis.streams_url,
+                settings=settings.streams,
+            )
+            if delivery.outcome:
+                # Already ended (lost, cancelled, a duplicate message): record it, run nothing.
+                StreamNotifier(
+                    request.id, redis_url=settings.redis.streams_url, settings=settings.streams
+                ).publish(
+                    IgnoredEvent(
+                        outcome="started",
+                        first=delivery.outcome,
+                        detail="delivered again after the task ended; not run",
+                    )
+                )
+                log.warning("redelivery after outcome ignored", outcome=delivery.outcome)
+                raise Ignore()
+            if delivery.over_limit(spec):
+                raise TaskUserError(delivery.lost_message(), error_type=WORKER_LOST)
+            parsed = spec.input_model.model_validate(input)
             with task_stream_notifier(
                 request.id,
                 redis_url=settings.redis.streams_url,
                 settings=settings.streams,
                 attempt=attempt,
+                delivery=delivery.number,
             ) as notifier:
                 ctx = TaskContext(
                     task_id=request.id,

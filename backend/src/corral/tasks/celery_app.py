@@ -9,9 +9,12 @@ from __future__ import annotations
 from typing import Any
 
 from celery import Celery
-from celery.signals import setup_logging
+from celery.signals import celeryd_init, setup_logging
+from celery.utils.text import str_to_list
 
-from corral.task_schemas import PRIORITY_STEPS
+from corral.task_schemas import ALL_QUEUES, PRIORITY_STEPS
+from corral.task_schemas.delivery import URGENT_SUFFIX, urgent_queue
+from corral.tasks.delivery import amqp_queues, is_amqp, redis_transport_options
 from corral.tasks.logging_setup import configure_logging
 from corral.tasks.result_backend import BACKEND_PATH, StreamingRedisBackend
 from corral.tasks.settings import TasksSettings
@@ -36,7 +39,8 @@ WORKER_DEFAULTS: dict[str, Any] = {
     "task_create_missing_queues": True,
     "result_extended": True,
     "worker_send_task_events": False,
-    # priority_steps: the lists this worker polls, most urgent first (see task_schemas).
+    # priority_steps: the lists this worker polls, most urgent first (see task_schemas). The
+    # visibility timeout is set per worker from the queues it consumes (worker_broker_bounds).
     "broker_transport_options": {
         "visibility_timeout": 3600,
         "priority_steps": list(PRIORITY_STEPS),
@@ -54,14 +58,54 @@ def build_celery_app(tasks_settings: TasksSettings) -> Celery:
     if done_rides_with_result(tasks_settings):
         StreamingRedisBackend.stream_settings = tasks_settings.streams
         backend = f"{BACKEND_PATH}+{backend}"
-    celery_app = Celery("corral", broker=tasks_settings.redis.broker_url, backend=backend)
+    broker = tasks_settings.broker.resolve(tasks_settings.redis)
+    celery_app = Celery("corral", broker=broker, backend=backend)
     celery_app.conf.update(WORKER_DEFAULTS)
+    if is_amqp(broker):
+        # Quorum queues (delivery limit) for every workload and its urgent twin; declared the
+        # same way by the app. Quorum queues have no priorities: urgency is by routing.
+        celery_app.conf.task_queues = amqp_queues([q.value for q in ALL_QUEUES])
+        celery_app.conf.broker_transport_options = {"confirm_publish": True}
     celery_app.conf.result_expires = tasks_settings.result_expires_s
     celery_app.conf.update(tasks_settings.celery)
     return celery_app
 
 
 app = build_celery_app(settings)
+
+
+def worker_queues(raw: Any) -> list[str]:
+    """The queues a worker consumes (``-Q``), each workload with its urgent twin on RabbitMQ."""
+    queues = [q for q in str_to_list(raw or "") if q] or [q.value for q in ALL_QUEUES]
+    if not is_amqp(settings.broker.resolve(settings.redis)):
+        return queues
+    out: list[str] = []
+    for queue in queues:
+        base = queue.removesuffix(URGENT_SUFFIX)
+        out += [q for q in (urgent_queue(base), base) if q not in out]
+    return out
+
+
+@celeryd_init.connect
+def worker_broker_bounds(
+    sender: Any = None, instance: Any = None, conf: Any = None, options: Any = None, **_: Any
+) -> None:
+    """Per worker, before it connects: redelivery bounds from the tasks routed to its queues."""
+    queues = worker_queues((options or {}).get("queues"))
+    if is_amqp(settings.broker.resolve(settings.redis)):
+        if instance is not None:  # consume the urgent twins too (listed first)
+            setup_queues = instance.setup_queues
+            instance.setup_queues = lambda include, exclude=None: setup_queues(queues, exclude)
+        return
+    delivery = settings.delivery
+    options_now = dict(app.conf.broker_transport_options or {})
+    explicit = settings.celery.get("broker_transport_options", {}).get("visibility_timeout")
+    app.conf.broker_transport_options = options_now | redis_transport_options(
+        queues,
+        visibility_timeout=explicit or delivery.visibility_timeout_s,
+        restore_interval_s=delivery.restore_interval_s,
+        margin_s=delivery.visibility_margin_s,
+    )
 
 
 @setup_logging.connect

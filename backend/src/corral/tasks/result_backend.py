@@ -18,6 +18,7 @@ from celery.backends.redis import RedisBackend
 
 from corral.config import StreamSettings
 from corral.task_schemas import REGISTRY, DoneEvent, encode_event, task_events_key
+from corral.task_schemas.delivery import TERMINAL_ONCE_LUA, terminal_once_call
 
 BACKEND_PATH = "corral.tasks.result_backend:StreamingRedisBackend"
 
@@ -53,6 +54,13 @@ class StreamingRedisBackend(RedisBackend):  # type: ignore[misc]
         with self.client.pipeline(transaction=True) as pipe:
             pipe.set(key, value, ex=self.expires or None)
             pipe.publish(key, value)
-            pipe.xadd(stream, fields, maxlen=settings.maxlen, approximate=True)
-            pipe.expire(stream, settings.ttl_s)
+            # `done` only if the task has no outcome yet (e.g. reconcile's `lost` came first).
+            keys, args = terminal_once_call(
+                task_id,
+                DoneEvent.model_validate(fields),
+                maxlen=settings.maxlen,
+                ttl_s=settings.ttl_s,
+                stream_key=stream,
+            )
+            pipe.eval(TERMINAL_ONCE_LUA, len(keys), *keys, *args)
             pipe.execute()

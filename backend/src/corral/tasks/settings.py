@@ -8,7 +8,13 @@ from typing import Any
 from pydantic import BaseModel, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from corral.config import LLMSettings, RedisSettings, StorageSettings, StreamSettings
+from corral.config import (
+    BrokerSettings,
+    LLMSettings,
+    RedisSettings,
+    StorageSettings,
+    StreamSettings,
+)
 from corral.tasks.circuit.settings import CircuitSettings
 from corral.tasks.sandbox.settings import SandboxSettings
 
@@ -61,6 +67,22 @@ class MaintenanceSettings(BaseModel):
     )
 
 
+class DeliverySettings(BaseModel):
+    """Redelivery bounds (``TASKS_DELIVERY__...``); see ``corral.tasks.delivery``."""
+
+    visibility_timeout_s: float | None = Field(
+        default=None,
+        gt=0,
+        description="Redis broker: override the timeout derived from the registry (tests).",
+    )
+    visibility_margin_s: float = Field(
+        default=60.0, ge=0, description="Added to the longest hard time limit of the queues."
+    )
+    restore_interval_s: float = Field(
+        default=10.0, gt=0, description="Redis broker: seconds between restore sweeps."
+    )
+
+
 class TasksSettings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="TASKS_",
@@ -70,6 +92,8 @@ class TasksSettings(BaseSettings):
     )
 
     redis: RedisSettings = Field(default_factory=RedisSettings)
+    broker: BrokerSettings = Field(default_factory=BrokerSettings)
+    delivery: DeliverySettings = Field(default_factory=DeliverySettings)
     streams: StreamSettings = Field(default_factory=StreamSettings)
     storage: StorageSettings = Field(default_factory=StorageSettings)
     llm: LLMSettings = Field(default_factory=LLMSettings)

@@ -4,6 +4,8 @@
 ``StreamNotifier`` to report progress. ``done`` and ``error`` are not written here: Celery stores
 the result only after the body returns, so they are written from the ``task_success`` /
 ``task_failure`` signals (see ``corral.tasks.lifecycle``), which fire after the store.
+Terminal events go through ``TERMINAL_ONCE_LUA``: the first outcome wins, later ones are
+written as ``ignored`` (see ``corral.task_schemas.delivery``).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import structlog
 
 from corral.config import StreamSettings
 from corral.task_schemas import (
+    TERMINAL_EVENT_TYPES,
     CancelledEvent,
     DoneEvent,
     ErrorEvent,
@@ -30,6 +33,7 @@ from corral.task_schemas import (
     encode_event,
     task_events_key,
 )
+from corral.task_schemas.delivery import TERMINAL_ONCE_LUA, terminal_once_call
 
 log = structlog.get_logger(__name__)
 
@@ -60,6 +64,9 @@ class StreamNotifier:
         self.key = task_events_key(task_id)
 
     def publish(self, event: _Event) -> str:
+        """Append ``event``; a terminal one only if the task has no outcome yet (else ignored)."""
+        if getattr(event, "type", None) in TERMINAL_EVENT_TYPES:
+            return self.publish_outcome(event)[1]
         pipe = _client(self._url).pipeline(transaction=False)
         pipe.xadd(
             self.key, cast(Any, encode_event(event)), maxlen=self._settings.maxlen, approximate=True
@@ -68,8 +75,28 @@ class StreamNotifier:
         entry_id, _ = pipe.execute()
         return entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
 
-    def started(self, attempt: int = 1) -> None:
-        self.publish(StartedEvent(worker=f"{socket.gethostname()}:{os.getpid()}", attempt=attempt))
+    def publish_outcome(self, event: _Event) -> tuple[bool, str]:
+        """Write ``event`` as the outcome: ``(True, entry_id)``, or ``(False, first_outcome)``
+        when the task already ended (then an ``ignored`` entry records this one)."""
+        keys, args = terminal_once_call(
+            self.task_id,
+            event,
+            maxlen=self._settings.maxlen,
+            ttl_s=self._settings.ttl_s,
+            stream_key=self.key,
+        )
+        won, value = cast(Any, _client(self._url).eval(TERMINAL_ONCE_LUA, len(keys), *keys, *args))
+        text = value.decode() if isinstance(value, bytes) else str(value)
+        if not won:
+            log.info("late outcome ignored", task_id=self.task_id, first=text)
+        return bool(won), text
+
+    def started(self, attempt: int = 1, delivery: int = 1) -> None:
+        self.publish(
+            StartedEvent(
+                worker=f"{socket.gethostname()}:{os.getpid()}", attempt=attempt, delivery=delivery
+            )
+        )
 
     def progress(
         self,
@@ -96,9 +123,9 @@ class StreamNotifier:
 
 @contextmanager
 def task_stream_notifier(
-    task_id: str, *, redis_url: str, settings: StreamSettings, attempt: int = 1
+    task_id: str, *, redis_url: str, settings: StreamSettings, attempt: int = 1, delivery: int = 1
 ) -> Iterator[StreamNotifier]:
     """Announce ``started`` and give the body a notifier for progress."""
     notifier = StreamNotifier(task_id, redis_url=redis_url, settings=settings)
-    notifier.started(attempt=attempt)
+    notifier.started(attempt=attempt, delivery=delivery)
     yield notifier

@@ -113,6 +113,8 @@ class TaskRun(Base):
     __table_args__ = (
         Index("ix_task_runs_owner_created", "owner_id", "created_at"),
         Index("ix_task_runs_state", "state"),
+        # Idempotent sends: one run per user and key (app/idempotency.py).
+        Index("ux_task_runs_owner_idempotency", "owner_id", "idempotency_key", unique=True),
     )
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
@@ -135,6 +137,9 @@ class TaskRun(Base):
     error_message: Mapped[str | None] = mapped_column(Text)
     output_refs: Mapped[list[str] | None] = mapped_column(JSONType)
     usage_recorded: Mapped[bool] = mapped_column(Boolean, default=False)
+    # Outcomes that arrived after the first one (which wins), e.g. a `done` after `lost`.
+    ignored_outcomes: Mapped[list[dict[str, Any]] | None] = mapped_column(JSONType)
+    idempotency_key: Mapped[str | None] = mapped_column(String(200))
 
 
 class Artifact(Base):

@@ -179,17 +179,23 @@ class Reconciler:
             return None
 
     async def _mark_lost(self, task_id: str, reason: str) -> bool:
-        if not await self.tracker.finish(
-            task_id, "lost", error_type=LOST_ERROR_TYPE, error_message=reason
-        ):
-            return False
-        try:  # wake anyone still waiting on it
-            await self.sender.publish_event(
+        # Claim the outcome in Redis first (it wakes anyone waiting): if the task finished in the
+        # meantime, its outcome wins and the row follows the stream instead. A late redelivery
+        # then finds the outcome and does not run (corral.tasks.delivery).
+        try:
+            won, first = await self.sender.publish_outcome(
                 task_id, ErrorEvent(error_type=LOST_ERROR_TYPE, message=reason)
             )
         except Exception as exc:
             log.warning("could not publish lost event", task_id=task_id, error=repr(exc))
-        return True
+            return False
+        if not won:
+            log.info("not lost after all", task_id=task_id, outcome=first)
+            await self.tracker.sync([task_id])
+            return False
+        return await self.tracker.finish(
+            task_id, "lost", error_type=LOST_ERROR_TYPE, error_message=reason
+        )
 
     async def run_forever(self) -> None:
         interval = self.settings.reconcile_interval_s

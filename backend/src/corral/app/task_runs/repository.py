@@ -71,22 +71,27 @@ def to_out(row: TaskRun) -> TaskRunOut:
 async def last_events(
     redis: aioredis.Redis, task_ids: Sequence[str]
 ) -> dict[str, tuple[str, TaskEvent] | None]:
-    """The newest entry of each task's stream (``None``: no stream, e.g. expired)."""
+    """The newest entry of each task's stream that is not an ``ignored`` late duplicate
+    (``None``: no stream, e.g. expired)."""
     pipe = redis.pipeline(transaction=False)
     for task_id in task_ids:
-        pipe.xrevrange(task_events_key(task_id), count=1)
+        pipe.xrevrange(task_events_key(task_id), count=_LOOK_BACK)
     results: list[Any] = await pipe.execute()
     out: dict[str, tuple[str, TaskEvent] | None] = {}
     for task_id, last in zip(task_ids, results, strict=True):
-        if not last:
-            out[task_id] = None
-            continue
-        entry_id, fields = last[0]
-        try:
-            out[task_id] = (str(entry_id), decode_event(fields))
-        except ValueError:
-            out[task_id] = None
+        out[task_id] = None
+        for entry_id, fields in last or []:
+            try:
+                event = decode_event(fields)
+            except ValueError:
+                break
+            if event.type != "ignored":
+                out[task_id] = (str(entry_id), event)
+                break
     return out
+
+
+_LOOK_BACK = 16  # entries read back past `ignored` duplicates to find the real newest one
 
 
 async def events(

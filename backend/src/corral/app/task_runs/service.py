@@ -137,8 +137,12 @@ async def cancel(
     row = await _current(services, task_id, owner_id)
     if row.state in TERMINAL_STATES:
         raise TaskAlreadyFinished(f"task {task_id} already finished ({row.state})")
-    # The event first, so waiters answer at once; then the revoke kills the process.
-    await services.sender.publish_event(task_id, CancelledEvent(reason=reason))
+    # The event first, so waiters answer at once; then the revoke kills the process. If the
+    # task reached an outcome meanwhile, that outcome wins (first terminal outcome wins).
+    won, first = await services.sender.publish_outcome(task_id, CancelledEvent(reason=reason))
+    if not won:
+        await services.tracker.sync([task_id])
+        raise TaskAlreadyFinished(f"task {task_id} already finished ({first})")
     await services.tracker.finish(
         task_id, "cancelled", error_type="Cancelled", error_message=reason
     )

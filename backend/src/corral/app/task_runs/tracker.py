@@ -4,7 +4,9 @@ Each task the app sends is followed through the process's ``StreamHub`` (no extr
 connections) and its row is written on state changes only: ``running`` on the first
 ``started``/``progress``, then once at the end with the error, the output's object keys, its
 artifacts and its token usage. Reads that must be current (``sync``) apply a stream's newest
-event first. Final states never change; ``lost`` may still be replaced by a late outcome.
+event first. The first terminal outcome wins: final states (``lost`` included) never change;
+a different outcome arriving later is kept in ``ignored_outcomes``, not applied. Redis decides
+the winner first (``corral.task_schemas.delivery``); this is the same rule in the record.
 """
 
 from __future__ import annotations
@@ -42,8 +44,9 @@ from corral.task_schemas import (
 log = structlog.get_logger(__name__)
 
 LOST_ERROR_TYPE = "TaskLost"
-_OPEN = ("queued", "running", "lost")  # states a final outcome may still replace
+_OPEN = ("queued", "running")  # states an outcome may still replace (the first one wins)
 _MAX_REFS = 200
+_MAX_IGNORED = 20
 
 
 def object_refs(output: Any, owner_id: str, limit: int = _MAX_REFS) -> list[dict[str, Any]]:
@@ -258,11 +261,16 @@ class TaskRunTracker:
         error_message: str | None = None,
         extra: dict[str, Any] | None = None,
     ) -> bool:
-        """Record the end of a run once (``lost`` may be replaced); True if this call did."""
+        """Record the end of a run once; True if this call did. A different later outcome is
+        recorded in ``ignored_outcomes`` and changes nothing else."""
         when = when or utcnow()
         async with self._db.session() as session:
             row = await session.get(TaskRun, task_id)
-            if row is None or row.state not in _OPEN:
+            if row is None:
+                return False
+            if row.state not in _OPEN:
+                if state != row.state or error_type != row.error_type:
+                    self._record_ignored(row, state, error_type, when)
                 return False
             refs = object_refs(output, row.owner_id) if state == "done" else []
             values: dict[str, Any] = {
@@ -288,6 +296,15 @@ class TaskRunTracker:
                 if not row.usage_recorded:
                     self._add_usage(session, row, output, when)
         return True
+
+    @staticmethod
+    def _record_ignored(row: TaskRun, state: str, error_type: str | None, when: datetime) -> None:
+        ignored = list(row.ignored_outcomes or [])
+        if len(ignored) >= _MAX_IGNORED:
+            return
+        ignored.append({"state": state, "error_type": error_type, "at": when.isoformat()})
+        row.ignored_outcomes = ignored
+        log.info("late outcome ignored", task_id=row.id, kept=row.state, ignored=state)
 
     async def _add_artifacts(
         self, session: Any, row: TaskRun, refs: Iterable[dict[str, Any]]
