@@ -12,6 +12,8 @@ from corral.tasks import (  # noqa: F401  (imported for registration)
     llm_generate_task,
     purge_scratch_task,
     python_tool_task,
+    session_close_task,  # after python_tool_task: its start-up check runs first
+    session_run_task,
     system_echo_task,
     system_fail_task,
 )

@@ -17,6 +17,7 @@ from corral.config import (
 )
 from corral.tasks.circuit.settings import CircuitSettings
 from corral.tasks.sandbox.settings import SandboxSettings
+from corral.tasks.sessions.settings import SessionSettings
 
 
 class CeleryOptionError(ValueError):
@@ -99,6 +100,9 @@ class TasksSettings(BaseSettings):
     llm: LLMSettings = Field(default_factory=LLMSettings)
     sandbox: SandboxSettings = Field(
         default_factory=SandboxSettings, description="python_q: TASKS_SANDBOX__BACKEND etc."
+    )
+    sessions: SessionSettings = Field(
+        default_factory=SessionSettings, description="python_q: TASKS_SESSIONS__* (sessions)."
     )
     circuit: CircuitSettings = Field(
         default_factory=CircuitSettings, description="circuit_q: TASKS_CIRCUIT__* limits."
