@@ -18,7 +18,17 @@ from urllib.parse import urljoin
 import httpx
 import pytest
 
-from tests.support.assistant import AssistantApp, Sse, assistant_app, chat, kinds, new_user, text_of
+from tests.support.assistant import (
+    AssistantApp,
+    Sse,
+    assistant_app,
+    chat,
+    follow,
+    kinds,
+    new_user,
+    send,
+    text_of,
+)
 from tests.support.db import PostgresServer, new_sqlite_database
 from tests.support.fake_openai import FakeOpenAI, RecordedRequest, Reply, ToolCall
 from tests.test_python_tool import PLOT_CODE, png_size
@@ -93,7 +103,11 @@ async def test_text_turn_streams_deltas_and_is_saved(
     fake_llm.script(
         AGENT,
         Reply(
-            text="Hello there, how can I help?", chunk_size=3, prompt_tokens=42, completion_tokens=7
+            text="Hello there, how can I help?",
+            chunk_size=3,
+            chunk_delay_s=0.08,  # slower than the 50 ms text batching: one event per chunk
+            prompt_tokens=42,
+            completion_tokens=7,
         ),
     )
     async with app.client(new_user()) as client:
@@ -274,17 +288,25 @@ async def test_tool_rounds_are_capped_by_the_setting(
     assert len(first(events, "done").data["usage"]) and text_of(events) == "Enough."
 
 
-async def test_closing_the_stream_cancels_running_tools_and_keeps_the_partial_turn(
+async def test_stop_cancels_running_tools_and_keeps_the_partial_turn(
     app: AssistantApp, fake_llm: FakeOpenAI
 ) -> None:
     slow = ToolCall("echo", {"payload": 1, "sleep_s": 30, "steps": 30, "queue": "llm_q"})
     fake_llm.script(AGENT, Reply(text="Starting a long job.", tool_calls=[slow]))
     async with app.client(new_user()) as client:
         thread_id = await new_thread(client)
-        events = await chat(
-            client, thread_id, "long job", stop_when=lambda ev: ev[-1].event == "tool_progress"
+        turn = await send(client, thread_id, "long job")
+        events = await follow(
+            client, turn["turn_id"], stop_when=lambda ev: ev[-1].event == "tool_progress"
         )
         task_id = first(events, "tool_call_started").data["task_id"]
+        stopped = await client.post(f"/api/turns/{turn['turn_id']}/cancel")
+        assert stopped.status_code == 200 and stopped.json()["status"] == "cancelled"
+        rest = await follow(client, turn["turn_id"], last_event_id=events[-1].id)
+        assert kinds(rest)[-1] == "cancelled"
+        again = await client.post(f"/api/turns/{turn['turn_id']}/cancel")
+        assert again.status_code == 409
+        assert again.json()["type"] == "/errors/turn-finished"
 
         async def cancelled() -> dict[str, Any] | None:
             body = (await client.get(f"/api/tasks/{task_id}")).json()
@@ -303,31 +325,40 @@ async def test_closing_the_stream_cancels_running_tools_and_keeps_the_partial_tu
         assert len(after["events"]) == len(task["events"])
         # The thread is free again and its history stays valid for the model.
         fake_llm.script(AGENT, Reply(text="Fine."))
-        again = await chat(client, thread_id, "never mind")
-        assert text_of(again) == "Fine."
+        again_events = await chat(client, thread_id, "never mind")
+        assert text_of(again_events) == "Fine."
     history = fake_llm.requests(AGENT)[-1].messages
     assert [m["role"] for m in history] == ["system", "user", "assistant", "tool", "user"]
 
 
-async def test_closing_the_stream_mid_text_saves_the_partial_answer(
+async def test_closing_the_stream_does_not_stop_the_turn_and_stop_keeps_partial_text(
     app: AssistantApp, fake_llm: FakeOpenAI
 ) -> None:
     text = "one two three four five six seven eight nine ten " * 4
-    fake_llm.script(AGENT, Reply(text=text, chunk_size=4, chunk_delay_s=0.05))
+    fake_llm.script(
+        AGENT,
+        Reply(text="All of it.", chunk_size=4, chunk_delay_s=0.02),
+        Reply(text=text, chunk_size=4, chunk_delay_s=0.05),
+    )
     async with app.client(new_user()) as client:
         thread_id = await new_thread(client)
-        events = await chat(
-            client, thread_id, "count", stop_when=lambda ev: kinds(ev).count("text") >= 5
+        # The SSE form of POST, closed after the first text: the turn still completes.
+        events = await chat(client, thread_id, "say it", stop_when=lambda ev: "text" in kinds(ev))
+        turn_id = first(events, "turn_started").data["turn_id"]
+        rest = await follow(client, turn_id, last_event_id=events[-1].id)
+        assert kinds(rest)[-1] == "done"
+        assert text_of(events) + text_of(rest) == "All of it."
+        # Stop mid-text: what was said is saved as a cancelled answer.
+        turn = await send(client, thread_id, "count")
+        seen = await follow(
+            client, turn["turn_id"], stop_when=lambda ev: kinds(ev).count("text") >= 5
         )
-        seen = text_of(events)
-
-        async def partial() -> dict[str, Any] | None:
-            items = (await client.get(f"/api/threads/{thread_id}/messages")).json()["items"]
-            return items[1] if len(items) == 2 else None
-
-        saved = await wait_for(partial, 10, "the partial answer to be saved")
-    assert saved["status"] == "cancelled"
-    assert saved["content"].startswith(seen) and len(saved["content"]) < len(text)
+        stopped = await client.post(f"/api/turns/{turn['turn_id']}/cancel")
+        assert stopped.json()["status"] == "cancelled"
+        items = (await client.get(f"/api/threads/{thread_id}/messages")).json()["items"]
+    saved = items[-1]
+    assert saved["status"] == "cancelled" and saved["role"] == "assistant"
+    assert saved["content"].startswith(text_of(seen)) and len(saved["content"]) < len(text)
 
 
 async def test_model_failure_ends_the_turn_with_an_error_event(
@@ -352,6 +383,9 @@ async def test_one_turn_at_a_time_per_thread(app: AssistantApp, fake_llm: FakeOp
         await asyncio.sleep(0.5)
         busy = await client.post(f"/api/threads/{thread_id}/messages", json={"content": "two"})
         assert busy.status_code == 409 and "already" in busy.json()["detail"]
+        assert busy.json()["type"] == "/errors/turn-in-progress"
+        running = (await client.get(f"/api/threads/{thread_id}")).json()["running_turn_id"]
+        assert running and busy.json()["running_turn_id"] == running
         assert text_of(await first_turn) == "slow answer"
         bad = await client.post(f"/api/threads/{thread_id}/messages", json={"content": ""})
         assert bad.status_code == 422

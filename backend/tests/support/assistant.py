@@ -77,6 +77,7 @@ class Sse:
     event: str
     data: Any
     at: float = field(default_factory=time.monotonic)
+    id: str = ""
 
 
 async def chat(
@@ -101,7 +102,38 @@ async def chat(
         if headers_out is not None:
             headers_out.update(source.response.headers)
         async for sse in source.aiter_sse():
-            events.append(Sse(sse.event, json.loads(sse.data) if sse.data else None))
+            events.append(Sse(sse.event, json.loads(sse.data) if sse.data else None, id=sse.id))
+            if stop_when is not None and stop_when(events):
+                break
+    return events
+
+
+async def send(client: httpx.AsyncClient, thread_id: str, content: str) -> dict[str, Any]:
+    """POST a message the way the web app does: ``202 {turn_id, message_id, events_url}``."""
+    resp = await client.post(f"/api/threads/{thread_id}/messages", json={"content": content})
+    assert resp.status_code == 202, resp.text
+    body: dict[str, Any] = resp.json()
+    return body
+
+
+async def follow(
+    client: httpx.AsyncClient,
+    turn_id: str,
+    *,
+    last_event_id: str | None = None,
+    stop_when: Any = None,
+    timeout: float = 90,
+) -> list[Sse]:
+    """Read a turn's events (from the start, or after ``last_event_id``) until its end or
+    until ``stop_when(events)``; leaving early never stops the turn."""
+    headers = {"Last-Event-ID": last_event_id} if last_event_id else {}
+    events: list[Sse] = []
+    async with aconnect_sse(
+        client, "GET", f"/api/turns/{turn_id}/events", headers=headers, timeout=timeout
+    ) as source:
+        assert source.response.status_code == 200, await source.response.aread()
+        async for sse in source.aiter_sse():
+            events.append(Sse(sse.event, json.loads(sse.data) if sse.data else None, id=sse.id))
             if stop_when is not None and stop_when(events):
                 break
     return events

@@ -27,6 +27,7 @@ from corral.app.storage.router import router as storage_router
 from corral.app.task_runs.router import router as tasks_router
 from corral.app.threads.router import router as threads_router
 from corral.app.tools.router import router as tools_router
+from corral.app.turns.router import router as turns_router
 from corral.app.usage.router import router as usage_router
 
 REPO_ROOT = Path(__file__).resolve().parents[4]
@@ -84,6 +85,7 @@ def create_app(settings: AppSettings | None = None) -> FastAPI:
     api.include_router(auth_router)
     api.include_router(threads_router)
     api.include_router(chat_router)
+    api.include_router(turns_router)
     api.include_router(artifacts_router)
     api.include_router(usage_router)
     api.include_router(ratelimit_router)

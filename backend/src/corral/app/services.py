@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import redis.asyncio as aioredis
@@ -24,6 +24,9 @@ from corral.app.streams import ResultBackendReader, StreamHub
 from corral.app.task_runs.reconcile import Reconciler
 from corral.app.task_runs.tracker import TaskRunTracker
 from corral.task_schemas import ALL_QUEUES
+
+if TYPE_CHECKING:
+    from corral.app.turns.runner import TurnManager
 
 
 @dataclass
@@ -111,6 +114,7 @@ class Services:
     rate_limits: RateLimits
     agent_models: AgentModels
     background: BackgroundTasks = field(default_factory=BackgroundTasks)
+    turns: TurnManager | None = None  # chat turns run in this process (built in start_background)
 
     @classmethod
     async def start(cls, settings: AppSettings) -> Services:
@@ -169,10 +173,16 @@ class Services:
     async def start_background(self) -> None:
         """Follow runs left open by an earlier process and start the periodic reconcile."""
         await self.tracker.resume(timeout_s=self.settings.max_invoke_timeout_s + 3600)
+        from corral.app.turns.runner import TurnManager  # it drives the chat loop (imports us)
+
+        self.turns = TurnManager(self)
+        self.turns.start()
         if self.settings.task_runs.reconcile_interval_s > 0:
             self.background.spawn("task-runs-reconcile", self.reconciler.run_forever())
 
     async def aclose(self) -> None:
+        if self.turns is not None:  # handed off (leases released), not stopped
+            await self.turns.aclose()
         await self.background.aclose()  # first: their cleanup still needs Redis and Celery
         await self.tracker.aclose()
         await self.rate_limits.aclose()

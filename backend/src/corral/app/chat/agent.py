@@ -1,33 +1,35 @@
 """One assistant turn: the model, the tools it calls (concurrently, on the workers), repeat.
 
-The turn runs as its own asyncio task and hands events to the SSE response through a queue,
-so the response only reads. Everything is saved as it happens (assistant messages, tool
-calls, tool answers, token usage), each in a short transaction of its own. If the turn is
-cancelled (the client closed the stream, the thread was deleted, the app stops) it revokes
-the tasks still running and saves the partial answer, shielded from the cancellation.
+The loop is driven by what SQL holds, so it can be resumed by another app process: every
+assistant message, tool call (with its task id, fixed before sending) and tool answer is saved
+as it happens, each in a short transaction of its own, and ``_loop`` starts from that state —
+a round whose calls were sent is re-awaited by task id (never re-sent), a model call that had
+not finished is issued again. Events go to the turn's Redis stream (``TurnEvents``).
+
+How the loop ends decides what is written: an explicit cancel (``stop_reason="cancel"``)
+revokes the tasks still running and saves the partial answer; a hand-off (the lease was lost,
+the app is shutting down) writes nothing, so the next holder continues where SQL stands.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
-import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
 import structlog
 from fastapi import HTTPException
-from redis.asyncio.lock import Lock
 from sqlalchemy import update
-from sse_starlette import ServerSentEvent
 
 from corral.app.auth.service import User
 from corral.app.celery_client import BrokerUnavailable, QueueNotAllowed
+from corral.app.chat import turn_state
 from corral.app.chat.history import to_openai
 from corral.app.chat.llm import Completion, ModelError, TextDelta
 from corral.app.chat.settings import ChatSettings
+from corral.app.chat.turn_state import call_task_id
 from corral.app.db.base import utcnow
 from corral.app.db.models import Message, Thread, ToolCallRecord
 from corral.app.services import Services
@@ -37,6 +39,8 @@ from corral.app.threads import repository as threads
 from corral.app.tools import service as tools_service
 from corral.app.tools.registry import TOOLS, Tool
 from corral.app.tools.schemas import InvokeResponse
+from corral.app.turns import repository as turns_repository
+from corral.app.turns.events import TurnEvents
 from corral.app.usage import repository as usage
 from corral.config import ModelConfig
 from corral.task_schemas import ProgressEvent, TaskEvent, TokenUsage, task_events_key
@@ -83,14 +87,18 @@ class PendingCall:
 class ChatTurn:
     services: Services
     user: User
+    turn_id: str
     thread_id: str
+    user_seq: int
     model: ModelConfig
-    lock: Lock
-    events: asyncio.Queue[ServerSentEvent | None] = field(default_factory=asyncio.Queue)
-    status: str = "running"
+    events: TurnEvents
+    timeout_s: float
+    stop_reason: str | None = None
+    """Set before cancelling the loop: ``cancel`` stops the turn; anything else hands it off."""
     usage_total: TokenUsage = field(default_factory=TokenUsage)
     final_message_id: str | None = None
-    _event_id: int = 0
+    progress_seen: dict[str, str] = field(default_factory=dict)
+    """Per task id, the newest task-stream entry already relayed (a resumed turn skips them)."""
     _partial: str = ""
     _calls: list[PendingCall] = field(default_factory=list)
     _waiters: set[asyncio.Task[Any]] = field(default_factory=set)
@@ -99,44 +107,92 @@ class ChatTurn:
     def settings(self) -> ChatSettings:
         return self.services.settings.chat
 
-    def emit(self, event: str, data: dict[str, Any]) -> None:
-        self._event_id += 1
-        payload = json.dumps(data, default=str)
-        self.events.put_nowait(ServerSentEvent(id=str(self._event_id), event=event, data=payload))
+    async def emit(self, event: str, data: dict[str, Any]) -> None:
+        await self.events.emit(event, data)
 
     # -- the loop ------------------------------------------------------------------------------
 
-    async def run(self) -> None:
+    async def run(self) -> str:
+        """Run to the end; returns the turn's final status. A hand-off re-raises the
+        cancellation with nothing written; every other end is saved and streamed here."""
         try:
-            with anyio.fail_after(self.settings.turn_timeout_s):
-                await self._loop()
+            with anyio.fail_after(max(self.timeout_s, 0.001)):
+                finish = await self._loop()
         except asyncio.CancelledError:
-            self.status = "cancelled"
-            await self._stop("cancelled", "stopped: the stream was closed")
+            if self.stop_reason != "cancel":  # handed off: the tasks run on, unwatched here
+                self._abandon()
+                raise
+            with anyio.CancelScope(shield=True):
+                await self.cancel_now()
             raise
         except TimeoutError:
             message = f"the turn took longer than {self.settings.turn_timeout_s:g}s"
-            await self._stop("error", message)
-            self.emit("error", {"type": "TurnTimeout", "message": message})
+            await self.fail("TurnTimeout", message)
+            return "error"
         except ModelError as exc:
-            await self._stop("error", str(exc))
-            self.emit("error", {"type": "ModelError", "message": str(exc)})
+            await self.fail("ModelError", str(exc))
+            return "error"
         except Exception as exc:
-            log.exception("chat turn failed", thread_id=self.thread_id)
-            await self._stop("error", "internal error")
-            self.emit("error", {"type": "InternalError", "message": type(exc).__name__})
-        finally:
-            with contextlib.suppress(Exception):
-                with anyio.CancelScope(shield=True):
-                    await self.lock.release()
-            self.events.put_nowait(None)
+            log.exception("chat turn failed", thread_id=self.thread_id, turn_id=self.turn_id)
+            await self.fail("InternalError", type(exc).__name__)
+            return "error"
+        await self._end(
+            "done",
+            "done",
+            {
+                "message_id": self.final_message_id,
+                "finish_reason": finish,
+                "usage": self.usage_total.model_dump(),
+            },
+        )
+        return "done"
 
-    async def _loop(self) -> None:
+    def _abandon(self) -> None:
+        for waiter in list(self._waiters):
+            waiter.cancel()
+        for call in self._calls:
+            if call.subscription is not None:
+                call.subscription.close()
+        self.events.discard_text()
+
+    async def cancel_now(self) -> None:
+        await self._stop("cancelled", "stopped by the user")
+        await self._end("cancelled", "cancelled", {"reason": "stopped by the user"})
+
+    async def fail(self, error_type: str, message: str) -> None:
+        await self._stop("error", message)
+        await self._end("error", "error", {"type": error_type, "message": message})
+
+    async def _end(self, status: str, kind: str, data: dict[str, Any]) -> None:
+        """The record first (so a client that sees the event finds the turn over), then the
+        terminal event; bounded and shielded."""
+        with anyio.move_on_after(_CLEANUP_S, shield=True):
+            async with self.services.db.session() as session:
+                await turns_repository.finish(
+                    session,
+                    self.turn_id,
+                    status,
+                    final_message_id=self.final_message_id,
+                    error_type=data.get("type") if status == "error" else None,
+                    error_message=data.get("message") if status == "error" else None,
+                )
+            await self.events.emit(kind, data)
+
+    async def _loop(self) -> str:
         tools = offered_tools(self.settings)
         specs = tool_specs(tools)
         rounds = self.settings.max_tool_rounds
+        async with self.services.db.session() as session:
+            state = await turn_state.load(session, self.thread_id, self.user_seq)
+        self.usage_total = state.usage
+        if state.final_message_id is not None:  # saved just before the last holder stopped
+            self.final_message_id = state.final_message_id
+            return "stop"
+        if state.open_message_id is not None:
+            self.final_message_id = state.open_message_id
+            await self._run_tools(state.open_message_id, state.open_calls)
         finish = "stop"
-        for round_no in range(rounds + 1):
+        for round_no in range(state.rounds, rounds + 1):
             last = round_no == rounds
             messages = await self._history()
             completion = await self._call_model(
@@ -149,16 +205,16 @@ class ChatTurn:
             self.final_message_id = message_id
             if not calls:
                 break
-            await self._run_tools(message_id, calls)
-        self.status = "done"
-        self.emit(
-            "done",
-            {
-                "message_id": self.final_message_id,
-                "finish_reason": finish,
-                "usage": self.usage_total.model_dump(),
-            },
-        )
+            await self._run_tools(
+                message_id,
+                [
+                    turn_state.OpenCall(
+                        call_id=c.id, name=c.name, arguments=c.arguments, position=i
+                    )
+                    for i, c in enumerate(calls)
+                ],
+            )
+        return finish
 
     async def _history(self) -> list[dict[str, Any]]:
         async with self.services.db.session() as session:
@@ -171,22 +227,16 @@ class ChatTurn:
         self, messages: list[dict[str, Any]], specs: list[dict[str, Any]] | None, choice: str | None
     ) -> Completion:
         self._partial = ""
-        pending = ""
         completion: Completion | None = None
-        flush_at = self.settings.text_flush_chars
         async for item in self.services.agent_models.stream(
             self.model, messages, specs, tool_choice=choice
         ):
             if isinstance(item, TextDelta):
                 self._partial += item.text
-                pending += item.text
-                if len(pending) >= flush_at:
-                    self.emit("text", {"delta": pending})
-                    pending = ""
+                await self.events.text(item.text)
             else:
                 completion = item
-        if pending:
-            self.emit("text", {"delta": pending})
+        await self.events.flush()
         assert completion is not None
         return completion
 
@@ -216,9 +266,10 @@ class ChatTurn:
                 )
             await _touch(session, self.thread_id)
         self._partial = ""
+        await self.emit("message_saved", {"message_id": message.id, "role": "assistant"})
         if completion.usage is not None:
             self.usage_total = self.usage_total + completion.usage
-            self.emit(
+            await self.emit(
                 "usage",
                 {
                     "model": self.model.name,
@@ -230,11 +281,11 @@ class ChatTurn:
 
     # -- tools ---------------------------------------------------------------------------------
 
-    async def _run_tools(self, message_id: str, calls: list[Any]) -> None:
-        """Start every call, then stream each answer the moment it arrives."""
+    async def _run_tools(self, message_id: str, calls: list[turn_state.OpenCall]) -> None:
+        """Start every call (or re-attach to its task), then stream each answer as it comes."""
         self._calls = []
-        for position, call in enumerate(calls):
-            self._calls.append(await self._start(message_id, position, call))
+        for call in calls:
+            self._calls.append(await self._start(message_id, call))
         started = [c for c in self._calls if c.tool is not None and not c.done]
         for pending in started:
             waiter = asyncio.create_task(self._wait(pending), name=f"tool:{pending.task_id}")
@@ -244,8 +295,32 @@ class ChatTurn:
             pending, response = await next_done
             await self._finish(pending, response)
 
-    async def _start(self, message_id: str, position: int, call: Any) -> PendingCall:
-        pending = PendingCall(call_id=call.id, name=call.name, position=position, arguments=None)
+    async def _start(self, message_id: str, call: turn_state.OpenCall) -> PendingCall:
+        pending = PendingCall(
+            call_id=call.call_id, name=call.name, position=call.position, arguments=None
+        )
+        record = call.record
+        task_id = call_task_id(message_id, call.position)
+        sent = record.task_run_id is not None if record is not None else call.task_sent
+        if sent:  # sent by an earlier holder: re-await it, never send it again
+            pending.arguments = record.arguments if record is not None else call.arguments
+            pending.task_id = task_id if record is None else record.task_run_id
+            pending.tool = TOOLS.get(call.name)
+            if record is None:
+                pending.record_id = await self._record(message_id, call, pending, None)
+            else:
+                pending.record_id = record.id
+            if pending.tool is None:  # a tool removed since: it cannot be presented
+                await self._finish(pending, _error_response("UnknownTool", call.name))
+            return pending
+        if record is not None:  # it failed before anything was sent
+            pending.arguments = record.arguments
+            pending.record_id = record.id
+            await self._finish(
+                pending,
+                _error_response(record.error_type or "Refused", record.error_message or ""),
+            )
+            return pending
         error: tuple[str, str] | None = None
         try:
             arguments = json.loads(call.arguments or "{}")
@@ -260,7 +335,6 @@ class ChatTurn:
         if error is None and call.name not in offered:
             error = ("UnknownTool", f"no tool {call.name!r}; available: {sorted(offered)}")
         if error is None:
-            task_id = str(uuid.uuid4())
             pending.subscription = self.services.hub.subscribe(task_events_key(task_id))
             try:
                 pending.tool, _ = await tools_service.start(
@@ -283,48 +357,56 @@ class ChatTurn:
             if error is not None:
                 pending.subscription.close()
                 pending.subscription = None
-        async with self.services.db.session() as session:
-            record = ToolCallRecord(
-                thread_id=self.thread_id,
-                message_id=message_id,
-                call_id=call.id,
-                position=position,
-                name=call.name[:64],
-                arguments=arguments,
-                task_run_id=pending.task_id,
-                status="started" if error is None else "error",
-            )
-            session.add(record)
-            await session.flush()
-            pending.record_id = record.id
-        self.emit(
+        pending.record_id = await self._record(message_id, call, pending, error)
+        await self.emit(
             "tool_call_started",
             {
-                "call_id": call.id,
+                "call_id": call.call_id,
                 "name": call.name,
                 "arguments": arguments,
                 "task_id": pending.task_id,
             },
         )
         if error is not None:
-            await self._finish(
-                pending,
-                InvokeResponse(
-                    task_id="", status="error", error={"type": error[0], "message": error[1]}
-                ),
-            )
+            await self._finish(pending, _error_response(*error))
         return pending
+
+    async def _record(
+        self,
+        message_id: str,
+        call: turn_state.OpenCall,
+        pending: PendingCall,
+        error: tuple[str, str] | None,
+    ) -> str:
+        async with self.services.db.session() as session:
+            record = ToolCallRecord(
+                thread_id=self.thread_id,
+                message_id=message_id,
+                call_id=call.call_id,
+                position=call.position,
+                name=call.name[:64],
+                arguments=pending.arguments,
+                task_run_id=pending.task_id,
+                status="started" if error is None else "error",
+                error_type=error[0] if error else None,
+                error_message=error[1] if error else None,
+            )
+            session.add(record)
+            await session.flush()
+            return record.id
 
     async def _wait(self, pending: PendingCall) -> tuple[PendingCall, InvokeResponse]:
         assert pending.tool is not None and pending.task_id is not None
+        seen = _entry(self.progress_seen.get(pending.task_id, "0-0"))
 
         async def on_event(entry_id: str, event: TaskEvent) -> None:
-            if isinstance(event, ProgressEvent):
-                self.emit(
+            if isinstance(event, ProgressEvent) and _entry(entry_id) > seen:
+                await self.emit(
                     "tool_progress",
                     {
                         "call_id": pending.call_id,
                         "task_id": pending.task_id,
+                        "task_entry": entry_id,
                         "current": event.current,
                         "total": event.total,
                         "message": event.message,
@@ -382,7 +464,7 @@ class ChatTurn:
                     status="complete" if response.status == "done" else "error",
                 )
             )
-        self.emit(
+        await self.emit(
             "tool_result",
             {
                 "call_id": pending.call_id,
@@ -405,24 +487,44 @@ class ChatTurn:
     # -- stopping early ------------------------------------------------------------------------
 
     async def _stop(self, status: str, reason: str) -> None:
-        """Revoke running tools and save what was said so far; bounded and shielded."""
+        """Revoke running tools and save what was said so far; bounded and shielded.
+
+        Open calls come from SQL, so a turn stopped right after a resume (before its loop
+        re-attached to them) still revokes the tasks an earlier holder sent."""
         with anyio.move_on_after(_CLEANUP_S, shield=True):
             for waiter in list(self._waiters):
                 waiter.cancel()
-            open_calls = [c for c in self._calls if not c.done]
-            for call in open_calls:
+            for call in self._calls:
                 if call.subscription is not None:
                     call.subscription.close()
-                if call.task_id is not None:
-                    await self._cancel_task(call.task_id, reason)
+            async with self.services.db.session() as session:
+                state = await turn_state.load(session, self.thread_id, self.user_seq)
+            for open_call in state.open_calls:
+                assert state.open_message_id is not None
+                pending = PendingCall(
+                    call_id=open_call.call_id,
+                    name=open_call.name,
+                    position=open_call.position,
+                    arguments=open_call.record.arguments if open_call.record else None,
+                )
+                if open_call.record is not None:
+                    pending.record_id = open_call.record.id
+                    pending.task_id = open_call.record.task_run_id
+                else:
+                    pending.record_id = await self._record(
+                        state.open_message_id, open_call, pending, None
+                    )
+                if pending.task_id is not None:
+                    await self._cancel_task(pending.task_id, reason)
                 await self._finish(
-                    call,
+                    pending,
                     InvokeResponse(
-                        task_id=call.task_id or "",
+                        task_id=pending.task_id or "",
                         status="cancelled",
                         error={"type": "Cancelled", "message": reason},
                     ),
                 )
+            await self.events.flush()
             if self._partial:
                 async with self.services.db.session() as session:
                     message = Message(
@@ -438,6 +540,17 @@ class ChatTurn:
                     self.final_message_id = message.id
                     await _touch(session, self.thread_id)
                 self._partial = ""
+
+
+def _error_response(error_type: str, message: str) -> InvokeResponse:
+    return InvokeResponse(
+        task_id="", status="error", error={"type": error_type, "message": message}
+    )
+
+
+def _entry(entry_id: str) -> tuple[int, int]:
+    ms, _, seq = entry_id.partition("-")
+    return int(ms or 0), int(seq or 0)
 
 
 async def _touch(session: Any, thread_id: str) -> None:

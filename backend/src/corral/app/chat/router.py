@@ -1,47 +1,65 @@
-"""``POST /api/threads/{id}/messages``: the user's message in, the assistant's turn out as SSE."""
+"""``POST /api/threads/{id}/messages``: the user's message starts a turn that runs on its own."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from typing import Annotated
 
-from fastapi import APIRouter, HTTPException, status
-from sse_starlette import EventSourceResponse, ServerSentEvent
+from fastapi import APIRouter, Header, HTTPException, status
+from fastapi.responses import JSONResponse
+from sse_starlette import EventSourceResponse
 
 from corral.app.chat import service
-from corral.app.chat.schemas import EVENTS_DOC, ChatRequest
+from corral.app.chat.schemas import ChatRequest
 from corral.app.deps import ChatLimit, CurrentUser, ServicesDep
+from corral.app.params import ResourceId
+from corral.app.problems import problem_responses
+from corral.app.streams.sse import stream_response
+from corral.app.turns import events as turn_events
+from corral.app.turns.schemas import EVENTS_DOC, TurnAccepted
 
 router = APIRouter(prefix="/threads", tags=["chat"])
 
 
 @router.post(
     "/{thread_id}/messages",
-    response_class=EventSourceResponse,
-    responses={200: {"content": {"text/event-stream": {}}, "description": EVENTS_DOC}},
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=TurnAccepted,
+    responses={
+        200: {
+            "content": {"text/event-stream": {"schema": {"type": "string"}}},
+            "description": "With `Accept: text/event-stream`: the turn's events.\n\n" + EVENTS_DOC,
+        },
+        **problem_responses(401, 404, 409, 422, 429, 503),
+    },
 )
 async def post_message(
-    thread_id: str,
+    thread_id: ResourceId,
     body: ChatRequest,
     user: CurrentUser,
     services: ServicesDep,
     limit: ChatLimit,
-) -> EventSourceResponse:
-    """Send a message; the assistant's turn streams back. Closing the stream stops the turn
-    (its running tools are cancelled) and keeps what was said so far."""
+    accept: Annotated[str | None, Header(max_length=1000)] = None,
+) -> JSONResponse | EventSourceResponse:
+    """Send a message: the assistant's turn starts and runs on its own — `202 {turn_id,
+    message_id, events_url}`; follow `events_url` (SSE, resumable). With
+    `Accept: text/event-stream` the same events stream back in this response instead.
+    Closing a stream never stops the turn; `POST /api/turns/{id}/cancel` does.
+    While a turn runs, another message is refused (409 `turn-in-progress`) or queued after it
+    (`CORRAL_CHAT__DOUBLE_TEXTING=enqueue`). No model configured: 503 `no-model-configured`."""
     try:
-        turn, task = await service.start_turn(services, user, thread_id, body.content)
+        accepted = await service.start_turn(services, user, thread_id, body.content)
     except service.ThreadNotFound as exc:
         raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from exc
-    except service.TurnRefused as exc:
-        raise HTTPException(exc.status, str(exc)) from exc
-
-    async def stream() -> AsyncIterator[ServerSentEvent]:
-        try:
-            while (event := await turn.events.get()) is not None:
-                yield event
-        finally:
-            if not task.done():  # the client went away mid-turn
-                task.cancel()
-
     headers = limit.headers() if limit is not None else {}
-    return EventSourceResponse(stream(), ping=int(services.settings.sse_ping_s), headers=headers)
+    if accept and "text/event-stream" in accept:
+        response = stream_response(
+            services.hub,
+            turn_events.turn_events_key(accepted.turn_id),
+            "0-0",
+            max_s=services.settings.chat.turn_timeout_s + 600,
+            ping_s=services.settings.sse_ping_s,
+            render=turn_events.render,
+        )
+        response.headers.update(headers)
+        return response
+    return JSONResponse(accepted.model_dump(), status_code=202, headers=headers)

@@ -1,31 +1,31 @@
-"""Starting a turn: check the thread, take the thread's turn lock, save the user's message."""
+"""Starting a turn from a user's message: check the thread and model, record the turn (SQL),
+take its lease and launch it in this process — or queue it behind the thread's running turn."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
+from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import update
+from sqlalchemy.exc import IntegrityError
 
 from corral.app.auth.service import User
-from corral.app.chat.agent import ChatTurn
-from corral.app.db.base import utcnow
-from corral.app.db.models import Message, Thread
+from corral.app.db.base import new_id, utcnow
+from corral.app.db.models import Message, Thread, Turn
+from corral.app.llm.service import NoModelConfigured
+from corral.app.problems import ProblemError
 from corral.app.services import Services
 from corral.app.threads import repository as threads
 from corral.app.threads.schemas import DEFAULT_TITLE
-from corral.app.threads.service import ThreadNotFound, turn_key, turn_lock_key
+from corral.app.threads.service import ThreadNotFound
+from corral.app.turns import events as turn_events
+from corral.app.turns import repository as turns
+from corral.app.turns.schemas import TurnAccepted
+from corral.app.turns.service import events_url, manager
 
-__all__ = ["ThreadNotFound", "TurnRefused", "start_turn"]
+__all__ = ["ThreadNotFound", "start_turn"]
 
 _TITLE_CHARS = 60
-
-
-class TurnRefused(Exception):
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
 
 
 def _title_from(content: str) -> str:
@@ -33,56 +33,122 @@ def _title_from(content: str) -> str:
     return line if len(line) <= _TITLE_CHARS else line[: _TITLE_CHARS - 1] + "…"
 
 
-async def start_turn(
-    services: Services, user: User, thread_id: str, content: str
-) -> tuple[ChatTurn, asyncio.Task[Any]]:
+def _busy(running_id: str) -> ProblemError:
+    return ProblemError(
+        409,
+        "turn-in-progress",
+        "a reply is already being written in this thread; wait for it (follow "
+        f"{events_url(running_id)}) or stop it (POST /api/turns/{running_id}/cancel)",
+        extra={"running_turn_id": running_id},
+    )
+
+
+async def start_turn(services: Services, user: User, thread_id: str, content: str) -> TurnAccepted:
     settings = services.settings.chat
     if len(content) > settings.max_message_chars:
-        raise TurnRefused(422, f"message too long: at most {settings.max_message_chars} characters")
+        raise ProblemError(
+            422,
+            "validation-error",
+            f"message too long: at most {settings.max_message_chars} characters",
+        )
     if not content.strip():
-        raise TurnRefused(422, "message is empty")
+        raise ProblemError(422, "validation-error", "message is empty")
     async with services.db.session() as session:
         thread = await threads.get_owned(session, thread_id, user.id)
         if thread is None:
             raise ThreadNotFound(thread_id)
         model_name = thread.model or settings.model
     config = services.agent_models.config(model_name)
+    if config is None and not services.settings.llm.names():
+        raise NoModelConfigured()
     if config is None:
-        raise TurnRefused(
-            503 if model_name is None else 422,
-            "no language model is configured (CORRAL_LLM__MODELS)"
-            if model_name is None
-            else f"model {model_name!r} is not configured",
+        raise ProblemError(
+            422,
+            "unknown-model",
+            f"model {model_name!r} is not configured; configured: {services.settings.llm.names()}",
         )
-    lock = services.redis.lock(
-        turn_lock_key(thread_id), timeout=settings.turn_timeout_s + 120, blocking=False
-    )
-    if not await lock.acquire():
-        raise TurnRefused(
-            409, "a reply is already being written in this thread; wait for it or stop it"
-        )
+    runner = manager(services)
+    turn_id, message_id = new_id(), new_id()
+    # The lease first: a sweeper elsewhere must never see this running turn without a holder.
+    if not await runner.leases.acquire(turn_id):
+        raise ProblemError(503, "service-unavailable", "could not take the turn's lease")
+    status = "running"
     try:
         async with services.db.session() as session:
-            message = Message(
+            running = await turns.running_in(session, thread_id)
+            if running is not None:
+                if settings.double_texting == "reject":
+                    raise _busy(running.id)
+                waiting = len(await turns.queued_in(session, thread_id))
+                if waiting >= settings.max_queued_turns:
+                    raise _busy(running.id)
+                status = "queued"
+            now = utcnow()
+            turn = Turn(
+                id=turn_id,
                 thread_id=thread_id,
-                seq=await threads.next_seq(session, thread_id),
-                role="user",
-                content=content,
-                status="complete",
+                owner_id=user.id,
+                status=status,
+                model=config.name,
+                user_message_id=message_id,
+                created_at=now,
+                cancel_requested=False,
+                resumes=0,
             )
-            session.add(message)
-            values: dict[str, Any] = {"updated_at": utcnow()}
+            values: dict[str, Any] = {"updated_at": now}
             if thread.title == DEFAULT_TITLE:
                 values["title"] = _title_from(content)
+            if status == "running":
+                session.add(
+                    Message(
+                        id=message_id,
+                        thread_id=thread_id,
+                        seq=await threads.next_seq(session, thread_id),
+                        role="user",
+                        content=content,
+                        status="complete",
+                    )
+                )
+                turn.started_at = now
+                turn.deadline_at = now + timedelta(seconds=settings.turn_timeout_s)
+                turn.lease_holder = runner.holder
+            else:
+                turn.content = content
+            session.add(turn)
             await session.execute(update(Thread).where(Thread.id == thread_id).values(**values))
-        turn = ChatTurn(services, user, thread_id, config, lock)
-        turn.emit(
-            "turn_started",
-            {"thread_id": thread_id, "message_id": message.id, "model": config.name},
-        )
-        task = services.background.spawn(turn_key(thread_id), turn.run())
+            await session.flush()
+    except IntegrityError:  # another message started a turn in this thread at the same moment
+        await runner.leases.release(turn_id)
+        async with services.db.session() as session:
+            other = await turns.running_in(session, thread_id)
+        raise _busy(other.id if other else "?") from None
     except BaseException:
-        with contextlib.suppress(Exception):
-            await lock.release()
+        await runner.leases.release(turn_id)
         raise
-    return turn, task
+    accepted = TurnAccepted(
+        turn_id=turn_id,
+        message_id=message_id,
+        thread_id=thread_id,
+        status=status,
+        events_url=events_url(turn_id),
+    )
+    if status == "queued":
+        await runner.leases.release(turn_id)
+        await turn_events.append(
+            services.redis, turn_id, services.settings.streams, "queued", {"turn_id": turn_id}
+        )
+        return accepted
+    await turn_events.append(
+        services.redis,
+        turn_id,
+        services.settings.streams,
+        "turn_started",
+        {
+            "turn_id": turn_id,
+            "thread_id": thread_id,
+            "message_id": message_id,
+            "model": config.name,
+        },
+    )
+    runner.launch(turn_id, resumed=False)
+    return accepted

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, Field
 
 DEFAULT_SYSTEM_PROMPT = (
@@ -32,5 +34,22 @@ class ChatSettings(BaseModel):
         default=12_000, ge=200, description="A tool's result as given back to the model."
     )
     text_flush_chars: int = Field(
-        default=1, ge=1, description="Text deltas are sent once this many characters wait."
+        default=128,
+        ge=1,
+        le=100_000,
+        description="After the first text delta (sent at once), deltas are batched until this "
+        "many characters wait or ``text_flush_ms`` passed.",
+    )
+    text_flush_ms: float = Field(default=50.0, ge=0, le=5_000)
+    double_texting: Literal["reject", "enqueue"] = Field(
+        default="reject",
+        description="A message sent while a turn runs: 409 (reject) or queued after it (enqueue).",
+    )
+    max_queued_turns: int = Field(default=5, ge=1, le=100, description="Per thread (enqueue).")
+    lease_ttl_s: float = Field(
+        default=12.0, ge=1, le=300, description="A turn's lease lives this long without renewal."
+    )
+    lease_renew_s: float = Field(default=3.0, gt=0, le=100, description="Renewal interval.")
+    sweep_interval_s: float = Field(
+        default=2.0, gt=0, le=300, description="How often each app looks for orphaned turns."
     )

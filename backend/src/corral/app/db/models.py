@@ -16,6 +16,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -226,3 +227,42 @@ class TokenUsageRow(Base):
     total_tokens: Mapped[int] = mapped_column(Integer, default=0)
     day: Mapped[date] = mapped_column(Date)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class Turn(Base):
+    """One assistant turn in a thread (its event stream lives in Redis, its record here).
+
+    At most one turn per thread is ``running`` (a partial unique index); with the ``enqueue``
+    double-texting policy later ones wait as ``queued`` with their message in ``content``.
+    """
+
+    __tablename__ = "turns"
+    __table_args__ = (
+        Index("ix_turns_thread_created", "thread_id", "created_at"),
+        Index("ix_turns_status", "status"),
+        Index(
+            "uq_turns_thread_running",
+            "thread_id",
+            unique=True,
+            sqlite_where=text("status = 'running'"),
+            postgresql_where=text("status = 'running'"),
+        ),
+    )
+
+    id: Mapped[str] = mapped_column(IdColumn(), primary_key=True, default=new_id)
+    thread_id: Mapped[str] = mapped_column(ForeignKey("threads.id", ondelete="CASCADE"))
+    owner_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    status: Mapped[str] = mapped_column(String(16))
+    model: Mapped[str] = mapped_column(String(64))
+    content: Mapped[str | None] = mapped_column(Text)
+    user_message_id: Mapped[str] = mapped_column(IdColumn())
+    final_message_id: Mapped[str | None] = mapped_column(IdColumn())
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    lease_holder: Mapped[str | None] = mapped_column(String(100))
+    resumes: Mapped[int] = mapped_column(Integer, default=0)
+    error_type: Mapped[str | None] = mapped_column(String(100))
+    error_message: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    deadline_at: Mapped[datetime | None] = mapped_column(UTCDateTime())

@@ -45,7 +45,7 @@ async def list_threads(
 @router.get("/{thread_id}", response_model=ThreadOut)
 async def get_thread(thread_id: str, user: CurrentUser, session: SessionDep) -> ThreadOut:
     try:
-        return service.to_out(await service.get_owned(session, thread_id, user))
+        return await service.get_with_turn(session, thread_id, user)
     except service.ThreadNotFound as exc:
         raise _not_found(exc) from exc
 

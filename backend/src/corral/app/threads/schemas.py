@@ -34,6 +34,11 @@ class ThreadOut(BaseModel):
     model: str | None
     created_at: datetime
     updated_at: datetime
+    running_turn_id: str | None = Field(
+        default=None,
+        description="The turn writing a reply now (GET /api/threads/{id} only): follow "
+        "/api/turns/{running_turn_id}/events to re-attach.",
+    )
 
 
 class ToolCallOut(BaseModel):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 
 import structlog
@@ -25,6 +24,7 @@ from corral.app.threads.schemas import (
     ThreadUpdate,
     ToolCallOut,
 )
+from corral.app.turns import service as turns
 
 log = structlog.get_logger(__name__)
 
@@ -42,14 +42,21 @@ class ThreadBusy(RuntimeError):
     """A reply is being written in the thread by another app process."""
 
 
-def to_out(row: Thread) -> ThreadOut:
+def to_out(row: Thread, running_turn_id: str | None = None) -> ThreadOut:
     return ThreadOut(
         id=row.id,
         title=row.title,
         model=row.model,
         created_at=row.created_at,
         updated_at=row.updated_at,
+        running_turn_id=running_turn_id,
     )
+
+
+async def get_with_turn(session: AsyncSession, thread_id: str, user: User) -> ThreadOut:
+    """The thread and the turn running in it (to re-attach to after a reload)."""
+    row = await get_owned(session, thread_id, user)
+    return to_out(row, await turns.running_turn_id(session, thread_id))
 
 
 def _check_model(services: Services, model: str | None) -> None:
@@ -99,11 +106,7 @@ async def update(
 async def delete(services: Services, session: AsyncSession, user: User, thread_id: str) -> None:
     """Stop its reply and tasks, delete its objects from the store, then its rows."""
     row = await get_owned(session, thread_id, user)
-    turn = services.background.get(turn_key(thread_id))
-    if turn is not None:
-        turn.cancel()
-        await asyncio.wait({turn}, timeout=15)
-    elif await services.redis.exists(turn_lock_key(thread_id)):
+    if not await turns.stop_thread_turns(services, thread_id, wait_s=15):
         raise ThreadBusy("a reply is being written in this thread; stop it, then delete")
     active = await session.scalars(
         select(TaskRun.id).where(
@@ -121,16 +124,6 @@ async def delete(services: Services, session: AsyncSession, user: User, thread_i
             log.warning("could not delete artifact", key=key, error=str(exc))
             raise
     await session.delete(row)
-
-
-def turn_key(thread_id: str) -> str:
-    """The background task writing a reply in this thread (one at a time)."""
-    return f"chat-turn:{thread_id}"
-
-
-def turn_lock_key(thread_id: str) -> str:
-    """Held in Redis while any app process writes a reply in this thread."""
-    return f"chat:thread:{thread_id}:turn"
 
 
 async def messages(

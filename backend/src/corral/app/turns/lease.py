@@ -1,0 +1,57 @@
+"""A turn's lease in Redis: ``turn:{id}:lease`` holds the id of the app process running it.
+
+Taken with ``SET NX PX``, renewed and released only by its holder (compare-and-set scripts),
+so a process that stalled past the TTL can neither renew nor release a lease another process
+has taken meanwhile: it learns it lost the lease at its next renewal and stops its loop.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import redis.asyncio as aioredis
+
+_RENEW = """
+if redis.call('get', KEYS[1]) == ARGV[1] then
+  return redis.call('pexpire', KEYS[1], ARGV[2])
+end
+return 0
+"""
+
+_RELEASE = """
+if redis.call('get', KEYS[1]) == ARGV[1] then
+  return redis.call('del', KEYS[1])
+end
+return 0
+"""
+
+
+def lease_key(turn_id: str) -> str:
+    return f"turn:{turn_id}:lease"
+
+
+class Leases:
+    def __init__(self, redis: aioredis.Redis, holder: str, ttl_s: float) -> None:
+        self._redis = redis
+        self.holder = holder
+        self._ttl_ms = int(ttl_s * 1000)
+        self._renew: Any = redis.register_script(_RENEW)
+        self._release: Any = redis.register_script(_RELEASE)
+
+    async def acquire(self, turn_id: str) -> bool:
+        return bool(
+            await self._redis.set(lease_key(turn_id), self.holder, nx=True, px=self._ttl_ms)
+        )
+
+    async def renew(self, turn_id: str) -> bool:
+        return bool(await self._renew(keys=[lease_key(turn_id)], args=[self.holder, self._ttl_ms]))
+
+    async def release(self, turn_id: str) -> None:
+        await self._release(keys=[lease_key(turn_id)], args=[self.holder])
+
+    async def held(self, turn_ids: list[str]) -> set[str]:
+        """Which of these turns have a live lease (by anyone)."""
+        if not turn_ids:
+            return set()
+        values = await self._redis.mget([lease_key(t) for t in turn_ids])
+        return {t for t, v in zip(turn_ids, values, strict=True) if v is not None}
