@@ -169,7 +169,7 @@ async def test_user_b_cannot_reach_anything_of_user_a(
             ("GET", f"/api/artifacts/{artifact_id}", None),
             ("GET", f"/api/tasks/{task_id}", None),
             ("GET", f"/api/tasks/{task_id}/events", None),
-            ("DELETE", f"/api/tasks/{task_id}", None),
+            ("POST", f"/api/tasks/{task_id}/cancel", None),
             ("GET", f"/api/storage/{key}", None),
             ("GET", f"/api/datasets/{dataset_id}", None),
             ("DELETE", f"/api/datasets/{dataset_id}", None),

@@ -71,7 +71,8 @@ async def test_bad_requests_get_clear_4xx(api: httpx.AsyncClient) -> None:
     assert unknown.status_code == 404 and "echo" in unknown.json()["detail"]
     bad = await api.post("/api/tools/echo/invoke", json={"arguments": {"steps": 0}})
     assert bad.status_code == 422
-    assert bad.json()["detail"][0]["loc"] == ["steps"]
+    assert bad.json()["type"] == "/errors/invalid-arguments"
+    assert bad.json()["errors"][0]["loc"] == ["steps"]
     extra = await api.post("/api/tools/echo/invoke", json={"arguments": {"stepz": 2}})
     assert extra.status_code == 422
     bad_queue = await api.post("/api/tools/echo/invoke", json={"arguments": {"queue": "gpu_q"}})
@@ -118,12 +119,12 @@ async def test_cancel_over_http_returns_cancelled_to_waiting_invoke(
     task_id = await newest_task_since(api, since, {"running"})
     loop = asyncio.get_running_loop()
     t0 = loop.time()
-    resp = await api.delete(f"/api/tasks/{task_id}")
+    resp = await api.post(f"/api/tasks/{task_id}/cancel")
     assert resp.status_code == 200
     body = (await invoke).json()
     assert body["status"] == "cancelled" and body["task_id"] == task_id
     assert loop.time() - t0 < 1.0
-    again = await api.delete(f"/api/tasks/{task_id}")
+    again = await api.post(f"/api/tasks/{task_id}/cancel")
     assert again.status_code == 409
 
 
@@ -238,7 +239,7 @@ async def test_spa_deep_links_get_index_but_api_404s_stay(oidc_app: str) -> None
         assert page.status_code == 200 and "corral-ui" in page.text
         assert "corral-ui" in (await anon.get("/")).text
         missing = await anon.get("/api/no-such-route")
-        assert missing.status_code == 404 and missing.json() == {"detail": "Not Found"}
+        assert missing.status_code == 404 and missing.json()["type"] == "/errors/not-found"
 
 
 async def test_oidc_tokens_and_ownership(oidc_app: str, issuer: LocalIssuer) -> None:
@@ -252,7 +253,7 @@ async def test_oidc_tokens_and_ownership(oidc_app: str, issuer: LocalIssuer) -> 
         for method, path in [
             ("GET", f"/api/tasks/{task_id}"),
             ("GET", f"/api/tasks/{task_id}/events"),
-            ("DELETE", f"/api/tasks/{task_id}"),
+            ("POST", f"/api/tasks/{task_id}/cancel"),
         ]:
             resp = await http.request(method, path, headers=bob)
             assert resp.status_code == 404, (method, path)

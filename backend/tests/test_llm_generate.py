@@ -88,11 +88,13 @@ async def test_no_retry_on_400(api: httpx.AsyncClient, fake_llm: FakeOpenAI) -> 
 
     resp = await generate(api, model="primary", fallback_models=["backup"])
 
-    assert resp.status_code == 502, resp.text
-    detail = resp.json()["detail"]
-    assert detail["error_type"] == "ProviderRejected"
-    assert "max_tokens is too large" in detail["message"] and "primary" in detail["message"]
-    assert detail["task_id"]
+    assert resp.status_code == 422, resp.text
+    problem = resp.json()
+    assert resp.headers["content-type"].startswith("application/problem+json")
+    assert problem["type"] == "/errors/provider-rejected"
+    assert problem["error_type"] == "ProviderRejected"
+    assert "max_tokens is too large" in problem["detail"] and "primary" in problem["detail"]
+    assert problem["task_id"]
     assert len(fake_llm.requests()) == 1
     assert fake_llm.pending("fake-backup") == 1
 
@@ -114,9 +116,9 @@ async def test_every_model_down_is_503_naming_each(
     fake_llm.script("fake-backup", *[Reply.fail(502, "backup down")] * 3)
     resp = await generate(api, model="primary", fallback_models=["backup"])
     assert resp.status_code == 503, resp.text
-    detail = resp.json()["detail"]
-    assert detail["error_type"] == "ProviderUnavailable"
-    assert "primary down" in detail["message"] and "backup down" in detail["message"]
+    problem = resp.json()
+    assert problem["type"] == "/errors/provider-unavailable" and problem["retry_after_s"] > 0
+    assert "primary down" in problem["detail"] and "backup down" in problem["detail"]
     assert len(fake_llm.requests()) == 6
 
 
@@ -151,9 +153,9 @@ async def test_json_never_valid_fails_after_patching_attempts(
 ) -> None:
     fake_llm.script("fake-primary", *[Reply(text="not json at all")] * 2)
     resp = await generate(api, model="primary", json_mode=True, max_patching_attempts=1)
-    assert resp.status_code == 502, resp.text
-    detail = resp.json()["detail"]
-    assert detail["error_type"] == "InvalidJSON" and "1 repair attempt" in detail["message"]
+    assert resp.status_code == 422, resp.text
+    problem = resp.json()
+    assert problem["type"] == "/errors/invalid-json" and "1 repair attempt" in problem["detail"]
     assert len(fake_llm.requests()) == 2
 
 

@@ -310,7 +310,7 @@ async def test_cancel_stops_the_run(api: httpx.AsyncClient, fake_llm: FakeOpenAI
     fake_llm.wait_for_requests(1)
 
     began = time.monotonic()
-    resp = await api.delete(f"/api/pipelines/runs/{run_id}")
+    resp = await api.post(f"/api/pipelines/runs/{run_id}/cancel")
     assert resp.status_code == 200, resp.text
     assert resp.json() == {"run_id": run_id, "status": "cancelled", "cancelled_tasks": 1}
     assert time.monotonic() - began < 5
@@ -324,7 +324,7 @@ async def test_cancel_stops_the_run(api: httpx.AsyncClient, fake_llm: FakeOpenAI
     assert task["state"] == "cancelled"
     await asyncio.sleep(0.3)
     assert [r.prompt for r in fake_llm.requests()] == ["long"]
-    again = await api.delete(f"/api/pipelines/runs/{run_id}")
+    again = await api.post(f"/api/pipelines/runs/{run_id}/cancel")
     assert again.status_code == 409
 
 
@@ -396,7 +396,7 @@ async def test_other_users_get_404(
         for method, path in [
             ("GET", f"/api/pipelines/runs/{run_id}"),
             ("GET", f"/api/pipelines/runs/{run_id}/events"),
-            ("DELETE", f"/api/pipelines/runs/{run_id}"),
+            ("POST", f"/api/pipelines/runs/{run_id}/cancel"),
         ]:
             resp = await other.request(method, path)
             assert resp.status_code == 404, (method, path, resp.text)

@@ -130,7 +130,7 @@ async def test_cancel_run_whose_scheduler_is_gone(
     finally:
         client.close()
 
-    resp = await api.delete(f"/api/pipelines/runs/{run.run_id}")
+    resp = await api.post(f"/api/pipelines/runs/{run.run_id}/cancel")
     assert resp.status_code == 200, resp.text
     assert resp.json() == {"run_id": run.run_id, "status": "cancelled", "cancelled_tasks": 1}
     final = (await api.get(f"/api/pipelines/runs/{run.run_id}")).json()

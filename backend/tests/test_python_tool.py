@@ -188,7 +188,7 @@ async def test_cancel_kills_the_sandbox_within_a_second(
     assert any("python" in p.name() for p in sandboxes), "sandboxed python never started"
 
     cancelled_at = time.monotonic()
-    resp = await api.delete(f"/api/tasks/{task_id}")
+    resp = await api.post(f"/api/tasks/{task_id}/cancel")
     assert resp.status_code == 200, resp.text
     while _alive(sandboxes) and time.monotonic() - cancelled_at < 5:
         await asyncio.sleep(0.02)

@@ -11,13 +11,27 @@ export class ApiError extends Error {
   readonly fieldErrors: FieldError[];
   /** Seconds to wait before trying again (429 and some 503s). */
   readonly retryAfterS: number | null;
+  /** The problem's stable kind, e.g. "/errors/no-model-configured" (RFC 9457 `type`). */
+  readonly problemType: string | null;
 
-  constructor(status: number, message: string, fieldErrors: FieldError[] = [], retryAfterS: number | null = null) {
+  constructor(
+    status: number,
+    message: string,
+    fieldErrors: FieldError[] = [],
+    retryAfterS: number | null = null,
+    problemType: string | null = null,
+  ) {
     super(message);
     this.name = "ApiError";
     this.status = status;
     this.fieldErrors = fieldErrors;
     this.retryAfterS = retryAfterS;
+    this.problemType = problemType;
+  }
+
+  /** The kind without its prefix: "no-model-configured", "rate-limited" … */
+  get kind(): string | null {
+    return this.problemType ? this.problemType.replace(/^.*\/errors\//, "") : null;
   }
 
   get isAuth(): boolean {
@@ -45,8 +59,20 @@ export function formatPath(path: (string | number)[]): string {
   return path.reduce<string>((acc, p) => (typeof p === "number" ? `${acc}[${p}]` : acc ? `${acc}.${p}` : p), "");
 }
 
-/** FastAPI's `detail`: a string, or a list of {loc, msg, type}. */
+function fieldErrorsOf(list: unknown[]): FieldError[] {
+  return list
+    .filter((d): d is { loc?: unknown; msg?: unknown } => !!d && typeof d === "object")
+    .map((d) => ({ path: pathOf(d.loc), message: String(d.msg ?? "invalid") }));
+}
+
+/** An RFC 9457 problem (`detail` + `errors[]`), or FastAPI's older `detail` string/list. */
 export function parseDetail(body: unknown): { message: string; fieldErrors: FieldError[] } {
+  if (body && typeof body === "object" && "type" in body && "status" in body) {
+    const problem = body as { detail?: unknown; title?: unknown; errors?: unknown };
+    const fieldErrors = Array.isArray(problem.errors) ? fieldErrorsOf(problem.errors) : [];
+    const message = typeof problem.detail === "string" ? problem.detail : String(problem.title ?? "");
+    return { message, fieldErrors };
+  }
   const detail = body && typeof body === "object" && "detail" in body ? (body as { detail: unknown }).detail : body;
   if (typeof detail === "string") return { message: detail, fieldErrors: [] };
   if (Array.isArray(detail)) {
@@ -97,12 +123,17 @@ export async function errorFromResponse(response: Response, body?: unknown): Pro
     }
   }
   const { message, fieldErrors } = parseDetail(parsed);
-  const retryAfter = retryAfterSeconds(response.headers);
+  const problem = parsed && typeof parsed === "object" ? (parsed as { type?: unknown; retry_after_s?: unknown }) : {};
+  const problemType = typeof problem.type === "string" ? problem.type : null;
+  const retryAfter =
+    typeof problem.retry_after_s === "number" ? Math.ceil(problem.retry_after_s) : retryAfterSeconds(response.headers);
   let text = message || STATUS_TEXT[response.status] || `HTTP ${response.status}`;
   if (response.status === 429) {
     text = `Rate limited: ${message || "too many requests"}.` + (retryAfter !== null ? ` Try again in ${retryAfter} s.` : "");
+  } else if (response.status === 503 && retryAfter !== null) {
+    text = `${text} Try again in ${retryAfter} s.`;
   }
-  return new ApiError(response.status, text, fieldErrors, retryAfter);
+  return new ApiError(response.status, text, fieldErrors, retryAfter, problemType);
 }
 
 export function describeError(error: unknown): string {

@@ -85,14 +85,14 @@ export function useChatTurn(onFinished: (threadId: string) => Promise<void>) {
     const active = Object.values(current.cards).filter((c) => isActive(c) && c.taskId);
     await Promise.all(
       active.map((c) =>
-        call(api.DELETE("/api/tasks/{task_id}", { params: { path: { task_id: c.taskId as string } } })).catch(() => undefined),
+        call(api.POST("/api/tasks/{task_id}/cancel", { params: { path: { task_id: c.taskId as string } } })).catch(() => undefined),
       ),
     );
     chat.current?.abort();
   }, [update]);
 
   const cancelCall = useCallback(async (taskId: string) => {
-    await call(api.DELETE("/api/tasks/{task_id}", { params: { path: { task_id: taskId } } })).catch(() => undefined);
+    await call(api.POST("/api/tasks/{task_id}/cancel", { params: { path: { task_id: taskId } } })).catch(() => undefined);
   }, []);
 
   const clear = useCallback(() => {

@@ -87,7 +87,7 @@ export function useToolRun(): ToolRun {
       return;
     }
     try {
-      await call(api.DELETE("/api/tasks/{task_id}", { params: { path: { task_id: id } } }));
+      await call(api.POST("/api/tasks/{task_id}/cancel", { params: { path: { task_id: id } } }));
     } catch (err) {
       if (!(err instanceof ApiError && err.status === 409)) setError(err);
     }

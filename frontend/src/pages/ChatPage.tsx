@@ -41,7 +41,7 @@ function HistoryToolCard({ call: saved }: { call: Schemas["ToolCallOut"] }) {
     return () => ctrl.abort();
   }, [saved]);
   const cancel = () =>
-    call(api.DELETE("/api/tasks/{task_id}", { params: { path: { task_id: saved.task_id as string } } })).catch(toasts.error);
+    call(api.POST("/api/tasks/{task_id}/cancel", { params: { path: { task_id: saved.task_id as string } } })).catch(toasts.error);
   // A figure URL from an old conversation has expired: re-attach once for fresh ones.
   const [refreshed, setRefreshed] = useState(false);
   const refresh = () => {

@@ -119,7 +119,7 @@ function RunView({ runId, onEdit }: { runId: string; onEdit: (def: PipelineDef) 
 
   const cancel = async () => {
     try {
-      await call(api.DELETE("/api/pipelines/runs/{run_id}", { params: { path: { run_id: runId } } }));
+      await call(api.POST("/api/pipelines/runs/{run_id}/cancel", { params: { path: { run_id: runId } } }));
       void qc.invalidateQueries({ queryKey: ["pipeline-run", runId] });
     } catch (err) {
       toasts.error(err);

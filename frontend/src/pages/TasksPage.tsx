@@ -85,7 +85,7 @@ function TaskDetail({ taskId, onClose }: { taskId: string; onClose: () => void }
 
   const cancel = async () => {
     try {
-      await call(api.DELETE("/api/tasks/{task_id}", { params: { path: { task_id: taskId } } }));
+      await call(api.POST("/api/tasks/{task_id}/cancel", { params: { path: { task_id: taskId } } }));
       toasts.push("Cancel requested", "ok");
     } catch (err) {
       toasts.error(err);

@@ -142,6 +142,33 @@ describe("API errors", () => {
     expect(parsed.message).toBe("steps[1].prompt_template: Field required");
   });
 
+  it("reads RFC 9457 problems: detail, field errors, kind and retry_after_s", async () => {
+    const body = {
+      type: "/errors/validation-error",
+      title: "Unprocessable Content",
+      status: 422,
+      detail: "body.timeout_s: must be at most 600",
+      errors: [{ loc: ["body", "timeout_s"], msg: "must be at most 600", type: "less_than_equal" }],
+    };
+    const err = await errorFromResponse(
+      new Response(JSON.stringify(body), { status: 422, headers: { "Content-Type": "application/problem+json" } }),
+    );
+    expect(err.kind).toBe("validation-error");
+    expect(err.message).toBe("body.timeout_s: must be at most 600");
+    expect(err.fieldErrors).toEqual([{ path: ["timeout_s"], message: "must be at most 600" }]);
+    const busy = await errorFromResponse(
+      new Response(JSON.stringify({ type: "/errors/broker-unavailable", title: "t", status: 503, detail: "broker down", retry_after_s: 4.2 }), { status: 503 }),
+    );
+    expect(busy.retryAfterS).toBe(5);
+    expect(busy.message).toBe("broker down Try again in 5 s.");
+    const noModel = await errorFromResponse(
+      new Response(JSON.stringify({ type: "/errors/no-model-configured", title: "No model configured", status: 503, detail: "set CORRAL_LLM__MODELS" }), { status: 503 }),
+    );
+    expect(noModel.kind).toBe("no-model-configured");
+    expect(noModel.retryAfterS).toBeNull();
+    expect(noModel.message).toBe("set CORRAL_LLM__MODELS");
+  });
+
   it("falls back to the status text when the body says nothing", async () => {
     const err = await errorFromResponse(new Response("", { status: 503 }));
     expect(err.message).toBe("Service unavailable");

@@ -15,11 +15,14 @@ from starlette.types import Scope
 
 from corral.app.artifacts.router import router as artifacts_router
 from corral.app.auth.router import router as auth_router
+from corral.app.body_limit import BodyLimitMiddleware
 from corral.app.chat.router import router as chat_router
+from corral.app.contract import install_contract
 from corral.app.datasets.router import router as datasets_router
 from corral.app.health.router import router as health_router
 from corral.app.llm.router import router as llm_router
 from corral.app.pipelines.router import router as pipelines_router
+from corral.app.problems import install_problem_handlers
 from corral.app.ratelimit.router import router as ratelimit_router
 from corral.app.services import Services
 from corral.app.settings import AppSettings
@@ -60,6 +63,18 @@ NOT_BUILT_PAGE = """<!doctype html><html><head><meta charset="utf-8"><title>Corr
 npm run build</code>. The API is documented at <a href="/docs">/docs</a>.</p></body></html>"""
 
 
+API_DESCRIPTION = """Heavy agent tools (sandboxed Python, analyses, model pipelines) run on
+workers; progress streams live. Authenticate with `Authorization: Bearer <token>` (the dev token
+`make up` prints, an OIDC access token, or an API key `ck_...`).
+
+Every error is RFC 9457 problem details (`application/problem+json`) with a stable `type` per
+error kind (`/errors/not-found`, `/errors/rate-limited`, `/errors/no-model-configured` …), listed
+in docs/api.md. JSON bodies are capped (413 before parsing); uploads have their own caps."""
+
+# Multipart upload routes: capped by their own settings while streaming, not by the JSON cap.
+UPLOAD_ROUTES = (("POST", "/api/storage"), ("POST", "/api/datasets"))
+
+
 def create_app(settings: AppSettings | None = None) -> FastAPI:
     settings = settings or AppSettings()
 
@@ -73,7 +88,18 @@ def create_app(settings: AppSettings | None = None) -> FastAPI:
         finally:
             await services.aclose()
 
-    app = FastAPI(title="Corral", version="0.1.0", lifespan=lifespan)
+    app = FastAPI(
+        title="Corral",
+        version="0.1.0",
+        description=API_DESCRIPTION,
+        lifespan=lifespan,
+    )
+    install_problem_handlers(app)
+    app.add_middleware(
+        BodyLimitMiddleware,
+        max_bytes=lambda: settings.max_json_body_bytes,
+        exempt=UPLOAD_ROUTES,
+    )
     api = APIRouter(prefix="/api")
     api.include_router(health_router)
     api.include_router(tools_router)
@@ -90,6 +116,7 @@ def create_app(settings: AppSettings | None = None) -> FastAPI:
     api.include_router(usage_router)
     api.include_router(ratelimit_router)
     app.include_router(api)
+    install_contract(app)
 
     frontend = _frontend_dir(settings)
     if frontend is not None:

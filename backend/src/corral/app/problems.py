@@ -227,15 +227,9 @@ def install_problem_handlers(app: FastAPI) -> None:
 
 
 def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    """``responses=`` for a route: each status documented with the Problem schema."""
-    return {
-        status: {
-            "model": Problem,
-            "content": {PROBLEM_JSON: {"schema": {"$ref": "#/components/schemas/Problem"}}},
-            "description": _describe(status),
-        }
-        for status in statuses
-    }
+    """``responses=`` for a route: the error statuses its logic can return. The contract
+    (``corral.app.contract``) documents each with the ``Problem`` schema as problem+json."""
+    return {status: {"description": _describe(status)} for status in statuses}
 
 
 def _describe(status: int) -> str:

@@ -145,6 +145,11 @@ class AppSettings(BaseSettings):
     readiness_cache_s: float = Field(default=5.0, ge=0)
     readiness_timeout_s: float = Field(default=1.0, gt=0, le=10)
     max_invoke_timeout_s: float = Field(default=600.0, gt=0)
+    max_json_body_bytes: int = Field(
+        default=1024 * 1024,
+        ge=1024,
+        description="Cap on non-upload request bodies; larger ones get 413 before parsing.",
+    )
     sse_ping_s: float = Field(default=15.0, gt=0)
     database: DatabaseSettings = Field(default_factory=DatabaseSettings)
     rate_limits: RateLimitSettings = Field(default_factory=RateLimitSettings)

@@ -11,6 +11,7 @@ from sqlalchemy import select
 
 from corral.app.db.models import Artifact
 from corral.app.deps import CurrentUser, ServicesDep, SessionDep
+from corral.app.params import ResourceId
 from corral.app.services import Services
 
 router = APIRouter(prefix="/artifacts", tags=["artifacts"])
@@ -62,7 +63,7 @@ async def list_artifacts(
 
 @router.get("/{artifact_id}", response_model=ArtifactOut)
 async def get_artifact(
-    artifact_id: str, user: CurrentUser, services: ServicesDep, session: SessionDep
+    artifact_id: ResourceId, user: CurrentUser, services: ServicesDep, session: SessionDep
 ) -> ArtifactOut:
     row = await session.get(Artifact, artifact_id)
     if row is None or row.owner_id != user.id:

@@ -9,6 +9,8 @@ from corral.app.auth.schemas import ApiKeyCreate, ApiKeyCreated, ApiKeyOut, Auth
 from corral.app.db.models import ApiKey
 from corral.app.db.models import User as UserRow
 from corral.app.deps import CurrentUser, ServicesDep, SessionDep
+from corral.app.params import ResourceId
+from corral.app.problems import problem_responses
 
 router = APIRouter(tags=["auth"])
 
@@ -52,7 +54,12 @@ async def me(user: CurrentUser, session: SessionDep) -> MeOut:
     )
 
 
-@router.post("/api-keys", status_code=status.HTTP_201_CREATED, response_model=ApiKeyCreated)
+@router.post(
+    "/api-keys",
+    status_code=status.HTTP_201_CREATED,
+    response_model=ApiKeyCreated,
+    responses=problem_responses(403, 409),
+)
 async def create_key(body: ApiKeyCreate, user: CurrentUser, session: SessionDep) -> ApiKeyCreated:
     """A new key, returned once. Keys cannot mint keys: sign in with a token to create one."""
     if user.api_key_id is not None:
@@ -74,7 +81,7 @@ async def list_keys(user: CurrentUser, session: SessionDep) -> list[ApiKeyOut]:
 
 
 @router.delete("/api-keys/{key_id}", status_code=status.HTTP_204_NO_CONTENT)
-async def revoke_key(key_id: str, user: CurrentUser, session: SessionDep) -> Response:
+async def revoke_key(key_id: ResourceId, user: CurrentUser, session: SessionDep) -> Response:
     """Revoke at once: the next request with this key gets 401."""
     if not await api_keys.revoke(session, user.id, key_id):
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"API key {key_id} not found")

@@ -9,6 +9,8 @@ from fastapi import APIRouter, HTTPException, Request, Response, status
 from corral.app.datasets import service
 from corral.app.datasets.schemas import DatasetOut, DatasetSummary
 from corral.app.deps import CurrentUser, ServicesDep
+from corral.app.params import ResourceId
+from corral.app.problems import problem_responses
 from corral.app.storage.store import StorageError, StoreUnavailable
 
 router = APIRouter(prefix="/datasets", tags=["datasets"])
@@ -23,7 +25,11 @@ _FORM_SCHEMA = {
                     "required": [service.UPLOAD_FIELD],
                     "properties": {
                         service.UPLOAD_FIELD: {"type": "string", "format": "binary"},
-                        "format": {"type": "string", "enum": ["csv", "parquet", "sonata"]},
+                        "format": {
+                            "type": "string",
+                            "enum": ["csv", "parquet", "sonata", ""],
+                            "description": "Empty or left out: detected from the file.",
+                        },
                         "population": {
                             "type": "string",
                             "description": "SONATA: the node population (required).",
@@ -53,7 +59,12 @@ def _raise_http(exc: Exception) -> NoReturn:
     raise HTTPException(code, str(exc)) from exc
 
 
-@router.post("", status_code=status.HTTP_201_CREATED, openapi_extra=_FORM_SCHEMA)
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    openapi_extra=_FORM_SCHEMA,
+    responses=problem_responses(413, 422, 503),
+)
 async def upload(request: Request, services: ServicesDep, user: CurrentUser) -> DatasetOut:
     """Upload CSV, Parquet or a SONATA nodes file (with `population`). Past the cap: 413."""
     try:
@@ -62,7 +73,7 @@ async def upload(request: Request, services: ServicesDep, user: CurrentUser) -> 
         _raise_http(exc)
 
 
-@router.get("")
+@router.get("", responses=problem_responses(503))
 async def list_datasets(services: ServicesDep, user: CurrentUser) -> list[DatasetSummary]:
     """Your datasets, newest first, after the shared sample."""
     try:
@@ -71,8 +82,10 @@ async def list_datasets(services: ServicesDep, user: CurrentUser) -> list[Datase
         _raise_http(exc)
 
 
-@router.get("/{dataset_id}")
-async def get_dataset(dataset_id: str, services: ServicesDep, user: CurrentUser) -> DatasetOut:
+@router.get("/{dataset_id}", responses=problem_responses(503))
+async def get_dataset(
+    dataset_id: ResourceId, services: ServicesDep, user: CurrentUser
+) -> DatasetOut:
     """Columns and DuckDB types, row count and the first rows."""
     try:
         return DatasetOut.of(await service.get_visible(services, user, dataset_id))
@@ -80,8 +93,12 @@ async def get_dataset(dataset_id: str, services: ServicesDep, user: CurrentUser)
         _raise_http(exc)
 
 
-@router.delete("/{dataset_id}", status_code=status.HTTP_204_NO_CONTENT)
-async def delete_dataset(dataset_id: str, services: ServicesDep, user: CurrentUser) -> Response:
+@router.delete(
+    "/{dataset_id}", status_code=status.HTTP_204_NO_CONTENT, responses=problem_responses(403, 503)
+)
+async def delete_dataset(
+    dataset_id: ResourceId, services: ServicesDep, user: CurrentUser
+) -> Response:
     try:
         await service.delete(services, user, dataset_id)
     except (service.DatasetError, StorageError) as exc:

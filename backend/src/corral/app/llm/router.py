@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, HTTPException, status
+from fastapi import APIRouter, status
+from fastapi.responses import JSONResponse
 
 from corral.app.celery_client import BrokerUnavailable
 from corral.app.deps import CurrentUser, ServicesDep, ToolsLimit
 from corral.app.llm import service
-from corral.app.llm.schemas import GenerateError, GenerateRequest, GenerateResponse
+from corral.app.llm.schemas import GenerateAccepted, GenerateRequest, GenerateResponse
+from corral.app.problems import ProblemError, problem_responses
 
 router = APIRouter(prefix="/llm", tags=["llm"])
 
@@ -15,26 +17,69 @@ router = APIRouter(prefix="/llm", tags=["llm"])
 @router.post(
     "/generate",
     response_model=GenerateResponse,
-    responses={code: {"model": GenerateError} for code in (409, 502, 503, 504)},
+    responses={
+        202: {"model": GenerateAccepted, "description": "Still running at timeout_s"},
+        **problem_responses(409, 422, 503),
+    },
+    summary="Ask a language model once",
 )
 async def generate(
     body: GenerateRequest, user: CurrentUser, services: ServicesDep, _limit: ToolsLimit
-) -> GenerateResponse:
-    """Counts against the caller's `tools` rate limit."""
+) -> GenerateResponse | JSONResponse:
+    """One model call on llm_q (fallback models, JSON mode with repair, response cache),
+    answered when it is done; 202 with the task id when it is still running at `timeout_s`.
+    A model that rejects the request or cannot produce JSON is a 422 naming the error.
+    Counts against the caller's `tools` rate limit.
+
+    Example: `{"prompt": "Name three cortical layers", "max_tokens": 64}`"""
     limit = services.settings.max_invoke_timeout_s
     if body.timeout_s > limit:
-        raise HTTPException(
-            status.HTTP_422_UNPROCESSABLE_CONTENT,
-            f"timeout_s must be at most {limit:g}; follow longer calls at /api/tasks/{{id}}/events",
-        )
+        raise _timeout_too_long(body.timeout_s, limit)
     try:
         return await service.generate(services, user.id, body)
     except service.UnknownModels as exc:
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from exc
+        raise ProblemError(
+            422,
+            "unknown-model",
+            str(exc),
+            errors=[{"loc": ["body", "model"], "msg": str(exc), "type": "unknown_model"}],
+        ) from exc
     except BrokerUnavailable as exc:
-        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, str(exc)) from exc
+        raise ProblemError(503, "broker-unavailable", str(exc), retry_after_s=5) from exc
+    except service.StillRunning as exc:
+        accepted = GenerateAccepted(
+            task_id=exc.task_id,
+            status=exc.state,
+            events_url=f"/api/tasks/{exc.task_id}/events",
+            detail=str(exc),
+        )
+        return JSONResponse(accepted.model_dump(), status_code=status.HTTP_202_ACCEPTED)
     except service.GenerationFailed as exc:
-        detail = GenerateError(
-            error_type=exc.error_type, message=exc.message, task_id=exc.task_id
-        ).model_dump()
-        raise HTTPException(exc.status, detail) from exc
+        kind = "task-cancelled" if exc.status == 409 else _kebab(exc.error_type)
+        raise ProblemError(
+            exc.status,
+            kind,
+            exc.message,
+            retry_after_s=10 if exc.status == 503 else None,
+            extra={"error_type": exc.error_type, "task_id": exc.task_id},
+        ) from exc
+
+
+def _kebab(name: str) -> str:
+    """``InvalidJSON`` -> ``invalid-json``, ``ProviderRejected`` -> ``provider-rejected``."""
+    out = []
+    for i, ch in enumerate(name):
+        if ch.isupper() and i and (not name[i - 1].isupper() or name[i + 1 : i + 2].islower()):
+            out.append("-")
+        out.append(ch.lower())
+    return "".join(out)
+
+
+def _timeout_too_long(value: float, limit: float) -> ProblemError:
+    msg = f"timeout_s must be at most {limit:g}; follow longer calls at /api/tasks/{{id}}/events"
+    return ProblemError(
+        422,
+        "validation-error",
+        msg,
+        errors=[{"loc": ["body", "timeout_s"], "msg": msg, "type": "less_than_equal"}],
+    )

@@ -10,7 +10,11 @@ from corral.task_schemas import LLMGenerateInput, LLMGenerateOutput
 class GenerateRequest(LLMGenerateInput):
     urgent: bool = Field(default=False, description="Jump the llm_q queue (message priority).")
     timeout_s: float = Field(
-        default=120.0, gt=0, description="How long to wait; the task id allows following on."
+        default=120.0,
+        gt=0,
+        le=600,
+        description="How long to wait (at most the deployment's max_invoke_timeout_s); "
+        "past it the answer is 202 with the task id to follow.",
     )
 
     def task_input(self) -> LLMGenerateInput:
@@ -23,7 +27,10 @@ class GenerateResponse(LLMGenerateOutput):
     task_id: str
 
 
-class GenerateError(BaseModel):
-    error_type: str
-    message: str
-    task_id: str | None = None
+class GenerateAccepted(BaseModel):
+    """Still running when ``timeout_s`` ran out: follow it by task id."""
+
+    task_id: str
+    status: str = Field(description="The task's state, e.g. STARTED")
+    events_url: str
+    detail: str

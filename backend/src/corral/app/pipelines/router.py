@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, HTTPException, Query, status
+from fastapi import APIRouter, HTTPException, Query, status
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from corral.app.background import ShuttingDown
 from corral.app.celery_client import BrokerUnavailable
 from corral.app.deps import CurrentUser, ServicesDep, ToolsLimit
+from corral.app.params import EventCursor, ResourceId
 from corral.app.pipelines import service
 from corral.app.pipelines.dag import PipelineInvalid
 from corral.app.pipelines.repository import events_key
@@ -20,7 +21,8 @@ from corral.app.pipelines.schemas import (
     PipelineRunRequest,
     PipelineRunSummary,
 )
-from corral.app.streams.sse import resume_cursor, stream_response
+from corral.app.problems import ProblemError, problem_responses
+from corral.app.streams.sse import SSE_RESPONSES, LastEventId, resume_cursor, stream_response
 from corral.task_schemas import (
     CancelledEvent,
     DoneEvent,
@@ -32,7 +34,12 @@ from corral.task_schemas import (
 router = APIRouter(prefix="/pipelines", tags=["pipelines"])
 
 
-@router.post("/runs", response_model=PipelineRun, status_code=status.HTTP_202_ACCEPTED)
+@router.post(
+    "/runs",
+    response_model=PipelineRun,
+    status_code=status.HTTP_202_ACCEPTED,
+    responses=problem_responses(503),
+)
 async def start_run(
     body: PipelineRunRequest, user: CurrentUser, services: ServicesDep, _limit: ToolsLimit
 ) -> PipelineRun:
@@ -44,7 +51,7 @@ async def start_run(
     except PipelineInvalid as exc:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from exc
     except (BrokerUnavailable, ShuttingDown) as exc:
-        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, str(exc)) from exc
+        raise ProblemError(503, "broker-unavailable", str(exc), retry_after_s=5) from exc
 
 
 @router.get("/runs", response_model=list[PipelineRunSummary])
@@ -55,15 +62,17 @@ async def list_runs(
 
 
 @router.get("/runs/{run_id}", response_model=PipelineRun)
-async def get_run(run_id: str, user: CurrentUser, services: ServicesDep) -> PipelineRun:
+async def get_run(run_id: ResourceId, user: CurrentUser, services: ServicesDep) -> PipelineRun:
     try:
         return await service.get_owned(services, run_id, user.id)
     except service.RunNotFound as exc:
         raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from exc
 
 
-@router.delete("/runs/{run_id}", response_model=CancelOut)
-async def cancel_run(run_id: str, user: CurrentUser, services: ServicesDep) -> CancelOut:
+@router.post("/runs/{run_id}/cancel", response_model=CancelOut, responses=problem_responses(409))
+async def cancel_run(run_id: ResourceId, user: CurrentUser, services: ServicesDep) -> CancelOut:
+    """Stop a running pipeline: running steps are cancelled, pending ones never start. 409
+    when the run has already finished."""
     try:
         return await service.cancel_run(services, run_id, user.id)
     except service.RunNotFound as exc:
@@ -91,13 +100,13 @@ def _sse(entry_id: str, event: TaskEvent) -> ServerSentEvent:
     return ServerSentEvent(id=entry_id, event="run", data=json.dumps(data))
 
 
-@router.get("/runs/{run_id}/events")
+@router.get("/runs/{run_id}/events", response_class=EventSourceResponse, responses=SSE_RESPONSES)
 async def run_events(
-    run_id: str,
+    run_id: ResourceId,
     user: CurrentUser,
     services: ServicesDep,
-    last_event_id: Annotated[str | None, Header()] = None,
-    after: Annotated[str | None, Query(description="Resume after this event id.")] = None,
+    last_event_id: LastEventId = None,
+    after: EventCursor = None,
 ) -> EventSourceResponse:
     """Step transitions as server-sent events; ids are stream ids, so reconnects resume."""
     try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 
+from corral.app.llm.service import NoModelConfigured
 from corral.app.pipelines.dag import validate
 from corral.app.pipelines.repository import PipelineRunRepository
 from corral.app.pipelines.runner import PipelineRunner, now
@@ -44,6 +45,8 @@ def _scheduler_key(run_id: str) -> str:
 async def start_run(services: Services, owner_id: str, request: PipelineRunRequest) -> PipelineRun:
     """Validate (``PipelineInvalid`` lists every problem), record, and start the scheduler."""
     llm = services.settings.llm
+    if not llm.names():
+        raise NoModelConfigured()
     validate(request, models=llm.names(), default_model=llm.default_name)
     run = PipelineRun(
         run_id=str(uuid.uuid4()),

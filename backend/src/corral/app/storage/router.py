@@ -9,6 +9,8 @@ from fastapi import APIRouter, HTTPException, Query, Request, Response, status
 from fastapi.responses import FileResponse, RedirectResponse
 
 from corral.app.deps import CurrentUser, ServicesDep
+from corral.app.params import ObjectKey
+from corral.app.problems import problem_responses
 from corral.app.storage import service
 from corral.app.storage.schemas import UploadOut
 from corral.app.storage.store import (
@@ -63,6 +65,7 @@ def _raise_http(exc: StorageError) -> NoReturn:
 @router.post(
     "/storage",
     status_code=status.HTTP_201_CREATED,
+    responses=problem_responses(413, 422, 503),
     openapi_extra={
         "requestBody": {
             "required": True,
@@ -92,8 +95,9 @@ async def upload(request: Request, services: ServicesDep, user: CurrentUser) -> 
     "/storage/{key:path}",
     status_code=status.HTTP_307_TEMPORARY_REDIRECT,
     response_class=RedirectResponse,
+    responses=problem_responses(503),
 )
-async def download(key: str, services: ServicesDep, user: CurrentUser) -> RedirectResponse:
+async def download(key: ObjectKey, services: ServicesDep, user: CurrentUser) -> RedirectResponse:
     """Redirect the owner to a short-lived presigned URL; anyone else gets 404."""
     try:
         url = await service.download_url(services, user, key)
@@ -104,8 +108,10 @@ async def download(key: str, services: ServicesDep, user: CurrentUser) -> Redire
     )
 
 
-@router.delete("/storage/{key:path}", status_code=status.HTTP_204_NO_CONTENT)
-async def delete(key: str, services: ServicesDep, user: CurrentUser) -> Response:
+@router.delete(
+    "/storage/{key:path}", status_code=status.HTTP_204_NO_CONTENT, responses=problem_responses(503)
+)
+async def delete(key: ObjectKey, services: ServicesDep, user: CurrentUser) -> Response:
     try:
         await service.delete(services, user, key)
     except StorageError as exc:

@@ -10,8 +10,9 @@ import asyncio
 import json
 import re
 from collections.abc import AsyncIterator, Callable
+from typing import Annotated, Any
 
-from fastapi import HTTPException, status
+from fastapi import Header, HTTPException, status
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from corral.app.streams._hub import StreamHub
@@ -20,6 +21,23 @@ from corral.task_schemas import TaskEvent, is_terminal
 _ENTRY_ID = re.compile(r"^\d{1,20}-\d{1,20}$")
 
 Render = Callable[[str, TaskEvent], ServerSentEvent]
+
+LastEventId = Annotated[
+    str | None,
+    Header(
+        max_length=48,
+        pattern=r"^\d{1,20}-\d{1,20}$",
+        description="Resume after this event id (sent by EventSource on reconnect).",
+    ),
+]
+
+# ``responses=`` for an SSE route: a text/event-stream body, not JSON.
+SSE_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "Server-sent events; each `id` is a stream id to resume from.",
+        "content": {"text/event-stream": {"schema": {"type": "string"}}},
+    }
+}
 
 
 def resume_cursor(last_event_id: str | None, after: str | None) -> str:

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Header, HTTPException, Query, status
+from fastapi import APIRouter, HTTPException, Query, status
 from sse_starlette import EventSourceResponse
 
 from corral.app.deps import CurrentUser, ServicesDep
-from corral.app.streams.sse import resume_cursor, stream_response
+from corral.app.params import EventCursor, ResourceId
+from corral.app.problems import problem_responses
+from corral.app.streams.sse import SSE_RESPONSES, LastEventId, resume_cursor, stream_response
 from corral.app.task_runs import service
 from corral.app.task_runs.schemas import TaskRunDetail, TaskRunOut, TaskState
 from corral.task_schemas import task_events_key
@@ -28,15 +30,20 @@ async def list_tasks(
 
 
 @router.get("/{task_id}", response_model=TaskRunDetail)
-async def get_task(task_id: str, user: CurrentUser, services: ServicesDep) -> TaskRunDetail:
+async def get_task(task_id: ResourceId, user: CurrentUser, services: ServicesDep) -> TaskRunDetail:
     try:
         return await service.detail(services, task_id, user.id)
     except service.TaskNotFound as exc:
         raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from exc
 
 
-@router.delete("/{task_id}")
-async def cancel_task(task_id: str, user: CurrentUser, services: ServicesDep) -> dict[str, str]:
+@router.post("/{task_id}/cancel", responses=problem_responses(409))
+async def cancel_task(
+    task_id: ResourceId, user: CurrentUser, services: ServicesDep
+) -> dict[str, str]:
+    """Stop a queued or running task: it is revoked, its sandboxed process killed, and a
+    `cancelled` event ends its stream (waiting invokes answer within a second). 409 when it
+    has already finished."""
     try:
         state = await service.cancel(services, task_id, user.id)
     except service.TaskNotFound as exc:
@@ -46,13 +53,13 @@ async def cancel_task(task_id: str, user: CurrentUser, services: ServicesDep) ->
     return {"task_id": task_id, "state": state}
 
 
-@router.get("/{task_id}/events")
+@router.get("/{task_id}/events", response_class=EventSourceResponse, responses=SSE_RESPONSES)
 async def task_events(
-    task_id: str,
+    task_id: ResourceId,
     user: CurrentUser,
     services: ServicesDep,
-    last_event_id: Annotated[str | None, Header()] = None,
-    after: Annotated[str | None, Query(description="Resume after this event id.")] = None,
+    last_event_id: LastEventId = None,
+    after: EventCursor = None,
 ) -> EventSourceResponse:
     """Server-sent events of one task; event ids are stream ids, so reconnects resume exactly."""
     try:

@@ -7,6 +7,8 @@ from typing import Annotated
 from fastapi import APIRouter, HTTPException, Query, Response, status
 
 from corral.app.deps import CurrentUser, ServicesDep, SessionDep
+from corral.app.params import ResourceId
+from corral.app.problems import problem_responses
 from corral.app.storage.store import StorageError
 from corral.app.threads import service
 from corral.app.threads.schemas import MessagePage, ThreadCreate, ThreadOut, ThreadUpdate
@@ -43,7 +45,7 @@ async def list_threads(
 
 
 @router.get("/{thread_id}", response_model=ThreadOut)
-async def get_thread(thread_id: str, user: CurrentUser, session: SessionDep) -> ThreadOut:
+async def get_thread(thread_id: ResourceId, user: CurrentUser, session: SessionDep) -> ThreadOut:
     try:
         return await service.get_with_turn(session, thread_id, user)
     except service.ThreadNotFound as exc:
@@ -52,7 +54,7 @@ async def get_thread(thread_id: str, user: CurrentUser, session: SessionDep) -> 
 
 @router.patch("/{thread_id}", response_model=ThreadOut)
 async def update_thread(
-    thread_id: str,
+    thread_id: ResourceId,
     body: ThreadUpdate,
     user: CurrentUser,
     services: ServicesDep,
@@ -66,9 +68,11 @@ async def update_thread(
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from exc
 
 
-@router.delete("/{thread_id}", status_code=status.HTTP_204_NO_CONTENT)
+@router.delete(
+    "/{thread_id}", status_code=status.HTTP_204_NO_CONTENT, responses=problem_responses(409, 503)
+)
 async def delete_thread(
-    thread_id: str, user: CurrentUser, services: ServicesDep, session: SessionDep
+    thread_id: ResourceId, user: CurrentUser, services: ServicesDep, session: SessionDep
 ) -> Response:
     """Deletes the thread, its messages and its artifacts (objects included); stops its tasks."""
     try:
@@ -86,7 +90,7 @@ async def delete_thread(
 
 @router.get("/{thread_id}/messages", response_model=MessagePage)
 async def list_messages(
-    thread_id: str,
+    thread_id: ResourceId,
     user: CurrentUser,
     session: SessionDep,
     before: Annotated[int | None, Query(ge=1, description="Only messages before this seq.")] = None,

@@ -8,6 +8,8 @@ from fastapi import APIRouter, HTTPException, Query, status
 
 from corral.app.celery_client import BrokerUnavailable, QueueNotAllowed
 from corral.app.deps import CurrentUser, ServicesDep, ToolsLimit
+from corral.app.params import ResourceId, ToolName
+from corral.app.problems import ProblemError, problem_responses
 from corral.app.task_runs import service as task_runs
 from corral.app.tools import (
     catalog,  # noqa: F401  (registers every tool)
@@ -27,31 +29,48 @@ async def list_tools(user: CurrentUser) -> list[ToolOut]:
     ]
 
 
-@router.post("/{name}/invoke", response_model=InvokeResponse)
+@router.post("/{name}/invoke", response_model=InvokeResponse, responses=problem_responses(503))
 async def invoke_tool(
-    name: str, body: InvokeRequest, user: CurrentUser, services: ServicesDep, _limit: ToolsLimit
+    name: ToolName,
+    body: InvokeRequest,
+    user: CurrentUser,
+    services: ServicesDep,
+    _limit: ToolsLimit,
 ) -> InvokeResponse:
+    """Send the tool's task to its queue and wait up to `timeout_s` for the outcome. The
+    answer is the outcome (`done` with the output, `error`, `cancelled`) or `timeout` with the
+    task id to re-attach (`GET /api/tools/results/{task_id}`). Counts against `tools` limits.
+
+    Example: `POST /api/tools/echo/invoke {"arguments": {"payload": "hi", "steps": 3}}`"""
     limit = services.settings.max_invoke_timeout_s
     if body.timeout_s > limit:
-        raise HTTPException(
-            status.HTTP_422_UNPROCESSABLE_CONTENT,
-            f"timeout_s must be at most {limit:g}; follow longer tasks at /api/tasks/{{id}}/events",
+        msg = (
+            f"timeout_s must be at most {limit:g}; follow longer tasks at /api/tasks/{{id}}/events"
+        )
+        raise ProblemError(
+            422,
+            "validation-error",
+            msg,
+            errors=[{"loc": ["body", "timeout_s"], "msg": msg, "type": "less_than_equal"}],
         )
     try:
         return await service.invoke(services, user, name, body.arguments, body.timeout_s)
     except service.UnknownTool as exc:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from exc
+        raise ProblemError(404, "unknown-tool", str(exc)) from exc
     except service.BadArguments as exc:
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, exc.errors) from exc
+        where = "; ".join(
+            f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg')}" for e in exc.errors[:3]
+        )
+        raise ProblemError(422, "invalid-arguments", f"{exc}: {where}", errors=exc.errors) from exc
     except QueueNotAllowed as exc:
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from exc
+        raise ProblemError(422, "queue-not-allowed", str(exc)) from exc
     except BrokerUnavailable as exc:
-        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, str(exc)) from exc
+        raise ProblemError(503, "broker-unavailable", str(exc), retry_after_s=5) from exc
 
 
 @router.get("/results/{task_id}", response_model=InvokeResponse)
 async def tool_result(
-    task_id: str,
+    task_id: ResourceId,
     user: CurrentUser,
     services: ServicesDep,
     timeout_s: Annotated[

@@ -15,7 +15,12 @@ class InvokeRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     arguments: dict[str, Any] = Field(default_factory=dict)
-    timeout_s: float = Field(default=30.0, gt=0, description="How long to wait for the result.")
+    timeout_s: float = Field(
+        default=30.0,
+        gt=0,
+        le=600,
+        description="How long to wait for the result (at most max_invoke_timeout_s).",
+    )
 
 
 class InvokeError(BaseModel):
