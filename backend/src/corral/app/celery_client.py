@@ -163,12 +163,14 @@ class TaskSender:
         queue: Queue | None = None,
         task_id: str | None = None,
         priority: int | None = None,
+        route: str | None = None,
     ) -> str:
-        """Publish ``spec`` with its input; returns the task id. ``expires`` comes from the spec."""
+        """Publish ``spec`` with its input; returns the task id. ``expires`` comes from the spec.
+        ``route`` names a queue consumed by one worker of ``queue`` (a session's holder)."""
         target = self.resolve_queue(spec, queue)
         task_id = task_id or str(uuid.uuid4())
         async with self._send_slots:
-            await self._publish(spec, task_input, owner_id, target, task_id, priority)
+            await self._publish(spec, task_input, owner_id, target, task_id, priority, route)
         return task_id
 
     async def _publish(
@@ -179,8 +181,10 @@ class TaskSender:
         target: Queue,
         task_id: str,
         priority: int | None,
+        route: str | None = None,
     ) -> None:
-        queued = cast(Any, encode_event(QueuedEvent(task_name=spec.name, queue=target.value)))
+        routing = route or target.value
+        queued = cast(Any, encode_event(QueuedEvent(task_name=spec.name, queue=routing)))
 
         def queue_and_publish() -> None:
             # `queued` first, so it is always the stream's first entry.
@@ -193,7 +197,7 @@ class TaskSender:
                 spec.name,
                 kwargs=message_kwargs(task_input, owner_id),
                 task_id=task_id,
-                queue=target.value,
+                queue=routing,
                 expires=spec.expires_s,
                 priority=PRIORITY_NORMAL if priority is None else priority,
                 retry=True,

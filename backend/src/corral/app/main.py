@@ -25,6 +25,7 @@ from corral.app.pipelines.router import router as pipelines_router
 from corral.app.problems import install_problem_handlers
 from corral.app.ratelimit.router import router as ratelimit_router
 from corral.app.services import Services
+from corral.app.sessions.router import router as sessions_router
 from corral.app.settings import AppSettings
 from corral.app.storage.router import router as storage_router
 from corral.app.task_runs.router import router as tasks_router
@@ -114,6 +115,7 @@ def create_app(settings: AppSettings | None = None) -> FastAPI:
     api.include_router(turns_router)
     api.include_router(artifacts_router)
     api.include_router(usage_router)
+    api.include_router(sessions_router)
     api.include_router(ratelimit_router)
     app.include_router(api)
     install_contract(app)

@@ -266,3 +266,35 @@ class Turn(Base):
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     deadline_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
+class ResearchSession(Base):
+    """A stateful Python session: its process lives on one python_q worker (``worker``), its
+    state in the object store (``snapshot_key``); this row is the record of both."""
+
+    __tablename__ = "research_sessions"
+    __table_args__ = (
+        Index("ix_research_sessions_owner_created", "owner_id", "created_at"),
+        Index(
+            "uq_research_sessions_thread_active",
+            "thread_id",
+            unique=True,
+            sqlite_where=text("state = 'active'"),
+            postgresql_where=text("state = 'active'"),
+        ),
+    )
+
+    id: Mapped[str] = mapped_column(IdColumn(), primary_key=True, default=new_id)
+    owner_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    thread_id: Mapped[str | None] = mapped_column(ForeignKey("threads.id", ondelete="CASCADE"))
+    state: Mapped[str] = mapped_column(String(16))
+    worker: Mapped[str | None] = mapped_column(String(255))
+    snapshot_key: Mapped[str | None] = mapped_column(String(400))
+    seq: Mapped[int] = mapped_column(Integer, default=0)
+    cells: Mapped[list[Any]] = mapped_column(JSONType, default=list)
+    variables: Mapped[list[Any]] = mapped_column(JSONType, default=list)
+    input_files: Mapped[list[Any]] = mapped_column(JSONType, default=list)
+    limits: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
+    restores: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    last_call_at: Mapped[datetime | None] = mapped_column(UTCDateTime())

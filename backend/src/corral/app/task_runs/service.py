@@ -54,8 +54,10 @@ async def submit(
     priority: int | None = None,
     task_id: str | None = None,
     thread_id: str | None = None,
+    route: str | None = None,
 ) -> str:
-    """Commit the run's row, then publish the task; returns the task id."""
+    """Commit the run's row, then publish the task; returns the task id. ``route``: a queue of
+    one worker (a session's holder), see ``TaskSender.send``."""
     target = services.sender.resolve_queue(spec, queue)
     task_id = task_id or str(uuid.uuid4())
     await services.users.ensure(owner_id)
@@ -76,7 +78,13 @@ async def submit(
         )
     try:
         await services.sender.send(
-            spec, task_input, owner_id=owner_id, queue=target, task_id=task_id, priority=priority
+            spec,
+            task_input,
+            owner_id=owner_id,
+            queue=target,
+            task_id=task_id,
+            priority=priority,
+            route=route,
         )
     except BrokerUnavailable as exc:
         await services.tracker.finish(

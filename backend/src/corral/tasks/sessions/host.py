@@ -40,6 +40,7 @@ from corral.tasks.settings import TasksSettings
 
 log = structlog.get_logger(__name__)
 MAX_REQUEST = 16 << 20
+ORDER_WAIT_S = 10.0  # a call waits this long for the calls numbered before it
 
 
 class CallError(Exception):
@@ -60,15 +61,27 @@ class SessionHost:
         self.store = get_object_store(settings.storage)
         self.redis = redis.Redis.from_url(settings.redis.streams_url, socket_timeout=5)
         self.sessions: dict[str, LiveSession] = {}
-        self.locks: dict[str, threading.Lock] = {}
+        self.locks: dict[str, threading.Condition] = {}
         self.guard = threading.Lock()
         self.stopped = threading.Event()
 
     # -- bookkeeping ------------------------------------------------------------------------
 
-    def session_lock(self, session_id: str) -> threading.Lock:
+    def session_lock(self, session_id: str) -> threading.Condition:
+        """One call at a time per session; waiting calls are woken when one finishes."""
         with self.guard:
-            return self.locks.setdefault(session_id, threading.Lock())
+            return self.locks.setdefault(session_id, threading.Condition(threading.Lock()))
+
+    def _wait_turn(self, cond: threading.Condition, session_id: str, seq: int) -> None:
+        """Calls sent together may arrive out of order: let the earlier numbers run first."""
+        deadline = time.monotonic() + ORDER_WAIT_S
+        while True:
+            with self.guard:
+                session = self.sessions.get(session_id)
+            left = deadline - time.monotonic()
+            if session is None or session.seq >= seq - 1 or left <= 0:
+                return
+            cond.wait(left)
 
     def heartbeat(self) -> None:
         ttl_ms = int(self.conf.lease_ttl_s * 1000)
@@ -177,8 +190,13 @@ class SessionHost:
     def run(self, req: dict[str, Any]) -> dict[str, Any]:
         session_id = req["session_id"]
         limits = SandboxLimits.model_validate(req["limits"])
-        with self.session_lock(session_id):
-            return self._run_locked(req, session_id, limits)
+        cond = self.session_lock(session_id)
+        with cond:
+            self._wait_turn(cond, session_id, int(req["seq"]))
+            try:
+                return self._run_locked(req, session_id, limits)
+            finally:
+                cond.notify_all()
 
     def _run_locked(
         self, req: dict[str, Any], session_id: str, limits: SandboxLimits
@@ -199,6 +217,10 @@ class SessionHost:
         key = req.get("snapshot_key")
         if key and not snapshots.key_belongs(key, req["owner_id"], session_id):
             key = None
+        if session is not None and key and session.snapshot_key != key:
+            # The app recorded a newer snapshot (another worker ran a call): memory is stale.
+            self._drop(session_id)
+            session = None
         if session is not None and req["seq"] <= session.seq:
             raise CallError(
                 "StaleSessionCall", f"call {req['seq']} was already run in this session"
@@ -219,11 +241,11 @@ class SessionHost:
             restored = True
         if restored and req["seq"] <= session.seq:
             raise CallError("StaleSessionCall", f"call {req['seq']} is older than the snapshot")
+        session.seq = max(session.seq, req["seq"])
         self._fetch_inputs(session, req)
         setup_s = time.monotonic() - started
         outcome = session.run(req["code"], limits, tuple(req["formats"]), Path(req["output_dir"]))
         result = outcome.result
-        session.seq = req["seq"]
         snapshot_key, unpicklable = session.snapshot_key, session.unpicklable
         if outcome.kernel_lost:
             notes.append(

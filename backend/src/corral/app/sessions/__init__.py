@@ -1,0 +1,1 @@
+"""Research sessions: stateful Python per conversation (``/api/sessions``)."""

@@ -1,0 +1,76 @@
+"""``/api/sessions``: stateful Python sessions (state kept between calls, portable)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Response, status
+
+from corral.app.deps import CurrentUser, ServicesDep
+from corral.app.params import ResourceId
+from corral.app.problems import problem_responses
+from corral.app.sessions import service
+from corral.app.sessions.schemas import (
+    SessionCreate,
+    SessionOut,
+    SessionRunRequest,
+    SessionRunResponse,
+)
+
+router = APIRouter(prefix="/sessions", tags=["sessions"])
+
+
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    response_model=SessionOut,
+    responses=problem_responses(401, 404, 409, 422),
+)
+async def create_session(
+    body: SessionCreate, user: CurrentUser, services: ServicesDep
+) -> SessionOut:
+    """A new session; its sandbox starts on the first call (warm: forked from a zygote)."""
+    row = await service.create(services, user, body)
+    return await service.describe(services, row)
+
+
+@router.post(
+    "/{session_id}/run",
+    response_model=SessionRunResponse,
+    responses=problem_responses(401, 404, 409, 422, 503),
+)
+async def run_in_session(
+    session_id: ResourceId, body: SessionRunRequest, user: CurrentUser, services: ServicesDep
+) -> SessionRunResponse:
+    """Run code in the session: globals persist between calls. Calls of one session run one at
+    a time, in order. The output is run_python's plus the worker, notes and variables."""
+    timeout_s = min(body.timeout_s, services.settings.max_invoke_timeout_s)
+    return await service.run(
+        services,
+        user,
+        session_id,
+        body.code,
+        want_svg=body.want_svg,
+        restart=body.restart,
+        timeout_s=timeout_s,
+    )
+
+
+@router.get("/{session_id}", response_model=SessionOut, responses=problem_responses(401, 404))
+async def get_session(
+    session_id: ResourceId, user: CurrentUser, services: ServicesDep
+) -> SessionOut:
+    """State (live, suspended, closed), worker and the variables summary of the last call."""
+    row = await service.get_row(services, user, session_id)
+    return await service.describe(services, row)
+
+
+@router.delete(
+    "/{session_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    responses=problem_responses(401, 404),
+)
+async def delete_session(
+    session_id: ResourceId, user: CurrentUser, services: ServicesDep
+) -> Response:
+    """Close the session: its process stops and its snapshot is deleted."""
+    await service.close(services, user, session_id)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)

@@ -1,0 +1,393 @@
+"""Research sessions: create, run code (routed to the holder), read, close.
+
+Routing: a call goes to the holder's own queue while its lease (refreshed by the worker's
+session host) is in Redis, else to python_q, where any worker restores the session from the
+snapshot this row names. While waiting for a call on the holder, the lease is watched: if the
+holder dies mid-call the caller gets an explicit ``SessionWorkerLost`` error at once (the call
+is revoked), never a hang; the next call restores elsewhere.
+
+Calls of one session run one at a time, in arrival order: a FIFO lock per session in this
+process, plus the call number (``seq``) the worker orders and fences calls by.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import ValidationError
+from sqlalchemy import insert, select, update
+
+from corral.app.auth.service import User
+from corral.app.db.base import new_id, utcnow
+from corral.app.db.models import Dataset, ResearchSession, Thread
+from corral.app.problems import ProblemError
+from corral.app.services import Services
+from corral.app.sessions import repository
+from corral.app.sessions.schemas import SessionCreate, SessionOut, SessionRunResponse
+from corral.app.storage.store import InvalidKey, key_owner
+from corral.app.streams import (
+    TaskCancelled,
+    TaskDone,
+    TaskFailed,
+    TaskTimedOut,
+    long_poll_celery_result,
+)
+from corral.app.task_runs import service as task_runs
+from corral.task_schemas import (
+    SESSION_CLOSE,
+    SESSION_RUN,
+    FigureFormat,
+    PythonInputFile,
+    PythonLimitOverrides,
+    SessionCloseInput,
+    SessionRunInput,
+    VariableInfo,
+    session_queue,
+    task_events_key,
+    worker_lease_key,
+)
+from corral.task_schemas.sessions import live_sessions_key
+
+FIGURE_URL_TTL_S = 3600
+LEASE_CHECK_S = 0.5
+DATASET_SUFFIX = {"csv": "csv", "parquet": "parquet", "sonata": "h5"}
+
+
+def not_found(session_id: str) -> ProblemError:
+    return ProblemError(404, "not-found", f"session {session_id} not found")
+
+
+@dataclass
+class _Locks:
+    """A FIFO asyncio lock per session, dropped when nobody holds or waits for it."""
+
+    locks: dict[str, tuple[asyncio.Lock, int]] = field(default_factory=dict)
+
+    @contextlib.asynccontextmanager
+    async def hold(self, session_id: str) -> Any:
+        lock, users = self.locks.get(session_id, (asyncio.Lock(), 0))
+        self.locks[session_id] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self.locks[session_id]
+            if users <= 1:
+                del self.locks[session_id]
+            else:
+                self.locks[session_id] = (lock, users - 1)
+
+
+_locks = _Locks()
+
+
+async def _input_files(
+    services: Services, user: User, files: list[str | PythonInputFile], datasets: list[str]
+) -> list[PythonInputFile]:
+    out: list[PythonInputFile] = []
+    for i, item in enumerate(files):
+        try:
+            ref = PythonInputFile(key=item) if isinstance(item, str) else item
+            owner = key_owner(ref.key)
+        except (InvalidKey, ValidationError) as exc:
+            raise ProblemError(422, "invalid-input-file", f"input_files[{i}]: {exc}") from exc
+        if owner != user.id or not await services.storage.exists(ref.key):
+            raise ProblemError(422, "invalid-input-file", f"input_files[{i}]: {ref.key} not found")
+        out.append(ref)
+    if datasets:
+        async with services.db.session() as session:
+            rows = (
+                await session.execute(
+                    select(Dataset).where(Dataset.id.in_(datasets), Dataset.owner_id == user.id)
+                )
+            ).scalars()
+            found = {row.id: row for row in rows}
+        for i, dataset_id in enumerate(datasets):
+            row = found.get(dataset_id)
+            if row is None:
+                raise ProblemError(422, "invalid-input-file", f"datasets[{i}]: not found")
+            suffix = DATASET_SUFFIX.get(row.format, row.format)
+            out.append(PythonInputFile(key=row.key, name=f"{row.id}.{suffix}"))
+    names = [f.file_name for f in out]
+    if len(names) != len(set(names)):
+        raise ProblemError(422, "invalid-input-file", "two input files get the same /input name")
+    return out
+
+
+async def create(services: Services, user: User, body: SessionCreate) -> ResearchSession:
+    files = await _input_files(services, user, body.input_files, body.datasets)
+    await services.users.ensure(user.id)
+    async with services.db.session() as session:
+        if body.thread_id is not None:
+            thread = await session.get(Thread, body.thread_id)
+            if thread is None or thread.owner_id != user.id:
+                raise ProblemError(404, "not-found", f"thread {body.thread_id} not found")
+            existing = await repository.active_for_thread(session, body.thread_id)
+            if existing is not None:
+                raise ProblemError(
+                    409,
+                    "session-exists",
+                    f"thread {body.thread_id} already has session {existing.id}; use it or "
+                    "DELETE it first",
+                    extra={"session_id": existing.id},
+                )
+        row_id = new_id()
+        await session.execute(
+            insert(ResearchSession).values(
+                id=row_id,
+                owner_id=user.id,
+                thread_id=body.thread_id,
+                state="active",
+                seq=0,
+                cells=[],
+                variables=[],
+                input_files=[f.model_dump(mode="json") for f in files],
+                limits=body.limits.model_dump(mode="json", exclude_none=True),
+                restores=0,
+                created_at=utcnow(),
+            )
+        )
+        row = await session.get(ResearchSession, row_id)
+        assert row is not None
+        return row
+
+
+async def for_thread(services: Services, user: User, thread_id: str) -> ResearchSession:
+    """The thread's active session, created on first use."""
+    async with services.db.session() as session:
+        row = await repository.active_for_thread(session, thread_id)
+        if row is not None and row.owner_id == user.id:
+            return row
+    try:
+        return await create(services, user, SessionCreate(thread_id=thread_id))
+    except ProblemError as exc:
+        if exc.kind != "session-exists":  # a concurrent first use made it: use that one
+            raise
+        async with services.db.session() as session:
+            row = await repository.active_for_thread(session, thread_id)
+        if row is None:
+            raise
+        return row
+
+
+async def get_row(services: Services, user: User, session_id: str) -> ResearchSession:
+    async with services.db.session() as session:
+        row = await repository.get_owned(session, session_id, user.id)
+    if row is None:
+        raise not_found(session_id)
+    return row
+
+
+async def _holder_alive(services: Services, worker: str | None) -> bool:
+    return bool(worker) and bool(await services.redis.exists(worker_lease_key(str(worker))))
+
+
+async def describe(services: Services, row: ResearchSession) -> SessionOut:
+    state = "closed"
+    if row.state == "active":
+        live = False
+        if row.worker:
+            pipe = services.redis.pipeline(transaction=False)
+            pipe.exists(worker_lease_key(row.worker))
+            pipe.sismember(live_sessions_key(row.worker), row.id)
+            alive, member = await pipe.execute()
+            live = bool(alive) and bool(member)
+        state = "live" if live else "suspended"
+    return SessionOut(
+        id=row.id,
+        thread_id=row.thread_id,
+        state=state,
+        worker=row.worker,
+        calls=row.seq,
+        cells=len(row.cells),
+        variables=[VariableInfo.model_validate(v) for v in row.variables],
+        input_files=[PythonInputFile.model_validate(f).file_name for f in row.input_files],
+        has_snapshot=row.snapshot_key is not None,
+        restores=row.restores,
+        created_at=row.created_at,
+        last_call_at=row.last_call_at,
+    )
+
+
+async def prepare_call(
+    services: Services,
+    user: User,
+    row: ResearchSession,
+    code: str,
+    *,
+    formats: list[FigureFormat],
+    restart: bool = False,
+    extra_files: list[PythonInputFile] | None = None,
+) -> tuple[SessionRunInput, str | None]:
+    """The task input of the next call and its route (the holder's queue, or None: python_q)."""
+    if row.state != "active":
+        raise ProblemError(409, "session-closed", f"session {row.id} is closed; create a new one")
+    files = [PythonInputFile.model_validate(f) for f in row.input_files]
+    known = {f.file_name for f in files}
+    added = [f for f in extra_files or [] if f.file_name not in known]
+    async with services.db.session() as session:
+        seq = await repository.next_seq(session, row.id)
+        values: dict[str, Any] = {}
+        if added:
+            files += added
+            values["input_files"] = [f.model_dump(mode="json") for f in files]
+        if restart:
+            values |= {"cells": [], "snapshot_key": None, "variables": []}
+        if values:
+            await session.execute(
+                update(ResearchSession).where(ResearchSession.id == row.id).values(**values)
+            )
+    task_input = SessionRunInput(
+        session_id=row.id,
+        seq=seq,
+        code=code,
+        input_files=files,
+        limits=PythonLimitOverrides.model_validate(row.limits),
+        figure_formats=formats,
+        snapshot_key=None if restart else row.snapshot_key,
+        restart=restart,
+    )
+    alive = row.worker is not None and await _holder_alive(services, row.worker)
+    route = session_queue(row.worker) if alive and row.worker else None
+    return task_input, route
+
+
+async def finish_call(
+    services: Services, user: User, output: dict[str, Any], code: str
+) -> dict[str, Any]:
+    """Record a call's outcome in SQL and turn figure keys into URLs."""
+    async with services.db.session() as session:
+        await repository.record_call(
+            session, str(output["session_id"]), int(output["seq"]), output, code
+        )
+    figures = []
+    for figure in output.get("figures") or []:
+        url = await services.storage.presign_get(figure["key"], expires_s=FIGURE_URL_TTL_S)
+        figures.append({**figure, "url": url})
+    return {**output, "figures": figures}
+
+
+async def _wait(
+    services: Services, task_id: str, route: str | None, worker: str | None, timeout_s: float,
+    subscription: Any,
+) -> Any:  # fmt: skip
+    """The task's outcome; ``None`` if the holder died while we waited (the call is revoked)."""
+    waiter = asyncio.create_task(
+        long_poll_celery_result(
+            task_id,
+            timeout_s=timeout_s,
+            hub=services.hub,
+            backend=services.results,
+            subscription=subscription,
+        )
+    )
+    try:
+        while True:
+            done, _ = await asyncio.wait({waiter}, timeout=LEASE_CHECK_S)
+            if done:
+                return waiter.result()
+            if route is not None and not await _holder_alive(services, worker):
+                waiter.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await waiter
+                with contextlib.suppress(Exception):
+                    await services.sender.revoke(task_id)
+                return None
+    finally:
+        if not waiter.done():
+            waiter.cancel()
+
+
+async def run(
+    services: Services,
+    user: User,
+    session_id: str,
+    code: str,
+    *,
+    want_svg: bool = False,
+    restart: bool = False,
+    timeout_s: float = 120.0,
+) -> SessionRunResponse:
+    formats = [FigureFormat.PNG, FigureFormat.SVG] if want_svg else [FigureFormat.PNG]
+    async with _locks.hold(session_id):
+        row = await get_row(services, user, session_id)
+        task_input, route = await prepare_call(
+            services, user, row, code, formats=formats, restart=restart
+        )
+        task_id = str(uuid.uuid4())
+        async with services.hub.subscribe(task_events_key(task_id)) as subscription:
+            await task_runs.submit(
+                services,
+                SESSION_RUN,
+                task_input,
+                owner_id=user.id,
+                tool="session",
+                task_id=task_id,
+                thread_id=row.thread_id,
+                route=route,
+            )
+            outcome = await _wait(services, task_id, route, row.worker, timeout_s, subscription)
+        return await _respond(services, user, session_id, task_id, outcome, code, row.worker)
+
+
+async def _respond(
+    services: Services, user: User, session_id: str, task_id: str, outcome: Any, code: str,
+    worker: str | None,
+) -> SessionRunResponse:  # fmt: skip
+    def error(kind: str, message: str, status: str = "error") -> SessionRunResponse:
+        return SessionRunResponse(
+            session_id=session_id,
+            task_id=task_id,
+            status=status,
+            error={"type": kind, "message": message},
+        )
+
+    match outcome:
+        case None:
+            return error(
+                "SessionWorkerLost",
+                f"the worker holding this session ({worker}) stopped during the call, which "
+                "did not complete; run it again: the session is restored from its last snapshot",
+            )
+        case TaskDone(output=output):
+            presented = await finish_call(services, user, output, code)
+            return SessionRunResponse(
+                session_id=session_id, task_id=task_id, status="done", output=presented
+            )
+        case TaskFailed(error_type=error_type, message=message):
+            return error(error_type, message)
+        case TaskCancelled(reason=reason):
+            return error("Cancelled", reason)
+        case TaskTimedOut(state=state):
+            return error(
+                "Timeout",
+                f"no result yet (task is {state.lower()}); follow it at /api/tasks/{task_id}",
+                status="timeout",
+            )
+    raise AssertionError(f"unhandled outcome {outcome!r}")
+
+
+async def close(services: Services, user: User, session_id: str) -> None:
+    async with _locks.hold(session_id):
+        row = await get_row(services, user, session_id)
+        async with services.db.session() as session:
+            await session.execute(
+                update(ResearchSession)
+                .where(ResearchSession.id == session_id)
+                .values(state="closed", variables=[])
+            )
+        if await _holder_alive(services, row.worker):
+            with contextlib.suppress(Exception):
+                await services.sender.send(
+                    SESSION_CLOSE,
+                    SessionCloseInput(session_id=session_id),
+                    owner_id=user.id,
+                    route=session_queue(str(row.worker)),
+                )
+        if row.snapshot_key:
+            with contextlib.suppress(Exception):
+                await services.storage.delete(row.snapshot_key)
