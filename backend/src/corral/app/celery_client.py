@@ -23,6 +23,7 @@ from corral.config import StreamSettings
 from corral.task_schemas import (
     PRIORITY_NORMAL,
     PRIORITY_STEPS,
+    PRIORITY_URGENT,
     ErrorEvent,
     Queue,
     QueuedEvent,
@@ -32,7 +33,15 @@ from corral.task_schemas import (
     message_kwargs,
     task_events_key,
 )
-from corral.task_schemas.delivery import TERMINAL_ONCE_LUA, terminal_once_call
+from corral.task_schemas.delivery import (
+    TERMINAL_ONCE_LUA,
+    URGENT_SUFFIX,
+    all_broker_queues,
+    broker_kind,
+    quorum_queue_arguments,
+    terminal_once_call,
+    urgent_queue,
+)
 from corral.task_schemas.events import TERMINAL_EVENT_TYPES
 
 
@@ -61,10 +70,27 @@ class StreamWaitingRedisBackend(RedisBackend):  # type: ignore[misc]
 _BACKEND_PATH = f"{__name__}:StreamWaitingRedisBackend"
 
 
+def amqp_task_queues() -> list[Any]:
+    """RabbitMQ: the quorum queues exactly as the workers declare them (corral.tasks.delivery
+    builds the same list; declaring one differently would fail with PRECONDITION_FAILED)."""
+    from kombu.entity import Queue as KombuQueue
+
+    return [
+        KombuQueue(  # type: ignore[no-untyped-call]
+            name,
+            routing_key=name,
+            queue_arguments=quorum_queue_arguments(name.removesuffix(URGENT_SUFFIX)),
+            durable=True,
+        )
+        for name in all_broker_queues()
+    ]
+
+
 def build_celery_client(settings: AppSettings) -> Celery:
+    broker = settings.broker.resolve(settings.redis)
     client = Celery(
         "corral-app",
-        broker=settings.redis.broker_url,
+        broker=broker,
         backend=f"{_BACKEND_PATH}+{settings.redis.backend_url}",
         set_as_current=False,
     )
@@ -85,6 +111,9 @@ def build_celery_client(settings: AppSettings) -> Celery:
         },
         result_backend_transport_options={"socket_timeout": 10},
     )
+    if broker_kind(broker) == "amqp":
+        client.conf.task_queues = amqp_task_queues()
+        client.conf.broker_transport_options = {"confirm_publish": True}
     return client
 
 
@@ -112,6 +141,8 @@ class TaskSender:
         self._limiter = anyio.CapacityLimiter(16)
         # Bursts queue here (in order) instead of exhausting the Redis pool.
         self._send_slots = asyncio.Semaphore(32)
+        # RabbitMQ quorum queues have no priorities: urgent messages go to the urgent twin.
+        self._route_urgent = broker_kind(str(client.conf.broker_url)) == "amqp"
 
     async def publish_outcome(self, task_id: str, event: _Event) -> tuple[bool, str]:
         """Write a terminal ``event`` if the task has no outcome yet: ``(True, entry_id)``;
@@ -185,6 +216,9 @@ class TaskSender:
     ) -> None:
         routing = route or target.value
         queued = cast(Any, encode_event(QueuedEvent(task_name=spec.name, queue=routing)))
+        urgent = priority is not None and priority <= PRIORITY_URGENT
+        if route is None and self._route_urgent and urgent:
+            routing = urgent_queue(target.value)
 
         def queue_and_publish() -> None:
             # `queued` first, so it is always the stream's first entry.

@@ -88,6 +88,7 @@ class PurgeScratchOutput(BaseModel):
     deleted: int
     deleted_bytes: int
     errors: int = 0
+    complete: bool = Field(default=True, description="False: stopped at its time budget.")
 
 
 SYSTEM_PURGE_SCRATCH: TaskSpec[PurgeScratchInput, PurgeScratchOutput] = TaskSpec(
@@ -96,8 +97,11 @@ SYSTEM_PURGE_SCRATCH: TaskSpec[PurgeScratchInput, PurgeScratchOutput] = TaskSpec
     input_model=PurgeScratchInput,
     output_model=PurgeScratchOutput,
     description="Delete scratch objects older than their time to live from the object store.",
-    soft_time_limit_s=1800.0,
-    time_limit_s=1860.0,
+    # Short on purpose: it shares queues whose Redis redelivery bound (visibility timeout) is
+    # derived from their longest hard limit. A big store is purged over several runs, each
+    # stopping after a time budget below the soft limit (``complete`` says whether it finished).
+    soft_time_limit_s=240.0,
+    time_limit_s=270.0,
     expires_s=3600.0,
 )
 

@@ -85,12 +85,25 @@ def scratch_objects(store: ObjectStore, kinds: set[str]) -> Iterator[Listed]:
     raise TypeError(f"cannot list objects of {type(store).__name__}")
 
 
+PURGE_BUDGET_S = 200.0  # below the task's soft limit; the next scheduled run continues
+
+
 def purge_expired(
-    store: ObjectStore, kinds: set[str], max_age_s: int, *, dry_run: bool = False
+    store: ObjectStore,
+    kinds: set[str],
+    max_age_s: int,
+    *,
+    dry_run: bool = False,
+    budget_s: float = PURGE_BUDGET_S,
 ) -> PurgeScratchOutput:
     cutoff = time.time() - max_age_s
+    stop_at = time.monotonic() + budget_s
     scanned = deleted = deleted_bytes = errors = 0
+    complete = True
     for item in scratch_objects(store, kinds):
+        if time.monotonic() > stop_at:
+            complete = False
+            break
         scanned += 1
         if item.modified >= cutoff:
             continue
@@ -110,6 +123,7 @@ def purge_expired(
         deleted=deleted,
         deleted_bytes=deleted_bytes,
         errors=errors,
+        complete=complete,
     )
 
 
