@@ -53,4 +53,16 @@ if ! setpriv --reuid="$SANDBOX_USER" --regid="$SANDBOX_USER" --init-groups \
   echo "unprivileged user namespaces do not work here: use TASKS_SANDBOX__BACKEND=wasm" >&2
   exit 2
 fi
-echo "sandbox host ready: user $SANDBOX_USER, $(bwrap --version)"
+# Per-run cgroup limits (see docs/sandbox.md): on cgroup v1 hosts, a `corral` group in each of
+# the memory, pids and cpu hierarchies owned by the worker's user (TASKS_SANDBOX__CGROUP__PARENT
+# default `/corral`). cgroupfs is not persistent: run this again at boot (or from the unit's
+# ExecStartPre=+). On cgroup v2 hosts use systemd's Delegate=yes (or a container's own cgroup).
+cgroups="rlimits only"
+for ctrl in memory pids cpu; do
+  dir="/sys/fs/cgroup/$ctrl"
+  if [ -d "$dir" ] && grep ' - cgroup ' /proc/self/mountinfo | awk '{print $NF}' | grep -qw "$ctrl"; then
+    mkdir -p "$dir/corral" && chown -R "$SANDBOX_USER:$SANDBOX_USER" "$dir/corral" \
+      && cgroups="cgroup v1 delegated"
+  fi
+done
+echo "sandbox host ready: user $SANDBOX_USER, $(bwrap --version), $cgroups"

@@ -8,6 +8,7 @@ made by ``backend/scripts/sandbox_host_setup.sh``). As a normal user nothing cha
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
 import pwd
 import secrets
@@ -95,3 +96,54 @@ def python_worker_env() -> dict[str, str]:
         "AWS_SECRET_ACCESS_KEY": FAKE_S3_SECRET,
         "TASKS_STORAGE__S3__SECRET_ACCESS_KEY": FAKE_S3_SECRET,
     }
+
+
+def delegate_cgroup(name: str) -> dict[str, str]:
+    """As root: make a cgroup subtree ``name`` under this process's own cgroup, owned by the
+    sandbox user (v2 when cgroup2 offers memory+pids here, else v1 memory/pids/cpu), and return
+    the worker settings that use it. Removed at exit. Raises when it cannot (callers skip only
+    when not root, saying why)."""
+    from corral.tasks.sandbox import cgroups
+
+    if not is_root():
+        raise PermissionError("creating a cgroup subtree needs root")
+    user = pwd.getpwnam(SANDBOX_USER)
+    mounts = cgroups._mounts(Path("/proc/self/mountinfo"))
+    own = cgroups._own_paths(Path("/proc/self/cgroup"))
+    for mode in ("v2", "v1"):
+        dirs: list[Path] = []
+        for mount, root, fstype, options in mounts:
+            wanted = set(options.split(",")) & set(cgroups.V1_CONTROLLERS)
+            if mode == "v2" and fstype == "cgroup2":
+                dirs.append(cgroups._resolve(mount, root, own.get("", "/"), name))
+            elif mode == "v1" and fstype == "cgroup" and wanted:
+                controller = sorted(wanted)[0]
+                dirs.append(cgroups._resolve(mount, root, own.get(controller, "/"), name))
+        made: list[Path] = []
+        try:
+            if mode == "v2":
+                available = set(cgroups._read(dirs[0].parent / "cgroup.controllers").split())
+                if not dirs or not {"memory", "pids"} <= available:
+                    continue
+                enable = " ".join(f"+{c}" for c in ("memory", "pids", "cpu") if c in available)
+                (dirs[0].parent / "cgroup.subtree_control").write_text(enable)
+            for path in dirs:
+                path.mkdir(exist_ok=True)
+                made.append(path)
+                for entry in [path, *path.iterdir()]:
+                    os.chown(entry, user.pw_uid, user.pw_gid)
+        except (OSError, IndexError):
+            _remove_cgroups(made)
+            continue
+        atexit.register(_remove_cgroups, made)
+        return {"TASKS_SANDBOX__CGROUP__MODE": mode, "TASKS_SANDBOX__CGROUP__PARENT": name}
+    raise RuntimeError("no cgroup v2 or v1 memory/pids controllers to delegate here")
+
+
+def _remove_cgroups(paths: list[Path]) -> None:
+    for path in paths:
+        for child in sorted(path.glob("*/"), reverse=True):
+            with contextlib.suppress(OSError):
+                child.rmdir()
+        with contextlib.suppress(OSError):
+            path.rmdir()

@@ -106,3 +106,23 @@ PYTHON_RUN: TaskSpec[PythonRunInput, PythonRunOutput] = TaskSpec(
 )
 
 register(PYTHON_RUN)
+
+
+# -- what a python_q worker's sandbox enforces, published to Redis at start ----------------------
+
+SANDBOX_WORKERS_KEY = "corral:sandbox:workers"
+"""Redis hash (streams DB): worker name → ``SandboxCapabilities`` JSON, set when its self-test
+passes, removed when it stops. Readiness shows the live workers' entries."""
+
+
+class SandboxCapabilities(BaseModel):
+    """The isolation layers a python_q worker's sandbox has (found by its start-up self-test)."""
+
+    backend: str = Field(description="bwrap or wasm.")
+    seccomp: bool = Field(default=False, description="bwrap: the seccomp filter is loaded.")
+    cgroups: str = Field(
+        default="none", description="v2, v1, or none (rlimits only) for per-run cgroup limits."
+    )
+    cgroup_controllers: list[str] = Field(default_factory=list, description="e.g. memory, pids.")
+    cgroup_reason: str = Field(default="", description="Why there are no cgroups, when none.")
+    published_at: float = Field(default=0.0, description="Unix time the worker published this.")

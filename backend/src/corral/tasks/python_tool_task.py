@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import structlog
-from celery.signals import celeryd_after_setup, worker_process_init
+from celery.signals import celeryd_after_setup, worker_process_init, worker_shutdown
 
 from corral.task_schemas import (
     PYTHON_RUN,
@@ -37,6 +37,7 @@ from corral.tasks.sandbox import (
     SandboxResult,
     SandboxUnavailable,
 )
+from corral.tasks.sandbox import publish as sandbox_publish
 from corral.tasks.sandbox._common import content_type_of, new_run_dir
 from corral.tasks.sandbox.selection import build_backend, select_backend
 
@@ -81,6 +82,7 @@ def self_test_in_subprocess() -> str:
     if proc.returncode != 0 or not answer.get("ok"):
         reason = answer.get("unavailable") or answer.get("failure") or proc.stderr[-2000:]
         raise SandboxUnavailable(str(reason).strip() or f"exit status {proc.returncode}")
+    _state["capabilities"] = answer.get("capabilities") or {}
     return str(answer["backend"])
 
 
@@ -107,7 +109,23 @@ def _check_sandbox_at_start(sender: str, instance: Any, **_: Any) -> None:
         instance.app.amqp.queues.deselect(Queue.PYTHON.value)
         return
     _state["backend"] = backend
-    log.info("sandbox self-test passed", backend=backend)
+    caps = sandbox_publish.capabilities_of(backend, _state.get("capabilities"))
+    log.info(
+        "sandbox self-test passed",
+        backend=backend,
+        seccomp=caps.seccomp,
+        cgroups=caps.cgroups,
+        cgroup_reason=caps.cgroup_reason or None,
+    )
+    _state["worker_name"] = sender
+    sandbox_publish.publish(settings.redis.streams_url, sender, caps)
+
+
+@worker_shutdown.connect
+def _withdraw_capabilities(**_: Any) -> None:
+    worker = _state.get("worker_name")
+    if worker:
+        sandbox_publish.withdraw(settings.redis.streams_url, worker)
 
 
 @worker_process_init.connect

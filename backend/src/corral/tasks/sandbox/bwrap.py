@@ -25,6 +25,7 @@ import subprocess
 import tarfile
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
@@ -36,6 +37,7 @@ from corral.tasks.sandbox import (
     SandboxResult,
     SandboxUnavailable,
     UserCodeError,
+    cgroups,
     seccomp,
 )
 from corral.tasks.sandbox._common import (
@@ -150,8 +152,21 @@ class BwrapSandbox:
             )
         return binary
 
+    def cgroup_host(self) -> cgroups.CgroupHost:
+        """What this host delegates (detected once per process); ``SandboxUnavailable`` when an
+        explicitly configured cgroup mode cannot be used."""
+        try:
+            return cgroups.host(self.settings.cgroup)
+        except cgroups.CgroupUnavailable as exc:
+            raise SandboxUnavailable(str(exc)) from exc
+
+    def capabilities(self) -> dict[str, object]:
+        """Reported by the self-test, readiness and ``/api/tools``: the layers in force."""
+        return {"seccomp": self.seccomp, "cgroups": self.cgroup_host().describe()}
+
     def self_test(self) -> None:
         self.check_host()
+        self.cgroup_host()
         if not self.seccomp:
             raise SandboxUnavailable("the bwrap sandbox was built without its seccomp filter")
         try:
@@ -241,6 +256,7 @@ class BwrapSandbox:
                 "result_fd": result_fd, "formats": list(formats),
                 "mpl_cache": f"/venv/{MPL_CACHE}", "max_files": limits.max_output_files,
                 "max_file_bytes": limits.max_file_mb * MB,
+                "max_processes": limits.max_processes,
             }),
         ]  # fmt: skip
         return argv
@@ -257,6 +273,7 @@ class BwrapSandbox:
     ) -> SandboxResult:
         binary = self.check_host()
         started = time.monotonic()
+        cgroup = self.new_run_cgroup(limits)
         run_dir = new_run_dir(self.settings.work_dir)
         try:
             code_file = run_dir / "main.py"
@@ -272,9 +289,39 @@ class BwrapSandbox:
                 on_start,
                 figure_formats,
                 started,
+                cgroup,
             )
         finally:
             shutil.rmtree(run_dir, ignore_errors=True)
+            if cgroup is not None:
+                cgroup.close()
+
+    def new_run_cgroup(self, limits: SandboxLimits) -> cgroups.RunCgroup | None:
+        """A cgroup with this run's limits, or ``None`` when the host delegates none."""
+        found = self.cgroup_host()
+        if found.mode == "none":
+            return None
+        try:
+            return cgroups.RunCgroup(found, limits, self.settings.cgroup.cpus)
+        except OSError as exc:
+            raise SandboxFailure(f"could not create the run's cgroup: {exc}") from exc
+
+    @staticmethod
+    def child_setup(limits: SandboxLimits, cgroup: cgroups.RunCgroup | None) -> Callable[[], None]:
+        """``preexec_fn`` for bwrap: join the run's cgroup, set the rlimits (the floor).
+
+        RLIMIT_NPROC is left to the runner, which sets it inside the sandbox's user namespace:
+        there it counts only the sandbox's processes, while set on bwrap it counts every
+        process of the worker's user (other runs, the worker itself) and fails at random."""
+        rlimits = [r for r in _rlimits(limits) if r[0] != resource.RLIMIT_NPROC]
+
+        def _preexec() -> None:
+            if cgroup is not None:
+                cgroup.join_from_child()
+            for which, value in rlimits:
+                resource.setrlimit(which, value)
+
+        return _preexec
 
     def _run(
         self,
@@ -286,18 +333,14 @@ class BwrapSandbox:
         on_start: OnStart | None,
         formats: tuple[str, ...],
         started: float,
+        cgroup: cgroups.RunCgroup | None,
     ) -> SandboxResult:
         try:
             filter_fd = seccomp.filter_fd() if self.seccomp else None
         except seccomp.SeccompUnavailable as exc:
             raise SandboxFailure(str(exc)) from exc
         read_fd, write_fd = os.pipe()
-        rlimits = _rlimits(limits)
         passed = (write_fd,) if filter_fd is None else (write_fd, filter_fd)
-
-        def _preexec() -> None:
-            for which, value in rlimits:
-                resource.setrlimit(which, value)
 
         try:
             proc = subprocess.Popen(
@@ -307,7 +350,7 @@ class BwrapSandbox:
                 stderr=subprocess.PIPE,
                 pass_fds=passed,
                 env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"},
-                preexec_fn=_preexec,  # rlimits must be set in the child, before exec
+                preexec_fn=self.child_setup(limits, cgroup),  # in the child, before exec
                 start_new_session=True,
             )
         except OSError as exc:
@@ -339,6 +382,8 @@ class BwrapSandbox:
             spool.seek(0)
             report = self._unpack(spool, output_dir, limits, result)
         result.duration_s = time.monotonic() - started
+        if cgroup is not None:
+            self._note_cgroup(result, report, cgroup, limits)
         self._finish(result, output_dir, report, returncode, limits)
         note_truncation(result, limits)
         return result
@@ -433,6 +478,26 @@ class BwrapSandbox:
         except (tarfile.TarError, ValueError, OSError) as exc:
             result.notes.append(f"output files unreadable: {exc}")
         return report
+
+    @staticmethod
+    def _note_cgroup(
+        result: SandboxResult,
+        report: dict[str, object] | None,
+        cgroup: cgroups.RunCgroup,
+        limits: SandboxLimits,
+    ) -> None:
+        """Empty the run's cgroup (a process that outlived the sandbox dies now) and report the
+        kernel's OOM kills inside it: the run's memory limit was hit."""
+        oom_kills = cgroup.oom_kills()
+        cgroup.close()  # also whatever is still dying with the sandbox's pid namespace
+        if not oom_kills:
+            return
+        if report is None and result.killed is None:
+            result.killed = "memory"
+        else:
+            result.notes.append(
+                f"a process was killed for using more than the sandbox's {limits.memory_mb} MB"
+            )
 
     def _finish(
         self,

@@ -61,7 +61,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "selftest":
             backend = select_backend(settings)
-            print(json.dumps({"backend": backend.name, "ok": True}))
+            describe = getattr(backend, "capabilities", None)
+            caps = describe() if callable(describe) else {}
+            print(json.dumps({"backend": backend.name, "ok": True, "capabilities": caps}))
             return 0
         backend = select_backend(settings, self_test=False)
         if settings.backend == "auto":  # auto already self-tested bwrap; keep its choice

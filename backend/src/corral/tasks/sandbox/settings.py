@@ -36,6 +36,27 @@ class SandboxLimits(BaseModel):
         return SandboxLimits.model_validate(values)
 
 
+class CgroupSettings(BaseModel):
+    """Per-run cgroups of the bwrap backend (``cgroups.py``); rlimits apply either way."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    mode: Literal["auto", "v2", "v1", "off"] = Field(
+        default="auto",
+        description="auto: v2 if delegated, else v1 if delegated, else rlimits only. v2/v1: "
+        "required (the self-test fails without it). off: rlimits only.",
+    )
+    parent: str = Field(
+        default="",
+        max_length=500,
+        pattern=r"^[A-Za-z0-9._/-]*$",
+        description="Delegated parent cgroup: absolute (`/corral`, from the hierarchy's root) "
+        "or relative to the worker's own cgroup. Empty: v2 the worker's own cgroup, v1 `corral` "
+        "under it in each of the memory, pids and cpu hierarchies.",
+    )
+    cpus: float = Field(default=1.0, gt=0, le=256, description="CPU quota of one run, in cores.")
+
+
 class SandboxSettings(BaseModel):
     """Which backend runs untrusted code and where its parts live."""
 
@@ -67,6 +88,9 @@ class SandboxSettings(BaseModel):
     wasm_cache_dir: Path = Field(
         default_factory=lambda: Path.home() / ".cache" / "corral" / "wasm",
         description="Compiled wasm modules (.cwasm), a 0700 directory owned by the worker user.",
+    )
+    cgroup: CgroupSettings = Field(
+        default_factory=CgroupSettings, description="Whole-sandbox limits through cgroups."
     )
     work_dir: Path | None = Field(
         default=None, description="Parent of per-run directories; default: the system temp dir."

@@ -129,6 +129,13 @@ def _seed_mpl_cache(source_dir: str) -> None:
 def main() -> None:
     # One JSON argument (json is needed anyway; argparse would cost a few ms per run).
     conf: dict[str, Any] = json.loads(sys.argv[1])
+    if conf.get("max_processes"):
+        # Set here, inside the sandbox's own user namespace, RLIMIT_NPROC counts only the
+        # sandbox's processes (on the host it would count every process of the worker's user).
+        import resource
+
+        nproc = int(conf["max_processes"])
+        resource.setrlimit(resource.RLIMIT_NPROC, (nproc, nproc))
     code_path = conf.get("code")
     if code_path:
         with open(code_path, encoding="utf-8") as fh:
