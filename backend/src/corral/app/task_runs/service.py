@@ -12,7 +12,9 @@ from typing import Any
 
 from pydantic import BaseModel
 from sqlalchemy import insert
+from sqlalchemy.exc import IntegrityError
 
+from corral.app import idempotency
 from corral.app.celery_client import BrokerUnavailable
 from corral.app.db.base import utcnow
 from corral.app.db.models import TaskRun
@@ -55,27 +57,45 @@ async def submit(
     task_id: str | None = None,
     thread_id: str | None = None,
     route: str | None = None,
+    idempotency_key: str | None = None,
 ) -> str:
     """Commit the run's row, then publish the task; returns the task id. ``route``: a queue of
-    one worker (a session's holder), see ``TaskSender.send``."""
+    one worker (a session's holder), see ``TaskSender.send``. With ``idempotency_key``, a run
+    the owner created with the same key within 24 h is returned instead and nothing is sent
+    (``corral.app.idempotency``)."""
     target = services.sender.resolve_queue(spec, queue)
     task_id = task_id or str(uuid.uuid4())
     await services.users.ensure(owner_id)
-    async with services.db.session() as session:
-        await session.execute(
-            insert(TaskRun).values(
-                id=task_id,
-                owner_id=owner_id,
-                thread_id=thread_id,
-                task_name=spec.name,
-                queue=target.value,
-                tool=tool,
-                state="queued",
-                created_at=utcnow(),
-                attempts=0,
-                usage_recorded=False,
+    if idempotency_key is not None:
+        async with services.db.session() as session:
+            earlier = await idempotency.find_recent(session, TaskRun, owner_id, idempotency_key)
+        if earlier is not None:
+            return earlier.id
+    try:
+        async with services.db.session() as session:
+            await session.execute(
+                insert(TaskRun).values(
+                    id=task_id,
+                    owner_id=owner_id,
+                    thread_id=thread_id,
+                    task_name=spec.name,
+                    queue=target.value,
+                    tool=tool,
+                    state="queued",
+                    created_at=utcnow(),
+                    attempts=0,
+                    usage_recorded=False,
+                    idempotency_key=idempotency_key,
+                )
             )
-        )
+    except IntegrityError as exc:
+        if idempotency_key is None or not idempotency.is_key_conflict(exc):
+            raise
+        async with services.db.session() as session:  # a concurrent twin won: its run
+            earlier = await idempotency.find_recent(session, TaskRun, owner_id, idempotency_key)
+        if earlier is None:
+            raise
+        return earlier.id
     try:
         await services.sender.send(
             spec,

@@ -8,6 +8,7 @@ from fastapi import APIRouter, HTTPException, Query, status
 
 from corral.app.celery_client import BrokerUnavailable, QueueNotAllowed
 from corral.app.deps import CurrentUser, ServicesDep, ToolsLimit
+from corral.app.idempotency import IdempotencyKey
 from corral.app.params import ResourceId, ToolName
 from corral.app.problems import ProblemError, problem_responses
 from corral.app.task_runs import service as task_runs
@@ -29,17 +30,22 @@ async def list_tools(user: CurrentUser) -> list[ToolOut]:
     ]
 
 
-@router.post("/{name}/invoke", response_model=InvokeResponse, responses=problem_responses(503))
+@router.post("/{name}/invoke", response_model=InvokeResponse, responses=problem_responses(409, 503))
 async def invoke_tool(
     name: ToolName,
     body: InvokeRequest,
     user: CurrentUser,
     services: ServicesDep,
     _limit: ToolsLimit,
+    idempotency_key: IdempotencyKey = None,
 ) -> InvokeResponse:
     """Send the tool's task to its queue and wait up to `timeout_s` for the outcome. The
     answer is the outcome (`done` with the output, `error`, `cancelled`) or `timeout` with the
     task id to re-attach (`GET /api/tools/results/{task_id}`). Counts against `tools` limits.
+
+    With an `Idempotency-Key` header, repeating the request (same user, same key, within
+    24 h) answers with the first request's task instead of sending another (409 if the key
+    was used for another tool).
 
     Example: `POST /api/tools/echo/invoke {"arguments": {"payload": "hi", "steps": 3}}`"""
     limit = services.settings.max_invoke_timeout_s
@@ -54,7 +60,11 @@ async def invoke_tool(
             errors=[{"loc": ["body", "timeout_s"], "msg": msg, "type": "less_than_equal"}],
         )
     try:
-        return await service.invoke(services, user, name, body.arguments, body.timeout_s)
+        return await service.invoke(
+            services, user, name, body.arguments, body.timeout_s, idempotency_key
+        )
+    except service.IdempotencyKeyReused as exc:
+        raise ProblemError(409, "idempotency-key-reused", str(exc)) from exc
     except service.UnknownTool as exc:
         raise ProblemError(404, "unknown-tool", str(exc)) from exc
     except service.BadArguments as exc:

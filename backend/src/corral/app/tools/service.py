@@ -7,7 +7,9 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from corral.app import idempotency
 from corral.app.auth.service import User
+from corral.app.db.models import TaskRun
 from corral.app.services import Services
 from corral.app.streams import (
     Subscription,
@@ -27,6 +29,14 @@ from corral.task_schemas import task_events_key
 class UnknownTool(LookupError):
     def __init__(self, name: str) -> None:
         super().__init__(f"unknown tool {name!r}; available: {', '.join(sorted(TOOLS))}")
+
+
+class IdempotencyKeyReused(ValueError):
+    def __init__(self, key: str, used_for: str) -> None:
+        super().__init__(
+            f"Idempotency-Key {key!r} was already used for {used_for} in the last 24 h; "
+            "use a new key for a different request"
+        )
 
 
 class BadArguments(ValueError):
@@ -50,8 +60,10 @@ async def start(
     *,
     task_id: str | None = None,
     thread_id: str | None = None,
+    idempotency_key: str | None = None,
 ) -> tuple[Tool, str]:
-    """Validate and send; returns the tool and the task id."""
+    """Validate and send; returns the tool and the task id. With ``idempotency_key``, a task
+    this user started with the same key within 24 h is returned instead (nothing is sent)."""
     tool = get_tool(name)
     try:
         args = tool.arguments.model_validate(arguments)
@@ -59,6 +71,13 @@ async def start(
         raise BadArguments(
             name, [dict(e) for e in exc.errors(include_url=False, include_context=False)]
         ) from exc
+    if idempotency_key is not None:
+        async with services.db.session() as session:
+            earlier = await idempotency.find_recent(session, TaskRun, user.id, idempotency_key)
+        if earlier is not None:
+            if earlier.tool != tool.name:
+                raise IdempotencyKeyReused(idempotency_key, earlier.tool or earlier.task_name)
+            return tool, earlier.id
     call = ToolCall(user=user, services=services)
     task_input, queue = await tool.build_input(args, call)
     task_id = await task_runs.submit(
@@ -70,6 +89,7 @@ async def start(
         tool=tool.name,
         task_id=task_id,
         thread_id=thread_id,
+        idempotency_key=idempotency_key,
     )
     return tool, task_id
 
@@ -119,10 +139,20 @@ async def wait(
 
 
 async def invoke(
-    services: Services, user: User, name: str, arguments: dict[str, Any], timeout_s: float
+    services: Services,
+    user: User,
+    name: str,
+    arguments: dict[str, Any],
+    timeout_s: float,
+    idempotency_key: str | None = None,
 ) -> InvokeResponse:
-    """Send and wait. The stream is subscribed before sending, so no event waits on a wake-up."""
+    """Send and wait. The stream is subscribed before sending, so no event waits on a wake-up.
+    A repeated ``idempotency_key`` waits on the first request's task instead of sending."""
     task_id = str(uuid.uuid4())
     async with services.hub.subscribe(task_events_key(task_id)) as subscription:
-        tool, _ = await start(services, user, name, arguments, task_id=task_id)
-        return await wait(services, user, tool, task_id, timeout_s, subscription=subscription)
+        tool, sent = await start(
+            services, user, name, arguments, task_id=task_id, idempotency_key=idempotency_key
+        )
+        if sent == task_id:
+            return await wait(services, user, tool, task_id, timeout_s, subscription=subscription)
+    return await wait(services, user, tool, sent, timeout_s)
