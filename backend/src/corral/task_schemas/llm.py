@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, JsonValue, model_validator
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, StrictBool, StrictInt, model_validator
 
 from corral.task_schemas.registry import Queue, TaskSpec, register
 
@@ -27,8 +27,8 @@ class GenerationOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     temperature: float | None = Field(default=None, ge=0, le=2)
-    max_tokens: int | None = Field(default=None, ge=1, le=1_000_000)
-    seed: int | None = None
+    max_tokens: StrictInt | None = Field(default=None, ge=1, le=1_000_000)
+    seed: StrictInt | None = Field(default=None, ge=-(2**63), le=2**63 - 1)
     top_p: float | None = Field(default=None, gt=0, le=1)
     stop: list[str] | None = Field(default=None, max_length=4)
     response_format: dict[str, JsonValue] | None = Field(
@@ -49,14 +49,14 @@ class LLMGenerateInput(BaseModel):
     fallback_models: list[str] = Field(
         default_factory=list, max_length=5, description="Tried in order when a model is down."
     )
-    json_mode: bool = Field(default=False, description="The answer must be JSON; parsed.")
-    max_patching_attempts: int = Field(
+    json_mode: StrictBool = Field(default=False, description="The answer must be JSON; parsed.")
+    max_patching_attempts: StrictInt = Field(
         default=2, ge=0, le=5, description="JSON mode: times the model is asked to fix bad JSON."
     )
-    cache: bool | None = Field(
+    cache: StrictBool | None = Field(
         default=None, description="Response cache; default on only if temperature=0 or seed set."
     )
-    stream: bool = Field(
+    stream: StrictBool = Field(
         default=True,
         description='Publish text as it arrives: progress data {"delta": text} (and '
         '{"reset": true} when a retry or repair starts over).',

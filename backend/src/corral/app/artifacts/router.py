@@ -11,7 +11,7 @@ from sqlalchemy import select
 
 from corral.app.db.models import Artifact
 from corral.app.deps import CurrentUser, ServicesDep, SessionDep
-from corral.app.params import ResourceId
+from corral.app.params import ID_PATTERN, ResourceId
 from corral.app.services import Services
 
 router = APIRouter(prefix="/artifacts", tags=["artifacts"])
@@ -51,9 +51,12 @@ async def list_artifacts(
     user: CurrentUser,
     services: ServicesDep,
     session: SessionDep,
-    thread_id: Annotated[str | None, Query()] = None,
+    thread_id: Annotated[
+        str | None, Query(max_length=128, pattern=ID_PATTERN, description="Only this thread.")
+    ] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
 ) -> list[ArtifactOut]:
+    """Files your tools produced (figures, tables), newest first; filter by `thread_id`."""
     query = select(Artifact).where(Artifact.owner_id == user.id)
     if thread_id is not None:
         query = query.where(Artifact.thread_id == thread_id)
@@ -65,6 +68,7 @@ async def list_artifacts(
 async def get_artifact(
     artifact_id: ResourceId, user: CurrentUser, services: ServicesDep, session: SessionDep
 ) -> ArtifactOut:
+    """One artifact with a fresh short-lived download URL."""
     row = await session.get(Artifact, artifact_id)
     if row is None or row.owner_id != user.id:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"artifact {artifact_id} not found")

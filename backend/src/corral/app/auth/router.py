@@ -42,6 +42,7 @@ async def auth_config(services: ServicesDep) -> AuthConfigOut:
 
 @router.get("/me", response_model=MeOut)
 async def me(user: CurrentUser, session: SessionDep) -> MeOut:
+    """Who the token belongs to: user id, token claims, and whether it is an API key."""
     row = await session.get(UserRow, user.id)
     if row is None:  # deleted while the request ran
         raise HTTPException(status.HTTP_404_NOT_FOUND, "user not found")
@@ -77,6 +78,7 @@ async def create_key(body: ApiKeyCreate, user: CurrentUser, session: SessionDep)
 
 @router.get("/api-keys", response_model=list[ApiKeyOut])
 async def list_keys(user: CurrentUser, session: SessionDep) -> list[ApiKeyOut]:
+    """Your API keys (names and ids; the secret is shown only once, when created)."""
     return [_out(r) for r in await api_keys.list_for(session, user.id)]
 
 

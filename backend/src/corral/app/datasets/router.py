@@ -99,6 +99,7 @@ async def get_dataset(
 async def delete_dataset(
     dataset_id: ResourceId, services: ServicesDep, user: CurrentUser
 ) -> Response:
+    """Delete one of your datasets and its files. The shared sample is read-only (403)."""
     try:
         await service.delete(services, user, dataset_id)
     except (service.DatasetError, StorageError) as exc:

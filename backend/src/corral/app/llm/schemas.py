@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, StrictBool
 
 from corral.task_schemas import LLMGenerateInput, LLMGenerateOutput
 
 
 class GenerateRequest(LLMGenerateInput):
-    urgent: bool = Field(default=False, description="Jump the llm_q queue (message priority).")
+    urgent: StrictBool = Field(
+        default=False, description="Jump the llm_q queue (message priority)."
+    )
     timeout_s: float = Field(
         default=120.0,
         gt=0,

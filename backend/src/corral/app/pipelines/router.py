@@ -58,11 +58,13 @@ async def start_run(
 async def list_runs(
     user: CurrentUser, services: ServicesDep, limit: Annotated[int, Query(ge=1, le=200)] = 50
 ) -> list[PipelineRunSummary]:
+    """Your pipeline runs, newest first, with their status and usage."""
     return await service.list_runs(services, user.id, limit)
 
 
 @router.get("/runs/{run_id}", response_model=PipelineRun)
 async def get_run(run_id: ResourceId, user: CurrentUser, services: ServicesDep) -> PipelineRun:
+    """One pipeline run: every step's status, output (or reference), usage and error."""
     try:
         return await service.get_owned(services, run_id, user.id)
     except service.RunNotFound as exc:

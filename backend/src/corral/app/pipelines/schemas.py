@@ -16,13 +16,25 @@ Step kinds:
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, JsonValue, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    JsonValue,
+    StrictBool,
+    StrictInt,
+    model_validator,
+)
 
+from corral.app.pipelines.templates import check_template
 from corral.task_schemas import GenerationOptions, TokenUsage
 
 STEP_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]{0,63}$"
+Template = Annotated[str, AfterValidator(check_template)]
+"""``{input}``, ``{step}``, ``{step[field]}``, ``{step[field][key]}`` only (templates.py)."""
 VARIANTS = "variants"
 """What a chord's combine template calls the list of its variants' responses."""
 
@@ -38,7 +50,7 @@ class Variant(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     model: str | None = None
-    prompt_template: str | None = Field(default=None, min_length=1, max_length=200_000)
+    prompt_template: Template | None = Field(default=None, min_length=1, max_length=200_000)
     options: GenerationOptions | None = None
 
 
@@ -48,10 +60,10 @@ class Combine(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     model: str | None = None
-    prompt_template: str = Field(min_length=1, max_length=200_000)
+    prompt_template: Template = Field(min_length=1, max_length=200_000)
     system_prompt: str | None = Field(default=None, max_length=200_000)
     options: GenerationOptions = Field(default_factory=GenerationOptions)
-    json_mode: bool = False
+    json_mode: StrictBool = False
 
 
 class StepDef(BaseModel):
@@ -60,17 +72,17 @@ class StepDef(BaseModel):
     name: str = Field(pattern=STEP_NAME_PATTERN, description="Also its name in templates.")
     kind: StepKind = "generate"
     model: str | None = Field(default=None, description="Configured model; default model.")
-    prompt_template: str = Field(min_length=1, max_length=200_000)
+    prompt_template: Template = Field(min_length=1, max_length=200_000)
     system_prompt: str | None = Field(default=None, max_length=200_000)
     depends_on: list[str] = Field(default_factory=list, max_length=50)
     options: GenerationOptions = Field(default_factory=GenerationOptions)
     fallback_models: list[str] = Field(default_factory=list, max_length=5)
-    optional: bool = Field(
+    optional: StrictBool = Field(
         default=False, description="If it fails, dependants still run (it renders as '')."
     )
-    json_mode: bool = False
-    max_patching_attempts: int = Field(default=2, ge=0, le=5)
-    cache: bool | None = None
+    json_mode: StrictBool = False
+    max_patching_attempts: StrictInt = Field(default=2, ge=0, le=5)
+    cache: StrictBool | None = None
     variants: list[Variant] = Field(default_factory=list, max_length=20)
     combine: Combine | None = None
 
@@ -92,7 +104,7 @@ class PipelineRunRequest(BaseModel):
 
     steps: list[StepDef] = Field(min_length=1, max_length=50)
     input: dict[str, JsonValue] = Field(default_factory=dict)
-    urgent: bool = Field(default=False, description="Every step jumps the llm_q queue.")
+    urgent: StrictBool = Field(default=False, description="Every step jumps the llm_q queue.")
     step_timeout_s: float = Field(default=300.0, gt=0, le=3600, description="Per step call.")
 
 

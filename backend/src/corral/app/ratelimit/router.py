@@ -27,6 +27,7 @@ class RateLimitOut(BaseModel):
 
 @router.get("/rate-limit", response_model=RateLimitOut)
 async def rate_limit(user: CurrentUser, services: ServicesDep) -> RateLimitOut:
+    """Your request-rate limits per group (chat, tools) and what is left in the current window."""
     limits = services.rate_limits
     groups = {}
     for group in GROUPS:

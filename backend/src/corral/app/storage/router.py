@@ -112,6 +112,7 @@ async def download(key: ObjectKey, services: ServicesDep, user: CurrentUser) -> 
     "/storage/{key:path}", status_code=status.HTTP_204_NO_CONTENT, responses=problem_responses(503)
 )
 async def delete(key: ObjectKey, services: ServicesDep, user: CurrentUser) -> Response:
+    """Delete one of your objects. Anyone else's key is a 404, as if it did not exist."""
     try:
         await service.delete(services, user, key)
     except StorageError as exc:

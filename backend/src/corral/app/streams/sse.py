@@ -35,7 +35,20 @@ LastEventId = Annotated[
 SSE_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {
         "description": "Server-sent events; each `id` is a stream id to resume from.",
-        "content": {"text/event-stream": {"schema": {"type": "string"}}},
+        "content": {
+            "text/event-stream": {
+                "schema": {
+                    "type": "object",
+                    "description": "One event: `event` is its type, `data` JSON, `id` its cursor.",
+                    "properties": {
+                        "id": {"type": "string"},
+                        "event": {"type": "string"},
+                        "data": {"type": "string"},
+                        "retry": {"type": "integer"},
+                    },
+                }
+            }
+        },
     }
 }
 

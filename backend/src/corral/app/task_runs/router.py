@@ -8,7 +8,7 @@ from fastapi import APIRouter, HTTPException, Query, status
 from sse_starlette import EventSourceResponse
 
 from corral.app.deps import CurrentUser, ServicesDep
-from corral.app.params import EventCursor, ResourceId
+from corral.app.params import ID_PATTERN, EventCursor, ResourceId
 from corral.app.problems import problem_responses
 from corral.app.streams.sse import SSE_RESPONSES, LastEventId, resume_cursor, stream_response
 from corral.app.task_runs import service
@@ -24,13 +24,19 @@ async def list_tasks(
     services: ServicesDep,
     state: TaskState | None = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
-    thread_id: Annotated[str | None, Query(description="Only this thread's tasks.")] = None,
+    thread_id: Annotated[
+        str | None,
+        Query(max_length=128, pattern=ID_PATTERN, description="Only this thread's tasks."),
+    ] = None,
 ) -> list[TaskRunOut]:
+    """Your tasks, newest first: tool invokes, pipeline steps, chat tool calls. Filter by `state`
+    or `thread_id`; `limit` caps the page."""
     return await service.list_runs(services, user.id, state=state, limit=limit, thread_id=thread_id)
 
 
 @router.get("/{task_id}", response_model=TaskRunDetail)
 async def get_task(task_id: ResourceId, user: CurrentUser, services: ServicesDep) -> TaskRunDetail:
+    """One task with its state, timings, outcome and every event of its stream so far."""
     try:
         return await service.detail(services, task_id, user.id)
     except service.TaskNotFound as exc:

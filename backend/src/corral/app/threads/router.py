@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, HTTPException, Query, Response, status
 
 from corral.app.deps import CurrentUser, ServicesDep, SessionDep
-from corral.app.params import ResourceId
+from corral.app.params import MAX_INT64, ResourceId
 from corral.app.problems import problem_responses
 from corral.app.storage.store import StorageError
 from corral.app.threads import service
@@ -24,6 +24,9 @@ def _not_found(exc: service.ThreadNotFound) -> HTTPException:
 async def create_thread(
     body: ThreadCreate, user: CurrentUser, services: ServicesDep, session: SessionDep
 ) -> ThreadOut:
+    """Start a conversation. Optional `title` and `model` (a configured model name).
+
+    Example: `POST /api/threads {"title": "Layer 5 analysis"}`"""
     try:
         return await service.create(services, session, user, body)
     except service.UnknownModel as exc:
@@ -46,6 +49,7 @@ async def list_threads(
 
 @router.get("/{thread_id}", response_model=ThreadOut)
 async def get_thread(thread_id: ResourceId, user: CurrentUser, session: SessionDep) -> ThreadOut:
+    """One of your conversations: title, model, timestamps and whether a turn is running."""
     try:
         return await service.get_with_turn(session, thread_id, user)
     except service.ThreadNotFound as exc:
@@ -60,6 +64,9 @@ async def update_thread(
     services: ServicesDep,
     session: SessionDep,
 ) -> ThreadOut:
+    """Rename a conversation or change its model.
+
+    Example: `PATCH /api/threads/{id} {"title": "Renamed"}`"""
     try:
         return await service.update(services, session, user, thread_id, body)
     except service.ThreadNotFound as exc:
@@ -93,7 +100,9 @@ async def list_messages(
     thread_id: ResourceId,
     user: CurrentUser,
     session: SessionDep,
-    before: Annotated[int | None, Query(ge=1, description="Only messages before this seq.")] = None,
+    before: Annotated[
+        int | None, Query(ge=1, le=MAX_INT64, description="Only messages before this seq.")
+    ] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
 ) -> MessagePage:
     """A page of messages, oldest first; follow ``next_before`` for older ones."""

@@ -24,6 +24,7 @@ router = APIRouter(prefix="/tools", tags=["tools"])
 
 @router.get("", response_model=list[ToolOut])
 async def list_tools(user: CurrentUser) -> list[ToolOut]:
+    """The tools you can invoke, each with its description and the JSON schema of its arguments."""
     return [
         ToolOut(name=t.name, description=t.description, parameters=t.parameters_schema())
         for t in TOOLS.values()

@@ -10,6 +10,7 @@ from pydantic import BaseModel
 
 from corral.app.db.base import utcnow
 from corral.app.deps import CurrentUser, SessionDep
+from corral.app.params import ID_PATTERN
 from corral.app.usage import repository
 
 router = APIRouter(tags=["usage"])
@@ -47,8 +48,11 @@ async def usage(
     days: Annotated[
         int, Query(ge=1, le=366, description="The last N days (UTC), today included.")
     ] = 30,
-    thread_id: Annotated[str | None, Query(description="Only this thread.")] = None,
+    thread_id: Annotated[
+        str | None, Query(max_length=128, pattern=ID_PATTERN, description="Only this thread.")
+    ] = None,
 ) -> UsageOut:
+    """Model token usage per day and model for the last `days` days (optionally one thread)."""
     until = utcnow().date()
     since = until - timedelta(days=days - 1)
     buckets = await repository.per_day_and_model(
