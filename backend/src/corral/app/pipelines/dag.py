@@ -1,20 +1,22 @@
 """Checking a pipeline before anything runs, and rendering its templates safely.
 
-Templates use ``str.format`` syntax parsed with ``string.Formatter``: ``{query}`` is an input
-field, ``{analysis}`` a step's response text, ``{analysis[parsed][city]}`` indexes into its
-output. Attribute access (``{x.__class__}``) and positional fields are refused: a template must
-not reach Python objects, only data.
+Templates use ``str.format``'s field syntax and nothing else (``templates.py``): ``{query}`` is
+an input field, ``{analysis}`` a step's response text, ``{analysis[parsed][city]}`` indexes into
+its output. Attribute access, positional fields, conversions and format specs are refused when
+the run is submitted; rendering never calls ``format`` with a user's spec.
 """
 
 from __future__ import annotations
 
 import json
 import string
-from dataclasses import dataclass
 from graphlib import CycleError, TopologicalSorter
 from typing import Any
 
 from corral.app.pipelines.schemas import VARIANTS, PipelineRunRequest, StepDef, StepKind
+from corral.app.pipelines.templates import FieldRef, TemplateError, split_field, template_fields
+
+__all__ = ["PipelineInvalid", "TemplateError", "render", "template_fields", "validate"]
 
 OUTPUT_FIELDS: dict[StepKind, frozenset[str]] = {
     "generate": frozenset(
@@ -34,59 +36,6 @@ class PipelineInvalid(ValueError):
     def __init__(self, problems: list[str]) -> None:
         super().__init__("; ".join(problems))
         self.problems = problems
-
-
-class TemplateError(ValueError):
-    pass
-
-
-@dataclass(frozen=True)
-class FieldRef:
-    root: str
-    keys: tuple[str | int, ...]
-    text: str
-
-
-def split_field(field_name: str) -> tuple[str, tuple[str | int, ...]]:
-    """``a[b][0]`` -> ("a", ("b", 0)), as ``str.format`` reads it; ``.attr`` is refused."""
-    cut = min((i for i in (field_name.find("."), field_name.find("[")) if i >= 0), default=None)
-    root = field_name if cut is None else field_name[:cut]
-    rest = "" if cut is None else field_name[cut:]
-    keys: list[str | int] = []
-    while rest:
-        if rest[0] == ".":
-            raise TemplateError(
-                f"{{{field_name}}}: attribute access is not allowed; index with [key] instead"
-            )
-        end = rest.find("]")
-        if rest[0] != "[" or end < 0:
-            raise TemplateError(f"{{{field_name}}}: malformed field (expected [key])")
-        key = rest[1:end]
-        if not key:
-            raise TemplateError(f"{{{field_name}}}: empty [] index")
-        keys.append(int(key) if key.isdigit() else key)
-        rest = rest[end + 1 :]
-    return root, tuple(keys)
-
-
-def template_fields(template: str) -> list[FieldRef]:
-    try:
-        parsed = list(string.Formatter().parse(template))
-    except ValueError as exc:
-        raise TemplateError(f"{exc} (write {{{{ or }}}} for a literal brace)") from None
-    refs: list[FieldRef] = []
-    for _, field_name, spec, _ in parsed:
-        if field_name is None:
-            continue
-        if field_name == "" or field_name[0].isdigit():
-            raise TemplateError(
-                f"positional field {{{field_name}}} is not allowed; name an input field or step"
-            )
-        if spec and "{" in spec:
-            raise TemplateError(f"{{{field_name}}}: nested fields in a format spec are not allowed")
-        root, keys = split_field(field_name)
-        refs.append(FieldRef(root, keys, field_name))
-    return refs
 
 
 def _ancestors(steps: list[StepDef]) -> dict[str, set[str]]:
@@ -253,14 +202,21 @@ class _DataFormatter(string.Formatter):
             raise TemplateError(f"{{{field_name}}}: no such field in the value") from None
         return value, root
 
+    def convert_field(self, value: Any, conversion: str | None) -> Any:
+        if conversion:
+            raise TemplateError(f"!{conversion}: conversions are not allowed")
+        return value
+
     def format_field(self, value: Any, format_spec: str) -> str:
+        if format_spec:  # validated away at submission; never pad to a user's width here
+            raise TemplateError(f":{format_spec}: format specs are not allowed")
         if isinstance(value, StepValue | VariantsValue):
-            return format(value, format_spec)
+            return format(value, "")
         if value is None:
             return ""
         if isinstance(value, dict | list):
-            return format(json.dumps(value, ensure_ascii=False), format_spec)
-        return format(value, format_spec)
+            return json.dumps(value, ensure_ascii=False)
+        return str(value)
 
 
 _FORMATTER = _DataFormatter()

@@ -1,0 +1,364 @@
+"""Research sessions through the HTTP API with real workers: two python_q workers (short leases,
+a cap of 2 live sessions each, short idle eviction) and their own app, Redis databases 8/9.
+
+Proves: state persists; users are isolated; calls run one at a time in order; unpicklable names
+are reported; Parquet at /input; eviction (LRU and idle) then restore; a killed sandbox and a
+killed worker (also mid-call: an explicit error, no hang) restore on the next call with the
+note; the escape checks hold inside a kernel forked from the zygote.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+import pytest
+import redis
+
+from corral.task_schemas import worker_lease_key
+from tests.support.circuit import other_user_headers
+from tests.support.db import new_sqlite_database
+from tests.support.procs import (
+    RedisServer,
+    UvicornThread,
+    Worker,
+    env_vars,
+    start_worker,
+    wait_until,
+    wait_workers_ready,
+)
+from tests.support.sandbox import (
+    FAKE_S3_SECRET,
+    as_sandbox_user,
+    check_sandbox_host,
+    ensure_sandbox_venv,
+    python_worker_env,
+)
+
+BROKER_DB, RESULTS_DB = 8, 9
+LEASE_TTL_S = 1.2
+IDLE_EVICT_S = 6.0
+
+
+@dataclass
+class Stack:
+    url: str
+    headers: dict[str, str]
+    workers: dict[str, Worker]
+    env: dict[str, str]
+    redis: redis.Redis
+    log_dir: Path
+
+    def client(self, headers: dict[str, str] | None = None) -> httpx.AsyncClient:
+        return httpx.AsyncClient(base_url=self.url, headers=headers or self.headers, timeout=60)
+
+    def start_worker(self, name: str) -> Worker:
+        worker = start_worker(
+            ("python_q",),
+            {**self.env, **python_worker_env()},
+            name=name,
+            log_dir=self.log_dir,
+            wrap=as_sandbox_user(),
+        )
+        self.workers[name] = worker
+        return worker
+
+    def wait_ready(self, names: list[str]) -> None:
+        broker = self.env["TASKS_REDIS__URL"] + f"/{BROKER_DB}"
+        wait_workers_ready(broker, [self.workers[n] for n in names], timeout=120)
+        for name in names:
+            wait_until(lambda n=name: self.redis.exists(worker_lease_key(n)), 60, f"{name} lease")
+
+
+@pytest.fixture(scope="module")
+def stack(
+    stack_env: dict[str, str], redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Stack]:
+    from corral.app.auth.service import issue_dev_token
+    from corral.app.main import create_app
+    from corral.app.settings import AppSettings
+
+    check_sandbox_host()
+    ensure_sandbox_venv()
+    dbs = {"BROKER_DB": BROKER_DB, "BACKEND_DB": RESULTS_DB, "STREAMS_DB": RESULTS_DB}
+    env = {
+        **stack_env,
+        **{f"TASKS_REDIS__{k}": str(v) for k, v in dbs.items()},
+        **{f"CORRAL_REDIS__{k}": str(v) for k, v in dbs.items()},
+        "CORRAL_DATABASE__URL": new_sqlite_database(tmp_path_factory.mktemp("sessions-db")),
+        "TASKS_SESSIONS__HEARTBEAT_S": "0.3",
+        "TASKS_SESSIONS__LEASE_TTL_S": str(LEASE_TTL_S),
+        "TASKS_SESSIONS__MAX_SESSIONS": "2",
+        "TASKS_SESSIONS__IDLE_EVICT_S": str(IDLE_EVICT_S),
+        "TASKS_SESSIONS__WARM_POOL": "1",
+    }
+    client = redis.Redis.from_url(f"{redis_server.url}/{RESULTS_DB}")
+    st = Stack("", {}, {}, env, client, tmp_path_factory.mktemp("session-workers"))
+    for name in ("sess-a@test", "sess-b@test"):
+        st.start_worker(name)
+    try:
+        st.wait_ready(list(st.workers))
+        with env_vars(env):
+            settings = AppSettings()  # type: ignore[call-arg]
+        with UvicornThread(create_app(settings)) as server:
+            st.url = server.url
+            st.headers = {"Authorization": f"Bearer {issue_dev_token(settings.auth)}"}
+            yield st
+    finally:
+        for worker in st.workers.values():
+            worker.stop()
+        client.close()
+
+
+@pytest.fixture
+async def api(stack: Stack) -> AsyncIterator[httpx.AsyncClient]:
+    async with stack.client() as client:
+        yield client
+
+
+async def new_session(api: httpx.AsyncClient, **body: Any) -> str:
+    r = await api.post("/api/sessions", json=body)
+    assert r.status_code == 201, r.text
+    return str(r.json()["id"])
+
+
+async def run(api: httpx.AsyncClient, sid: str, code: str, **extra: Any) -> dict[str, Any]:
+    r = await api.post(f"/api/sessions/{sid}/run", json={"code": code, **extra})
+    assert r.status_code == 200, r.text
+    body: dict[str, Any] = r.json()
+    return body
+
+
+async def ok(api: httpx.AsyncClient, sid: str, code: str) -> dict[str, Any]:
+    body = await run(api, sid, code)
+    assert body["status"] == "done", body
+    output: dict[str, Any] = body["output"]
+    assert output["error"] is None, output
+    return output
+
+
+def host_status(worker: str) -> dict[str, Any]:
+    """Ask a worker's session host (found by its command line) what it holds."""
+    for proc in psutil.process_iter(["cmdline"]):
+        cmd = proc.info.get("cmdline") or []
+        if "corral.tasks.sessions.host" in cmd and worker in cmd:
+            path = cmd[cmd.index("--socket") + 1]
+            with socket.socket(socket.AF_UNIX) as conn:
+                conn.connect(path)
+                conn.sendall(b'{"op": "status"}\n')
+                answer: dict[str, Any] = json.loads(conn.makefile("rb").readline())
+                return answer
+    raise AssertionError(f"no session host for {worker}")
+
+
+async def test_state_persists_and_variables_are_summarised(api: httpx.AsyncClient) -> None:
+    sid = await new_session(api)
+    first = await ok(api, sid, "import pandas as pd\ndf = pd.DataFrame({'a': range(5)})\nx = 41")
+    assert first["worker"] in {"sess-a@test", "sess-b@test"}
+    assert first["restored"] is False
+    second = await ok(api, sid, "x + 1")
+    assert second["last_expr"] == "42"
+    assert second["worker"] == first["worker"]  # affinity: the holder ran it
+    third = await ok(api, sid, "import matplotlib.pyplot as plt\nplt.plot(df.a)\nlen(df)")
+    assert third["last_expr"] == "5"
+    assert [f["content_type"] for f in third["figures"]] == ["image/png"]
+    assert third["figures"][0]["url"]
+    r = await api.get(f"/api/sessions/{sid}")
+    assert r.status_code == 200
+    info = r.json()
+    assert info["state"] == "live" and info["worker"] == first["worker"]
+    assert info["calls"] == 3 and info["cells"] == 3 and info["has_snapshot"]
+    kinds = {v["name"]: v["type"] for v in info["variables"]}
+    assert kinds["df"] == "DataFrame" and kinds["x"] == "int"
+
+
+async def test_two_users_cannot_see_each_other(stack: Stack, api: httpx.AsyncClient) -> None:
+    sid = await new_session(api)
+    await ok(api, sid, "secret = 'alice-only'")
+    async with stack.client(other_user_headers("mallory")) as mallory:
+        for r in (
+            await mallory.get(f"/api/sessions/{sid}"),
+            await mallory.post(f"/api/sessions/{sid}/run", json={"code": "secret"}),
+            await mallory.delete(f"/api/sessions/{sid}"),
+        ):
+            assert r.status_code == 404, r.text
+            assert r.headers["content-type"].startswith("application/problem+json")
+        own = await new_session(mallory)
+        body = await run(mallory, own, "secret")
+        assert body["output"]["error"]["type"] == "NameError"
+    assert (await ok(api, sid, "secret"))["last_expr"] == "'alice-only'"
+
+
+async def test_calls_to_one_session_run_one_at_a_time_in_order(api: httpx.AsyncClient) -> None:
+    sid = await new_session(api)
+    await ok(api, sid, "import time\nlog = []")
+    code = (
+        "log.append(({i}, time.monotonic())); time.sleep(0.15); log.append(({i}, time.monotonic()))"
+    )
+
+    async def call(i: int) -> dict[str, Any]:
+        await asyncio.sleep(0.03 * i)  # arrival order 0..4
+        return await run(api, sid, code.format(i=i))
+
+    results = await asyncio.gather(*(call(i) for i in range(5)))
+    assert all(r["status"] == "done" for r in results), results
+    out = await ok(api, sid, "[i for i, _ in log]")
+    assert out["last_expr"] == repr([0, 0, 1, 1, 2, 2, 3, 3, 4, 4])  # never interleaved
+    times = await ok(api, sid, "all(a[1] <= b[1] for a, b in zip(log, log[1:]))")
+    assert times["last_expr"] == "True"
+
+
+async def test_unpicklable_names_are_reported(api: httpx.AsyncClient) -> None:
+    sid = await new_session(api)
+    out = await ok(api, sid, "import threading\nlock = threading.Lock()\ny = 5")
+    assert out["unpicklable"] == ["lock"]
+    assert any("could not be pickled): lock" in n for n in out["notes"]), out["notes"]
+
+
+async def test_parquet_input_and_bounded_inputs(api: httpx.AsyncClient, tmp_path: Path) -> None:
+    import duckdb
+
+    path = tmp_path / "cells.parquet"
+    duckdb.sql(f"COPY (SELECT range AS id, range * 2 AS v FROM range(10)) TO '{path}'")
+    r = await api.post(
+        "/api/storage",
+        files={"file": ("cells.parquet", path.read_bytes(), "application/octet-stream")},
+    )
+    assert r.status_code == 201, r.text
+    key = r.json()["key"]
+    sid = await new_session(api, input_files=[{"key": key, "name": "cells.parquet"}])
+    out = await ok(
+        api,
+        sid,
+        "import pandas as pd\ndf = pd.read_parquet('/input/cells.parquet')\nint(df.v.sum())",
+    )
+    assert out["last_expr"] == "90"
+    denied = await run(api, sid, "open('/input/cells.parquet', 'ab')")
+    assert denied["output"]["error"]["type"] in {"OSError", "PermissionError"}
+    r = await api.post("/api/sessions", json={"input_files": ["alice/nope/x"]})
+    assert r.status_code == 422 and r.headers["content-type"].startswith("application/problem")
+    r = await api.post("/api/sessions", json={"input_files": ["k"] * 21})
+    assert r.status_code == 422
+
+
+async def test_escape_checks_inside_a_forked_kernel(api: httpx.AsyncClient) -> None:
+    sid = await new_session(api)
+    seccomp = await ok(api, sid, "'Seccomp:\\t2' in open('/proc/self/status').read()")
+    assert seccomp["last_expr"] == "True"
+    body = await run(api, sid, "print(open('/etc/passwd').read())")
+    assert body["output"]["error"]["type"] in {"FileNotFoundError", "PermissionError"}
+    env = await ok(
+        api,
+        sid,
+        "import os, glob\nseen = repr(dict(os.environ))\n"
+        "for p in glob.glob('/proc/*/environ'):\n"
+        "    try:\n        seen += repr(open(p, 'rb').read())\n"
+        "    except OSError:\n        pass\nseen",
+    )
+    for secret in (FAKE_S3_SECRET, "TASKS_", "CORRAL_", "AWS_"):
+        assert secret not in env["last_expr"]
+    writes = await ok(
+        api,
+        sid,
+        "res = {}\nfor p in ['/x', '/usr/x', '/input/x', '/venv/x', '/sandbox/x', '/session/x']:\n"
+        "    try:\n        open(p, 'w').write('x'); res[p] = 'written'\n"
+        "    except OSError as e:\n        res[p] = type(e).__name__\nres",
+    )
+    assert "written" not in writes["last_expr"]
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        listener.setblocking(False)
+        port = listener.getsockname()[1]
+        net = await run(
+            api, sid, f"import socket\nsocket.create_connection(('127.0.0.1', {port}), timeout=2)"
+        )
+        with pytest.raises(BlockingIOError):
+            listener.accept()
+    assert net["output"]["error"] is not None
+    mem = await run(api, sid, "blocks = [bytearray(256 << 20) for _ in range(16)]")
+    assert mem["output"]["error"]["type"] in {"MemoryError", "MemoryLimitExceeded"}
+
+
+async def test_killed_sandbox_restores_on_next_call(stack: Stack, api: httpx.AsyncClient) -> None:
+    sid = await new_session(api)
+    first = await ok(api, sid, "x = 41")
+    worker = first["worker"]
+    pid = host_status(worker)["sandbox_pids"][sid]
+    os.kill(pid, signal.SIGKILL)
+    wait_until(lambda: not psutil.pid_exists(pid) or psutil.Process(pid).status() == "zombie",
+               10, "the sandbox to die")  # fmt: skip
+    out = await ok(api, sid, "x + 1")
+    assert out["last_expr"] == "42"
+    assert f"session restored on {out['worker']}" in out["notes"], out["notes"]
+
+
+async def test_idle_and_lru_eviction_then_restore(stack: Stack, api: httpx.AsyncClient) -> None:
+    sids = [await new_session(api) for _ in range(5)]
+    holders = {}
+    for i, sid in enumerate(sids):
+        holders[sid] = (await ok(api, sid, f"v = {i}"))["worker"]
+    # 5 sessions on 2 workers holding at most 2 each: at least one was evicted (LRU).
+    states = {sid: (await api.get(f"/api/sessions/{sid}")).json()["state"] for sid in sids}
+    assert list(states.values()).count("suspended") >= 1, states
+    for worker in set(holders.values()):
+        assert len(host_status(worker)["live"]) <= 2
+    evicted = next(sid for sid, state in states.items() if state == "suspended")
+    out = await ok(api, evicted, "v")
+    assert out["last_expr"] == str(sids.index(evicted))
+    assert any(n.startswith("session restored on") for n in out["notes"])
+    # Idle: untouched for IDLE_EVICT_S, the session leaves memory; its snapshot stays.
+    keep = sids[-1]
+    wait_until(lambda: keep not in host_status(holders[keep])["live"], IDLE_EVICT_S + 10,
+               "idle eviction", interval=0.5)  # fmt: skip
+    await asyncio.sleep(1.0)  # the live set in Redis follows at the next heartbeat
+    assert (await api.get(f"/api/sessions/{keep}")).json()["state"] == "suspended"
+    assert (await ok(api, keep, "v"))["last_expr"] == "4"
+
+
+async def test_delete_closes_the_session(api: httpx.AsyncClient) -> None:
+    sid = await new_session(api)
+    await ok(api, sid, "z = 1")
+    assert (await api.delete(f"/api/sessions/{sid}")).status_code == 204
+    assert (await api.get(f"/api/sessions/{sid}")).json()["state"] == "closed"
+    r = await api.post(f"/api/sessions/{sid}/run", json={"code": "z"})
+    assert r.status_code == 409 and r.json()["type"].endswith("session-closed")
+
+
+async def test_worker_killed_mid_call_then_restored_elsewhere(
+    stack: Stack, api: httpx.AsyncClient
+) -> None:
+    sid = await new_session(api)
+    first = await ok(api, sid, "import numpy as np\nbig = np.arange(1_000_000)\nx = 41")
+    holder = first["worker"]
+    other = next(n for n in stack.workers if n != holder)
+    call = asyncio.create_task(run(api, sid, "import time\ntime.sleep(30)"))
+    await asyncio.sleep(1.0)
+    os.killpg(stack.workers[holder].proc.pid, signal.SIGKILL)
+    started = time.monotonic()
+    lost = await asyncio.wait_for(call, 15)
+    assert lost["status"] == "error" and lost["error"]["type"] == "SessionWorkerLost", lost
+    assert time.monotonic() - started < LEASE_TTL_S + 3
+    wait_until(lambda: not stack.redis.exists(worker_lease_key(holder)), 10, "lease expiry")
+    started = time.monotonic()
+    out = await ok(api, sid, "int(big.sum()) + x")
+    took = time.monotonic() - started
+    assert out["last_expr"] == str(499999500000 + 41)
+    assert out["worker"] == other
+    assert f"session restored on {other}" in out["notes"], out["notes"]
+    assert took < 10, took
+    info = (await api.get(f"/api/sessions/{sid}")).json()
+    assert info["worker"] == other and info["state"] == "live" and info["restores"] >= 1
+    stack.workers[holder].proc.wait(10)
+    stack.start_worker(holder)  # leave the stack as we found it
+    stack.wait_ready([holder])
