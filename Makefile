@@ -7,13 +7,14 @@ BACKEND := backend
 export UV_PYTHON_DOWNLOADS := never
 UV := $(shell command -v uv 2>/dev/null || echo $(HOME)/.local/bin/uv)
 
-.PHONY: help uv sync up migrate migrations-check test lint typecheck contracts pytest bench clean-data
+.PHONY: help uv sync up migrate migrations-check test lint typecheck contracts pytest bench fuzz clean-data
 
 help:
 	@echo "make up     - run Redis, the app on http://127.0.0.1:8078 and one worker per queue"
 	@echo "make migrate - upgrade the database to the newest schema (CORRAL_DATABASE__URL)"
 	@echo "make test   - lint, type-check, import contracts and the full test suite"
 	@echo "make bench  - benchmarks (prints tables; see docs/performance.md)"
+	@echo "make fuzz   - schemathesis over the whole API for 10 minutes (docs/api.md)"
 
 uv:
 	@command -v uv >/dev/null 2>&1 || test -x $(HOME)/.local/bin/uv || \
@@ -55,6 +56,11 @@ pytest: sync
 	cd $(BACKEND) && $(UV) run --frozen pytest $(PYTEST_ARGS)
 
 test: lint typecheck contracts migrations-check frontend-test pytest
+
+# Schemathesis over the whole API for 10 minutes with a fresh seed (make test runs 150 s).
+fuzz: sync
+	cd $(BACKEND) && CORRAL_FUZZ_SECONDS=$${CORRAL_FUZZ_SECONDS:-600} CORRAL_FUZZ_SEED=$$RANDOM \
+		$(UV) run --frozen pytest tests/test_api_fuzz.py -q
 
 bench: sync
 	cd $(BACKEND) && for b in roundtrip task_runs python_tool pipeline analysis; do \
