@@ -39,7 +39,7 @@ async def next_seq(session: AsyncSession, session_id: str) -> int:
 
 
 async def record_call(
-    session: AsyncSession, session_id: str, seq: int, output: dict[str, Any], code: str
+    session: AsyncSession, session_id: str, seq: int, output: dict[str, Any], code: str | None
 ) -> None:
     """After a call: where the session lives now, its snapshot, cells and variables."""
     row = await session.get(ResearchSession, session_id, with_for_update=True)
@@ -48,7 +48,7 @@ async def record_call(
     row.worker = str(output.get("worker") or row.worker or "")
     if output.get("snapshot_key"):
         row.snapshot_key = str(output["snapshot_key"])
-    if output.get("error") is None and not output.get("lost"):
+    if code is not None and output.get("error") is None and not output.get("lost"):
         row.cells = [*row.cells, code][-MAX_CELLS:]
     if "variables" in output:
         row.variables = list(output.get("variables") or [])

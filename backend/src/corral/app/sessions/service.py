@@ -257,7 +257,7 @@ async def prepare_call(
 
 
 async def finish_call(
-    services: Services, user: User, output: dict[str, Any], code: str
+    services: Services, user: User, output: dict[str, Any], code: str | None
 ) -> dict[str, Any]:
     """Record a call's outcome in SQL and turn figure keys into URLs."""
     async with services.db.session() as session:

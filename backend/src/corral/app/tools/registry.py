@@ -33,9 +33,20 @@ class ToolCall:
 
     user: User
     services: Services
+    thread_id: str | None = None
 
 
-InputBuilder = Callable[[Any, ToolCall], Awaitable[tuple[BaseModel, Queue | None]]]
+@dataclass(frozen=True)
+class Dispatch:
+    """What ``build_input`` returns to send another task than the tool's own, maybe to one
+    worker's queue (``run_python`` in a thread: ``session.run`` on the session's holder)."""
+
+    spec: TaskSpec[Any, Any]
+    input: BaseModel
+    route: str | None = None
+
+
+InputBuilder = Callable[[Any, ToolCall], Awaitable[tuple[BaseModel | Dispatch, Queue | None]]]
 Presenter = Callable[[Any, ToolCall], Awaitable[Any]]
 
 

@@ -12,10 +12,11 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from corral.app.storage.store import InvalidKey, key_owner
-from corral.app.tools.registry import Tool, ToolCall, register_tool
+from corral.app.tools.registry import Dispatch, Tool, ToolCall, register_tool
 from corral.app.tools.service import BadArguments
 from corral.task_schemas import (
     PYTHON_RUN,
+    SESSION_RUN,
     FigureFormat,
     PythonInputFile,
     PythonLimitOverrides,
@@ -45,7 +46,9 @@ def _bad(loc: list[str | int], msg: str, kind: str) -> BadArguments:
     return BadArguments("run_python", [{"loc": loc, "msg": msg, "type": kind}])
 
 
-async def _build_input(args: RunPythonArguments, call: ToolCall) -> tuple[BaseModel, Queue | None]:
+async def _build_input(
+    args: RunPythonArguments, call: ToolCall
+) -> tuple[BaseModel | Dispatch, Queue | None]:
     files: list[PythonInputFile] = []
     for i, item in enumerate(args.files):
         try:
@@ -68,12 +71,30 @@ async def _build_input(args: RunPythonArguments, call: ToolCall) -> tuple[BaseMo
         )
     except ValueError as exc:
         raise _bad(["files"], str(exc), "value_error") from exc
+    if call.thread_id is not None:
+        # In a conversation: the thread's session (made on first use), so state persists.
+        from corral.app.sessions import service as sessions
+
+        row = await sessions.for_thread(call.services, call.user, call.thread_id)
+        session_input, route = await sessions.prepare_call(
+            call.services,
+            call.user,
+            row,
+            args.code,
+            formats=task_input.figure_formats,
+            extra_files=files,
+        )
+        return Dispatch(SESSION_RUN, session_input, route), None
     return task_input, None
 
 
 async def _present(output: Any, call: ToolCall) -> Any:
     if not isinstance(output, dict):
         return output
+    if "session_id" in output:  # ran in the thread's session: record where it lives now
+        from corral.app.sessions import service as sessions
+
+        return await sessions.finish_call(call.services, call.user, output, None)
     figures = []
     for figure in output.get("figures") or []:
         url = await call.services.storage.presign_get(figure["key"], expires_s=FIGURE_URL_TTL_S)
@@ -84,8 +105,11 @@ async def _present(output: Any, call: ToolCall) -> Any:
 register_tool(
     Tool(
         name="run_python",
-        description="Run Python (numpy, pandas, scipy, matplotlib) in a sandbox; returns stdout, "
-        "the last expression's repr, errors with line numbers, and figure URLs.",
+        description="Run Python (numpy, pandas, scipy, matplotlib, pyarrow) in a sandbox; returns "
+        "stdout, the last expression's repr, errors with line numbers, and figure URLs. In a "
+        "conversation, state persists between calls: variables, imports and loaded data from "
+        "earlier calls are still there, so build on them instead of recomputing. Input files "
+        "are read-only at /input/<name>.",
         arguments=RunPythonArguments,
         task=PYTHON_RUN,
         build_input=_build_input,

@@ -21,7 +21,7 @@ from corral.app.streams import (
 )
 from corral.app.streams.long_poll import OnEvent
 from corral.app.task_runs import service as task_runs
-from corral.app.tools.registry import TOOLS, Tool, ToolCall
+from corral.app.tools.registry import TOOLS, Dispatch, Tool, ToolCall
 from corral.app.tools.schemas import InvokeError, InvokeResponse
 from corral.task_schemas import task_events_key
 
@@ -78,11 +78,15 @@ async def start(
             if earlier.tool != tool.name:
                 raise IdempotencyKeyReused(idempotency_key, earlier.tool or earlier.task_name)
             return tool, earlier.id
-    call = ToolCall(user=user, services=services)
-    task_input, queue = await tool.build_input(args, call)
+    call = ToolCall(user=user, services=services, thread_id=thread_id)
+    built, queue = await tool.build_input(args, call)
+    if isinstance(built, Dispatch):
+        spec, task_input, route = built.spec, built.input, built.route
+    else:
+        spec, task_input, route = tool.task, built, None
     task_id = await task_runs.submit(
         services,
-        tool.task,
+        spec,
         task_input,
         owner_id=user.id,
         queue=queue,
@@ -90,6 +94,7 @@ async def start(
         task_id=task_id,
         thread_id=thread_id,
         idempotency_key=idempotency_key,
+        route=route,
     )
     return tool, task_id
 
