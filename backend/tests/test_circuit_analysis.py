@@ -600,3 +600,46 @@ def test_prompt_profile_exact_bounds_and_sampled_counts(loaded: Any) -> None:
     prompt = question_messages(big, "q")[1]["content"]
     assert "from a 10 % sample of rows" in prompt
     assert "from a 10 % sample" not in question_messages(full, "q")[1]["content"]
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "SELECT a.*, b.* FROM neurons a, neurons b ORDER BY a.node_id * b.node_id DESC",
+        "SELECT string_agg(a.layer || b.layer, ',') FROM neurons a, neurons b",
+        "SELECT list(a.node_id) FROM neurons a CROSS JOIN neurons b",
+    ],
+)
+def test_cross_join_of_the_sample_ends_with_a_typed_limit_error(tmp_path: Path, sql: str) -> None:
+    """2.5e9 rows: DuckDB's memory/spill limits or the interrupt stop it, never the kernel."""
+    import time
+
+    import psutil
+
+    from corral.task_schemas import DatasetFormat
+    from corral.tasks.circuit.analysis import _error_of
+    from corral.tasks.circuit.loading import open_loaded
+    from corral.tasks.circuit.runner import QueryLimitExceeded, QueryTimeout, run_select
+    from corral.tasks.circuit.settings import CircuitSettings
+
+    csv = tmp_path / "d.csv"
+    sample.generate().to_pandas().to_csv(csv, index=False)  # the whole sample, 50 000 rows
+    spill = tmp_path / "spill"
+    spill.mkdir()
+    settings = CircuitSettings(memory_limit_mb=128, spill_limit_mb=64, threads=2)
+    con, rows = open_loaded(settings, spill, csv, DatasetFormat.CSV, None)
+    assert rows == 50_000
+    me = psutil.Process()
+    before = me.memory_info().rss
+    started = time.monotonic()
+    with pytest.raises((QueryLimitExceeded, QueryTimeout)) as caught:
+        run_select(con, sql, max_rows=10, timeout_s=3)
+    assert time.monotonic() - started < 10
+    assert me.memory_info().rss - before < 400 << 20  # bounded by DuckDB, not by the OOM killer
+    error = _error_of(caught.value)
+    assert error.type in {"QueryLimitExceeded", "QueryTimeout"}
+    if error.type == "QueryLimitExceeded":
+        assert "of memory" in error.message and "LIMIT" in error.message
+    assert con.execute("SELECT count(*) FROM neurons").fetchone() == (50_000,)  # still usable
+    assert sum(f.stat().st_size for f in spill.rglob("*") if f.is_file()) <= 64 << 20
+    con.close()

@@ -379,11 +379,10 @@ def _run_groups_left(env: dict[str, str]) -> list[Path]:
     from corral.tasks.sandbox.cgroups import detect
     from corral.tasks.sandbox.settings import CgroupSettings
 
-    found = detect(
-        CgroupSettings(
-            mode=env["TASKS_SANDBOX__CGROUP__MODE"], parent=env["TASKS_SANDBOX__CGROUP__PARENT"]
-        )
-    )  # type: ignore[arg-type]
+    settings = CgroupSettings.model_validate(
+        {"mode": env["TASKS_SANDBOX__CGROUP__MODE"], "parent": env["TASKS_SANDBOX__CGROUP__PARENT"]}
+    )
+    found = detect(settings)
     return [p for parent in found.parents.values() for p in parent.glob("run-*")]
 
 

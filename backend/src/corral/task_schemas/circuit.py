@@ -57,7 +57,14 @@ class ResultColumn(BaseModel):
 class AnalysisError(BaseModel):
     """Why no table came back. A normal result: token usage is still reported beside it."""
 
-    type: Literal["UnsafeSQL", "SQLError", "QueryTimeout", "ModelError", "InvalidModelAnswer"]
+    type: Literal[
+        "UnsafeSQL",
+        "SQLError",
+        "QueryTimeout",
+        "QueryLimitExceeded",
+        "ModelError",
+        "InvalidModelAnswer",
+    ]
     message: str
 
 

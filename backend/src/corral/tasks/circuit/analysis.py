@@ -33,6 +33,7 @@ from corral.tasks.circuit.model import Answer, ModelFailed, SQLWriter
 from corral.tasks.circuit.prompt import profile_table, question_messages, repair_messages
 from corral.tasks.circuit.runner import (
     QueryFailed,
+    QueryLimitExceeded,
     QueryResult,
     QueryTimeout,
     run_select,
@@ -165,7 +166,7 @@ class _Run:
             result: QueryResult | None = None
             try:
                 result = self._run_checked(con, sql)
-            except (UnsafeSQL, BadSyntax, QueryFailed, QueryTimeout) as exc:
+            except (UnsafeSQL, BadSyntax, QueryFailed, QueryTimeout, QueryLimitExceeded) as exc:
                 attempt.error = _error_of(exc)
             finally:
                 self.timings.query_s += time.perf_counter() - t
@@ -174,7 +175,7 @@ class _Run:
             assert attempt.error is not None
             if not repairs_left or answer is None or messages is None or self.writer is None:
                 return self._failed(attempt.error, sql)
-            if attempt.error.type == "QueryTimeout":
+            if attempt.error.type in ("QueryTimeout", "QueryLimitExceeded"):
                 return self._failed(attempt.error, sql)
             repairs_left -= 1
             self.deps.progress(None, None, "asking model to repair the SQL")
@@ -243,6 +244,8 @@ def _error_of(exc: Exception) -> AnalysisError:
         return AnalysisError(type="UnsafeSQL", message=str(exc))
     if isinstance(exc, QueryTimeout):
         return AnalysisError(type="QueryTimeout", message=str(exc))
+    if isinstance(exc, QueryLimitExceeded):
+        return AnalysisError(type="QueryLimitExceeded", message=str(exc))
     return AnalysisError(type="SQLError", message=str(exc))
 
 

@@ -38,7 +38,7 @@ def open_database(settings: CircuitSettings, temp_dir: Path) -> duckdb.DuckDBPyC
             "threads": settings.threads,
             "memory_limit": f"{settings.memory_limit_mb}MB",
             "temp_directory": str(temp_dir),
-            "max_temp_directory_size": f"{4 * settings.memory_limit_mb}MB",
+            "max_temp_directory_size": f"{settings.spill_limit_mb}MB",
             "autoinstall_known_extensions": False,
             "autoload_known_extensions": False,
             "allow_community_extensions": False,

@@ -1,8 +1,10 @@
 """Running one checked SELECT with a time limit and a row cap; JSON-ready rows.
 
 The time limit is DuckDB's own ``interrupt()`` fired by a timer thread (the query stops inside
-DuckDB, the connection stays usable). The cap reads at most ``max_rows + 1`` rows from a
-streaming Arrow reader: the extra row says "truncated" without materialising the rest.
+DuckDB, the connection stays usable); memory and spill limits are DuckDB's settings, and hitting
+them is ``QueryLimitExceeded``, a typed result, never an OOM-kill of the worker. The cap reads
+at most ``max_rows + 1`` rows from a streaming Arrow reader: the extra row says "truncated"
+without materialising the rest.
 """
 
 from __future__ import annotations
@@ -32,6 +34,27 @@ class QueryTimeout(Exception):
 
 class QueryFailed(Exception):
     """DuckDB refused or failed the statement; the message is DuckDB's."""
+
+
+class QueryLimitExceeded(Exception):
+    """The statement needed more memory (and spill space) than the analysis allows. DuckDB
+    stops it inside its own allocator (``memory_limit``, ``max_temp_directory_size``), so the
+    worker's memory stays bounded and the connection stays usable."""
+
+
+def _limit_message(con: duckdb.DuckDBPyConnection, exc: duckdb.Error) -> str:
+    try:
+        row = con.execute(
+            "SELECT current_setting('memory_limit'), current_setting('max_temp_directory_size')"
+        ).fetchone()
+        memory, spill = row if row else ("?", "?")
+    except duckdb.Error:
+        memory, spill = "?", "?"
+    first = str(exc).split("\n", 1)[0][:300]
+    return (
+        f"the query needed more than the analysis allows ({memory} of memory, {spill} of spill "
+        f"space) and was stopped ({first}); filter, aggregate or add a LIMIT"
+    )
 
 
 @dataclass
@@ -94,6 +117,8 @@ def run_select(
             finally:
                 reader.close()
             table = pa.Table.from_batches(batches, schema=reader.schema)
+    except duckdb.OutOfMemoryException as exc:
+        raise QueryLimitExceeded(_limit_message(con, exc)) from exc
     except duckdb.Error as exc:
         raise QueryFailed(str(exc)) from exc
     truncated = table.num_rows > max_rows

@@ -36,6 +36,13 @@ class CircuitSettings(BaseModel):
     )
     memory_limit_mb: int = Field(default=2048, ge=64, le=262_144, description="DuckDB memory.")
     threads: int = Field(default=2, ge=1, le=256, description="DuckDB threads per analysis.")
+    spill_limit_mb: int = Field(
+        default=4096,
+        ge=0,
+        le=1_048_576,
+        description="DuckDB's max_temp_directory_size: disk a query may spill to, then it is "
+        "stopped with QueryLimitExceeded.",
+    )
     prompt_sample_rows: int = Field(default=5, ge=0, le=50)
     prompt_stats_columns: int = Field(
         default=40, ge=0, le=500, description="Columns described with min/max/distinct."
