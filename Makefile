@@ -85,7 +85,7 @@ frontend-build: frontend-deps
 	cd frontend && $(NPM) run build
 
 frontend-test: frontend-deps sync
-	cd frontend && $(NPM) test && $(NPM) run api:check
+	cd frontend && $(NPM) test && $(NPM) run api:check && $(NPM) run typecheck
 
 # Regenerate the TypeScript API client after changing the app's routes or models.
 frontend-api: frontend-deps sync
