@@ -8,6 +8,7 @@ from fastapi import APIRouter, HTTPException, Query, status
 
 from corral.app.celery_client import BrokerUnavailable, QueueNotAllowed
 from corral.app.deps import CurrentUser, ServicesDep, ToolsLimit
+from corral.app.health.sandbox import sandbox_layers
 from corral.app.idempotency import IdempotencyKey
 from corral.app.params import ResourceId, ToolName
 from corral.app.problems import ProblemError, problem_responses
@@ -18,20 +19,30 @@ from corral.app.tools import (
 )
 from corral.app.tools.registry import TOOLS
 from corral.app.tools.schemas import InvokeRequest, InvokeResponse, ToolOut
+from corral.task_schemas import Queue
 
 router = APIRouter(prefix="/tools", tags=["tools"])
 
 
 @router.get("", response_model=list[ToolOut])
-async def list_tools(user: CurrentUser) -> list[ToolOut]:
-    """The tools you can invoke, each with its description and the JSON schema of its arguments."""
+async def list_tools(user: CurrentUser, services: ServicesDep) -> list[ToolOut]:
+    """The tools you can invoke, each with its description and the JSON schema of its arguments;
+    python_q tools also say what the workers' sandboxes enforce (seccomp, cgroups)."""
+    layers = await sandbox_layers(services.redis)
     return [
-        ToolOut(name=t.name, description=t.description, parameters=t.parameters_schema())
+        ToolOut(
+            name=t.name,
+            description=t.description,
+            parameters=t.parameters_schema(),
+            sandbox=layers if Queue.PYTHON in t.task.queues else None,
+        )
         for t in TOOLS.values()
     ]
 
 
-@router.post("/{name}/invoke", response_model=InvokeResponse, responses=problem_responses(409, 503))
+@router.post(
+    "/{name}/invoke", response_model=InvokeResponse, responses=problem_responses(409, 410, 503)
+)
 async def invoke_tool(
     name: ToolName,
     body: InvokeRequest,

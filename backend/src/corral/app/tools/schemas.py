@@ -4,11 +4,18 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from corral.task_schemas.python import SandboxCapabilities
+
 
 class ToolOut(BaseModel):
     name: str
     description: str
     parameters: dict[str, Any]
+    sandbox: dict[str, SandboxCapabilities] | None = Field(
+        default=None,
+        description="Tools running on python_q: each live worker's sandbox layers (backend, "
+        "seccomp, cgroups v2 / v1 / none = rlimits only), as found by its start-up self-test.",
+    )
 
 
 class InvokeRequest(BaseModel):
