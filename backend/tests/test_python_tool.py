@@ -152,7 +152,8 @@ def _sandboxes_under(worker: Worker) -> list[psutil.Process]:
     found = []
     for proc in procs:
         try:
-            if proc.name() == "bwrap":
+            # Sessions' warm sandboxes (under the session host) are meant to stay alive.
+            if proc.name() == "bwrap" and "/session/kernel.py" not in proc.cmdline():
                 found.append(proc)
                 found.extend(proc.children(recursive=True))
         except psutil.NoSuchProcess:
