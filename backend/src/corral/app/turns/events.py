@@ -10,6 +10,7 @@ Every write trims the stream (``MAXLEN ~``) and renews its TTL, like task stream
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from typing import Any
@@ -67,23 +68,81 @@ def render(entry_id: str, event: TaskEvent) -> ServerSentEvent:
     return ServerSentEvent(id=entry_id, event=kind, data=json.dumps(data))
 
 
+class StreamWriter:
+    """Every turn stream write of this process through ONE Redis connection: appends queue up
+    and go out as one pipeline per round trip (``XADD MAXLEN ~`` + ``EXPIRE`` each), so a
+    hundred busy turns cost one connection and batch their writes, in order."""
+
+    def __init__(self, redis_url: str, streams: StreamSettings, *, client_name: str) -> None:
+        self._redis = aioredis.Redis.from_pool(
+            aioredis.BlockingConnectionPool.from_url(
+                redis_url,
+                max_connections=1,
+                timeout=10,
+                socket_timeout=10,
+                socket_connect_timeout=5,
+                client_name=client_name,
+                decode_responses=True,
+            )
+        )
+        self._ttl_s = streams.ttl_s
+        self._maxlen = max(streams.maxlen, 10_000)
+        self._pending: list[tuple[str, Any, asyncio.Future[str]]] = []
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    async def xadd(self, key: str, fields: Any) -> str:
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="turn-stream-writer")
+        future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self._pending.append((key, fields, future))
+        self._wake.set()
+        return await future
+
+    async def _run(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            batch, self._pending = self._pending, []
+            if not batch:
+                continue
+            pipe = self._redis.pipeline(transaction=False)
+            for key, fields, _ in batch:
+                pipe.xadd(key, fields, maxlen=self._maxlen, approximate=True)
+                pipe.expire(key, self._ttl_s)
+            try:
+                results = await pipe.execute()
+            except Exception as exc:
+                for _, _, future in batch:
+                    if not future.done():
+                        future.set_exception(exc)
+                continue
+            for i, (_, _, future) in enumerate(batch):
+                if not future.done():
+                    future.set_result(str(results[2 * i]))
+
+    async def aclose(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+        await self._redis.aclose()
+
+
 class TurnEvents:
     """Appends a turn's events in order. Text: the first delta goes out at once, later ones are
     batched until ``flush_chars`` characters wait or ``flush_s`` passed since the last write."""
 
     def __init__(
         self,
-        redis: aioredis.Redis,
+        writer: StreamWriter,
         turn_id: str,
-        streams: StreamSettings,
         *,
         flush_chars: int = 128,
         flush_s: float = 0.05,
     ) -> None:
-        self._redis = redis
+        self._writer = writer
         self.key = turn_events_key(turn_id)
-        self._ttl_s = streams.ttl_s
-        self._maxlen = max(streams.maxlen, 10_000)
         self._flush_chars = flush_chars
         self._flush_s = flush_s
         self._lock = asyncio.Lock()
@@ -127,13 +186,9 @@ class TurnEvents:
             await self._xadd("text", {"delta": text})
 
     async def _xadd(self, kind: str, data: dict[str, Any]) -> str:
-        fields: Any = encode_event(to_entry(kind, data))
-        pipe = self._redis.pipeline(transaction=False)
-        pipe.xadd(self.key, fields, maxlen=self._maxlen, approximate=True)
-        pipe.expire(self.key, self._ttl_s)
-        entry_id, _ = await pipe.execute()
+        entry_id = await self._writer.xadd(self.key, encode_event(to_entry(kind, data)))
         self.written += 1
-        return entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
+        return entry_id
 
     def discard_text(self) -> None:
         """Forget text not written yet (the model call it came from is re-issued)."""
@@ -143,11 +198,9 @@ class TurnEvents:
             self._timer = None
 
 
-async def append(
-    redis: aioredis.Redis, turn_id: str, streams: StreamSettings, kind: str, data: dict[str, Any]
-) -> str:
+async def append(writer: StreamWriter, turn_id: str, kind: str, data: dict[str, Any]) -> str:
     """One event from outside the runner (e.g. ``cancel_requested``, a queued turn's end)."""
-    return await TurnEvents(redis, turn_id, streams).emit(kind, data)
+    return await TurnEvents(writer, turn_id).emit(kind, data)
 
 
 async def read_all(redis: aioredis.Redis, turn_id: str) -> list[tuple[str, str, dict[str, Any]]]:

@@ -31,7 +31,21 @@ def lease_key(turn_id: str) -> str:
 
 
 class Leases:
-    def __init__(self, redis: aioredis.Redis, holder: str, ttl_s: float) -> None:
+    """All lease traffic of a process on ONE connection (``client_name``): taking, renewing
+    (every held lease in one pipeline) and releasing never grow a pool, however many turns."""
+
+    def __init__(self, redis_url: str, holder: str, ttl_s: float, *, client_name: str) -> None:
+        redis = aioredis.Redis.from_pool(
+            aioredis.BlockingConnectionPool.from_url(
+                redis_url,
+                max_connections=1,
+                timeout=10,
+                socket_timeout=10,
+                socket_connect_timeout=5,
+                client_name=client_name,
+                decode_responses=True,
+            )
+        )
         self._redis = redis
         self.holder = holder
         self._ttl_ms = int(ttl_s * 1000)
@@ -48,6 +62,19 @@ class Leases:
 
     async def release(self, turn_id: str) -> None:
         await self._release(keys=[lease_key(turn_id)], args=[self.holder])
+
+    async def renew_many(self, turn_ids: list[str]) -> set[str]:
+        """Renew several leases in one round trip; returns those still ours."""
+        pipe = self._redis.pipeline(transaction=False)
+        for turn_id in turn_ids:
+            await self._renew(
+                keys=[lease_key(turn_id)], args=[self.holder, self._ttl_ms], client=pipe
+            )
+        results = await pipe.execute()
+        return {t for t, ok in zip(turn_ids, results, strict=True) if ok}
+
+    async def aclose(self) -> None:
+        await self._redis.aclose()
 
     async def held(self, turn_ids: list[str]) -> set[str]:
         """Which of these turns have a live lease (by anyone)."""

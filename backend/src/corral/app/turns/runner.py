@@ -53,9 +53,20 @@ class TurnManager:
         self.services = services
         self.settings = services.settings.chat
         self.holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-        self.leases = Leases(services.redis, self.holder, self.settings.lease_ttl_s)
+        self.leases = Leases(
+            services.settings.redis.streams_url,
+            self.holder,
+            self.settings.lease_ttl_s,
+            client_name=f"{services.hub.client_name}-leases",
+        )
+        self.writer = turn_events.StreamWriter(
+            services.settings.redis.streams_url,
+            services.settings.streams,
+            client_name=f"{services.hub.client_name}-turns",
+        )
         self._running: dict[str, Running] = {}
         self._sweeper: asyncio.Task[None] | None = None
+        self._renewer: asyncio.Task[None] | None = None
         self._closing = False
 
     @property
@@ -64,20 +75,24 @@ class TurnManager:
 
     def start(self) -> None:
         self._sweeper = asyncio.create_task(self._sweep_forever(), name="turns-sweeper")
+        self._renewer = asyncio.create_task(self._renew_forever(), name="turns-lease-renewer")
 
     async def aclose(self, timeout_s: float = 10.0) -> None:
         """Hand every running turn off (nothing written, leases released)."""
         self._closing = True
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._sweeper
+        for helper in (self._sweeper, self._renewer):
+            if helper is not None:
+                helper.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await helper
         running = list(self._running.values())
         for entry in running:
             self._stop(entry, "handoff")
         if running:
             with contextlib.suppress(Exception):
                 await asyncio.wait([e.task for e in running], timeout=timeout_s)
+        await self.writer.aclose()
+        await self.leases.aclose()
 
     # -- running one turn ----------------------------------------------------------------------
 
@@ -107,7 +122,7 @@ class TurnManager:
 
         services = self.services
         entry = self._running[turn_id]
-        watcher = renewer = None
+        watcher = None
         outcome: str | None = None
         try:
             async with services.db.session() as session:
@@ -123,9 +138,8 @@ class TurnManager:
                 return
             config = services.agent_models.config(turn.model)
             events = turn_events.TurnEvents(
-                services.redis,
+                self.writer,
                 turn_id,
-                services.settings.streams,
                 flush_chars=self.settings.text_flush_chars,
                 flush_s=self.settings.text_flush_ms / 1000,
             )
@@ -149,7 +163,6 @@ class TurnManager:
                 await events.emit(
                     "resumed", {"resumes": turn.resumes, "holder": self.holder.split(":")[0]}
                 )
-            renewer = asyncio.create_task(self._renew(turn_id, entry))
             watcher = asyncio.create_task(self._watch_cancel(turn_id, entry))
             if config is None:
                 await chat.fail("ModelError", f"model {turn.model!r} is no longer configured")
@@ -167,31 +180,38 @@ class TurnManager:
         except Exception:
             log.exception("turn runner failed", turn_id=turn_id)
         finally:
-            for helper in (renewer, watcher):
-                if helper is not None:
-                    helper.cancel()
+            if watcher is not None:
+                watcher.cancel()
             with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
                 await self.leases.release(turn_id)
             if outcome is not None and not self._closing:
                 with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
                     await self.start_next(turn_id)
 
-    async def _renew(self, turn_id: str, entry: Running) -> None:
+    async def _renew_forever(self) -> None:
+        """Renew every lease this process holds in one round trip per interval; a turn whose
+        lease is gone (or that could not be renewed for a whole TTL) is handed off."""
         loop = asyncio.get_running_loop()
         last_ok = loop.time()
         while True:
             await asyncio.sleep(self.settings.lease_renew_s)
+            ids = list(self._running)
+            if not ids:
+                last_ok = loop.time()
+                continue
             try:
-                ok = await self.leases.renew(turn_id)
+                kept = await self.leases.renew_many(ids)
+                last_ok = loop.time()
             except Exception as exc:
-                log.warning("lease renewal failed", turn_id=turn_id, error=repr(exc))
-                ok = loop.time() - last_ok < self.settings.lease_ttl_s
-            else:
-                last_ok = loop.time() if ok else last_ok
-            if not ok:
-                log.warning("turn lease lost; handing the turn off", turn_id=turn_id)
-                self._stop(entry, "handoff")
-                return
+                log.warning("lease renewal failed", turns=len(ids), error=repr(exc))
+                if loop.time() - last_ok < self.settings.lease_ttl_s:
+                    continue
+                kept = set()
+            for turn_id in ids:
+                entry = self._running.get(turn_id)
+                if turn_id not in kept and entry is not None:
+                    log.warning("turn lease lost; handing the turn off", turn_id=turn_id)
+                    self._stop(entry, "handoff")
 
     async def _watch_cancel(self, turn_id: str, entry: Running) -> None:
         async with self.services.hub.subscribe(turn_events.turn_events_key(turn_id)) as sub:
@@ -228,9 +248,8 @@ class TurnManager:
                 await self.leases.release(turn.id)
                 raise
             await turn_events.append(
-                self.services.redis,
+                self.writer,
                 turn.id,
-                self.services.settings.streams,
                 "turn_started",
                 {
                     "turn_id": turn.id,

@@ -90,17 +90,14 @@ async def request_cancel(services: Services, row: Turn) -> None:
             await repository.finish(session, row.id, "cancelled")
     if row.status == "queued":
         await turn_events.append(
-            services.redis,
+            manager(services).writer,
             row.id,
-            services.settings.streams,
             "cancelled",
             {"reason": "stopped by the user before it started"},
         )
         return
     if not manager(services).cancel_local(row.id):
-        await turn_events.append(
-            services.redis, row.id, services.settings.streams, turn_events.CANCEL_REQUESTED, {}
-        )
+        await turn_events.append(manager(services).writer, row.id, turn_events.CANCEL_REQUESTED, {})
 
 
 async def stop_thread_turns(services: Services, thread_id: str, *, wait_s: float) -> bool:
