@@ -3,7 +3,7 @@
 Real Redis, real Celery workers, the scripted OpenAI-protocol model (so chat, pipelines and
 generate run their logic), rate limits raised (``stack_env``). Phases examples, coverage,
 fuzzing and stateful (create → read → delete → read again), time-boxed by
-``CORRAL_FUZZ_SECONDS`` (default 150 s; ``make fuzz`` runs longer). Zero failures, no baseline.
+``CORRAL_FUZZ_SECONDS`` (default 180 s; ``make fuzz`` runs longer). Zero failures, no baseline.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ def test_schemathesis_finds_nothing(
     live_app: LiveApp, fake_llm: FakeOpenAI, backend_dir: Path, tmp_path: Path
 ) -> None:
     fake_llm.respond_with(scripted_assistant)
-    seconds = int(os.environ.get("CORRAL_FUZZ_SECONDS", "150"))
+    seconds = int(os.environ.get("CORRAL_FUZZ_SECONDS", "180"))
     report = tmp_path / "report"
     cmd = [
         sys.executable,
