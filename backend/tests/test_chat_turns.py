@@ -11,7 +11,7 @@ import asyncio
 import json
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -88,7 +88,7 @@ def app(stack_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> 
         yield live
 
 
-def two_tools_then_answer(sleep_s: float) -> Any:
+def two_tools_then_answer(sleep_s: float) -> Callable[[RecordedRequest], Reply]:
     calls = [
         ToolCall("echo", {"payload": "a", "sleep_s": sleep_s, "steps": 3, "queue": "circuit_q"}),
         ToolCall("echo", {"payload": "b", "sleep_s": sleep_s, "steps": 3, "queue": "llm_q"}),
