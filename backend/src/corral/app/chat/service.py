@@ -134,14 +134,11 @@ async def start_turn(services: Services, user: User, thread_id: str, content: st
     )
     if status == "queued":
         await runner.leases.release(turn_id)
-        await turn_events.append(
-            services.redis, turn_id, services.settings.streams, "queued", {"turn_id": turn_id}
-        )
+        await turn_events.append(runner.writer, turn_id, "queued", {"turn_id": turn_id})
         return accepted
     await turn_events.append(
-        services.redis,
+        runner.writer,
         turn_id,
-        services.settings.streams,
         "turn_started",
         {
             "turn_id": turn_id,
