@@ -61,7 +61,7 @@ def test_env_files_have_examples_and_ports_agree() -> None:
     app_port = compose()["services"]["app"]["ports"][0].split(":")[1]
     assert f"EXPOSE {app_port}" in (REPO / "Dockerfile.app").read_text()
     assert f'"--port", "{app_port}"' in (REPO / "Dockerfile.app").read_text()
-    makefile_default = (REPO / "backend/src/corral/devstack.py").read_text()
+    makefile_default = (REPO / "backend/src/corral/devstack/cli.py").read_text()
     assert f'"{app_port}"' in makefile_default
 
 

@@ -288,5 +288,5 @@ def test_compose_and_devstack_run_beat() -> None:
     beats = [s for s in services.values() if "beat" in (s.get("command") or [])]
     assert len(beats) == 1
     assert beats[0]["command"][:4] == ["celery", "-A", "corral.tasks.main", "beat"]
-    devstack = (BACKEND_DIR / "src/corral/devstack.py").read_text()
+    devstack = (BACKEND_DIR / "src/corral/devstack/cli.py").read_text()
     assert '"beat"' in devstack
