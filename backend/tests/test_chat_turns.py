@@ -354,3 +354,39 @@ async def test_a_hundred_turns_watched_by_a_hundred_clients_use_no_more_redis_co
     print(f"redis connections of the app: 1 turn/1 client {one}, 100 turns/100 clients {hundred}")
     most_for_one = max(len(one[0]), len(one[1]))
     assert len(hundred[0]) <= most_for_one and len(hundred[1]) <= most_for_one, (one, hundred)
+
+
+# -- no model configured --------------------------------------------------------------------------
+
+
+async def test_no_model_configured_is_a_state_the_page_can_show(
+    stack_env: dict[str, str], tmp_path: Path
+) -> None:
+    url = new_sqlite_database(tmp_path)
+    with assistant_app(stack_env, url, "sqlite", no_model=True, **TURN_ENV) as bare:
+        async with bare.client(new_user()) as client:
+            models = (await client.get("/api/llm/models")).json()
+            assert models["configured"] is False and models["models"] == []
+            setup = models["setup"]
+            assert {e["provider"] for e in setup["examples"]} == {
+                "OpenAI",
+                "Ollama",
+                "vLLM",
+                "llama.cpp",
+            }
+            assert all("CORRAL_LLM__MODELS=" in e["env"] for e in setup["examples"])
+            refused = await client.post(
+                f"/api/threads/{await new_thread(client)}/messages", json={"content": "hi"}
+            )
+            assert refused.status_code == 503
+            problem = refused.json()
+            assert problem["type"] == "/errors/no-model-configured"
+            assert "CORRAL_LLM__MODELS" in problem["detail"] and "retry_after_s" not in problem
+
+
+async def test_configured_models_are_listed_without_secrets(app: AssistantApp) -> None:
+    async with app.client(new_user()) as client:
+        body = (await client.get("/api/llm/models")).json()
+    assert body["configured"] is True and body["setup"] is None
+    assert body["chat_model"] == "primary" and "primary" in {m["name"] for m in body["models"]}
+    assert "api_key" not in json.dumps(body) and "base_url" not in json.dumps(body)

@@ -51,9 +51,15 @@ class AssistantApp:
 
 @contextmanager
 def assistant_app(
-    stack_env: dict[str, str], database_url: str, dialect: str, **overrides: str
+    stack_env: dict[str, str],
+    database_url: str,
+    dialect: str,
+    *,
+    no_model: bool = False,
+    **overrides: str,
 ) -> Iterator[AssistantApp]:
-    """A real app server (own port, own database and rate-limit keys) on the shared stack."""
+    """A real app server (own port, own database and rate-limit keys) on the shared stack;
+    ``no_model``: as deployed before any language model is configured."""
     from corral.app.main import create_app
     from corral.app.settings import AppSettings
 
@@ -67,6 +73,10 @@ def assistant_app(
     }
     with env_vars(env):
         settings = AppSettings()  # type: ignore[call-arg]
+    if no_model:
+        from corral.config import LLMSettings
+
+        settings.llm = LLMSettings()
     with UvicornThread(create_app(settings), port=port) as server:
         secret = env["CORRAL_AUTH__DEV_SECRET"]
         yield AssistantApp(server.url, secret, database_url, server, dialect)

@@ -20,6 +20,7 @@ from corral.app.chat.router import router as chat_router
 from corral.app.contract import install_contract
 from corral.app.datasets.router import router as datasets_router
 from corral.app.health.router import router as health_router
+from corral.app.llm.models_router import router as llm_models_router
 from corral.app.llm.router import router as llm_router
 from corral.app.pipelines.router import router as pipelines_router
 from corral.app.problems import install_problem_handlers
@@ -107,6 +108,7 @@ def create_app(settings: AppSettings | None = None) -> FastAPI:
     api.include_router(tasks_router)
     api.include_router(storage_router)
     api.include_router(llm_router)
+    api.include_router(llm_models_router)
     api.include_router(pipelines_router)
     api.include_router(datasets_router)
     api.include_router(auth_router)
