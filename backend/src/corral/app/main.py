@@ -22,6 +22,7 @@ from corral.app.datasets.router import router as datasets_router
 from corral.app.health.router import router as health_router
 from corral.app.llm.models_router import router as llm_models_router
 from corral.app.llm.router import router as llm_router
+from corral.app.mcp import CorralMcp
 from corral.app.pipelines.router import router as pipelines_router
 from corral.app.problems import install_problem_handlers
 from corral.app.ratelimit.router import router as ratelimit_router
@@ -79,6 +80,7 @@ UPLOAD_ROUTES = (("POST", "/api/storage"), ("POST", "/api/datasets"))
 
 def create_app(settings: AppSettings | None = None) -> FastAPI:
     settings = settings or AppSettings()
+    mcp = CorralMcp()  # MCP over streamable HTTP at /mcp (docs/mcp.md)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -86,7 +88,8 @@ def create_app(settings: AppSettings | None = None) -> FastAPI:
         app.state.services = services
         try:
             await services.start_background()
-            yield
+            async with mcp.run():
+                yield
         finally:
             await services.aclose()
 
@@ -121,6 +124,7 @@ def create_app(settings: AppSettings | None = None) -> FastAPI:
     api.include_router(ratelimit_router)
     app.include_router(api)
     install_contract(app)
+    app.router.routes.append(mcp.route("/mcp"))  # plain ASGI: not in /openapi.json
 
     frontend = _frontend_dir(settings)
     if frontend is not None:

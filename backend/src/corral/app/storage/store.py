@@ -122,6 +122,8 @@ class ObjectStore(Protocol):
 
     async def exists(self, key: str) -> bool: ...
 
+    async def read(self, key: str, *, max_bytes: int) -> bytes: ...
+
     async def delete(self, key: str) -> None: ...
 
     async def presign_get(self, key: str, expires_s: int = 300) -> str: ...
@@ -188,6 +190,15 @@ class _Base(abc.ABC):
     async def exists(self, key: str) -> bool:
         return await self.head(key) is not None
 
+    async def read(self, key: str, *, max_bytes: int) -> bytes:
+        """The object's bytes (small objects only): ``ObjectTooLarge`` past ``max_bytes``,
+        ``FileNotFoundError`` when there is no such object."""
+        check_key(key)
+        data = await anyio.to_thread.run_sync(self._read_sync, key, max_bytes + 1)
+        if len(data) > max_bytes:
+            raise _too_large(max_bytes)
+        return data
+
     async def delete(self, key: str) -> None:
         check_key(key)
         await anyio.to_thread.run_sync(self._delete_sync, key)
@@ -206,6 +217,10 @@ class _Base(abc.ABC):
     @abc.abstractmethod
     def _delete_sync(self, key: str) -> None:
         """Blocking backend operation (run in a worker thread)."""
+
+    @abc.abstractmethod
+    def _read_sync(self, key: str, limit: int) -> bytes:
+        """Blocking backend operation (run in a worker thread): at most ``limit`` bytes."""
 
 
 @contextlib.contextmanager
@@ -270,6 +285,10 @@ class LocalObjectStore(_Base):
         except (OSError, ValueError, KeyError):
             content_type = "application/octet-stream"
         return ObjectInfo(key, size, content_type)
+
+    def _read_sync(self, key: str, limit: int) -> bytes:
+        with _local_errors(key), self.data_path(key).open("rb") as src:
+            return src.read(limit)
 
     def _delete_sync(self, key: str) -> None:
         for path in (self.data_path(key), self.meta_path(key)):
@@ -378,6 +397,21 @@ class S3ObjectStore(_Base):
         return ObjectInfo(
             key, int(reply["ContentLength"]), reply.get("ContentType") or "application/octet-stream"
         )
+
+    def _read_sync(self, key: str, limit: int) -> bytes:
+        from botocore.exceptions import ClientError
+
+        with _translate("read", key):
+            try:
+                reply = self.client.get_object(
+                    Bucket=self.bucket, Key=key, Range=f"bytes=0-{max(0, limit - 1)}"
+                )
+            except ClientError as exc:
+                if _status(exc) == 404:
+                    raise FileNotFoundError(key) from exc
+                raise
+            body: bytes = reply["Body"].read(limit)
+            return body
 
     def _delete_sync(self, key: str) -> None:
         with _translate("delete", key):

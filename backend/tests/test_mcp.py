@@ -1,0 +1,230 @@
+"""The MCP server at /mcp, driven by the official ``mcp`` client over streamable HTTP against the
+real app and workers: tools, a PNG from run_python, progress, cancellation, state per MCP
+session, ownership between users, and refused tokens."""
+
+from __future__ import annotations
+
+import base64
+import time
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import anyio
+import httpx
+import httpx2
+import mcp_types as types
+import pytest
+from mcp import ClientSession
+from mcp.client.streamable_http import streamable_http_client
+from mcp.shared.exceptions import MCPError
+
+from corral.app.auth.service import issue_dev_token
+from corral.app.settings import AuthSettings
+from tests.conftest import DEV_SECRET, LiveApp
+
+PLOT = """
+import matplotlib.pyplot as plt
+fig, ax = plt.subplots(figsize=(3, 2))
+ax.plot([1, 3, 2])
+total = 40 + 2
+print("plotted")
+"""
+
+
+@asynccontextmanager
+async def mcp_client(live_app: LiveApp, token: str | None = None) -> AsyncIterator[ClientSession]:
+    headers = {"Authorization": f"Bearer {token or live_app.token}"}
+    timeout = httpx2.Timeout(30, read=120)
+    async with (
+        httpx2.AsyncClient(headers=headers, timeout=timeout) as http,
+        streamable_http_client(f"{live_app.url}/mcp", http_client=http) as (read, write),
+        ClientSession(read, write) as session,
+    ):
+        await session.initialize()
+        yield session
+
+
+def text_of(result: types.CallToolResult) -> str:
+    return "\n".join(c.text for c in result.content if isinstance(c, types.TextContent))
+
+
+def other_user_token() -> str:
+    user = "mcp-other-" + uuid.uuid4().hex[:8]
+    return issue_dev_token(AuthSettings(mode="dev", dev_secret=DEV_SECRET, dev_user_id=user))
+
+
+async def test_every_api_tool_is_an_mcp_tool_with_its_schema(
+    live_app: LiveApp, api: httpx.AsyncClient
+) -> None:
+    http_tools = {t["name"]: t for t in (await api.get("/api/tools")).json()}
+    async with mcp_client(live_app) as session:
+        listed = (await session.list_tools()).tools
+    assert {t.name for t in listed} == set(http_tools)
+    for tool in listed:
+        assert tool.input_schema == http_tools[tool.name]["parameters"], tool.name
+        assert tool.description
+    assert "/mcp" not in (await api.get("/openapi.json")).json()["paths"]
+
+
+async def test_run_python_returns_the_png_and_a_resource_link(live_app: LiveApp) -> None:
+    async with mcp_client(live_app) as session:
+        result = await session.call_tool("run_python", {"code": PLOT})
+        assert not result.is_error, text_of(result)
+        images = [c for c in result.content if isinstance(c, types.ImageContent)]
+        links = [c for c in result.content if isinstance(c, types.ResourceLink)]
+        assert len(images) == 1 and images[0].mime_type == "image/png"
+        png = base64.b64decode(images[0].data)
+        assert png[:8] == b"\x89PNG\r\n\x1a\n"
+        assert "plotted" in text_of(result)
+        assert len(links) == 1 and links[0].mime_type == "image/png"
+        # The link reads back as the same PNG.
+        read = await session.read_resource(str(links[0].uri))
+        blob = read.contents[0]
+        assert isinstance(blob, types.BlobResourceContents)
+        assert base64.b64decode(blob.blob) == png
+        # State persists within the MCP session (its research session) ...
+        again = await session.call_tool("run_python", {"code": "total + 1"})
+        assert not again.is_error, text_of(again)
+        assert (again.structured_content or {})["output"]["last_expr"] == "43"
+    # ... and not into another MCP session.
+    async with mcp_client(live_app) as session:
+        fresh = await session.call_tool("run_python", {"code": "total"})
+        assert "NameError" in text_of(fresh)
+
+
+async def test_slow_echo_sends_progress_notifications(live_app: LiveApp) -> None:
+    seen: list[tuple[float, float | None, str | None]] = []
+
+    async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+        seen.append((progress, total, message))
+
+    async with mcp_client(live_app) as session:
+        result = await session.call_tool(
+            "echo",
+            {"payload": {"hi": 1}, "sleep_s": 0.8, "steps": 4},
+            progress_callback=on_progress,
+        )
+    assert not result.is_error, text_of(result)
+    assert (result.structured_content or {})["output"]["payload"] == {"hi": 1}
+    assert [p for p, _, _ in seen] == [1, 2, 3, 4]
+    assert all(total == 4 for _, total, _ in seen)
+    assert seen[-1][2] == "step 4 of 4"
+
+
+async def test_cancelling_a_call_cancels_its_task(
+    live_app: LiveApp, api: httpx.AsyncClient
+) -> None:
+    started = anyio.Event()
+
+    async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+        started.set()
+
+    async with mcp_client(live_app) as session:
+        async with anyio.create_task_group() as tg:
+
+            async def call() -> None:
+                await session.call_tool(
+                    "echo", {"sleep_s": 30, "steps": 60}, progress_callback=on_progress
+                )
+
+            tg.start_soon(call)
+            with anyio.fail_after(15):
+                await started.wait()
+            runs = (await api.get("/api/tasks", params={"state": "running"})).json()
+            task_id = next(r["task_id"] for r in runs if r["tool"] == "echo")
+            cancelled_at = time.monotonic()
+            tg.cancel_scope.cancel()  # the client sends notifications/cancelled
+        state = None
+        while time.monotonic() - cancelled_at < 1.0:
+            detail = (await api.get(f"/api/tasks/{task_id}")).json()
+            state = detail["state"]
+            if state == "cancelled":
+                break
+            await anyio.sleep(0.05)
+        assert state == "cancelled", detail
+        assert detail["error_message"] == "cancelled by the MCP client"
+        assert "cancelled" in [e["type"] for e in detail["events"]]
+        # The session is still usable afterwards.
+        ok = await session.call_tool("echo", {"payload": "after"})
+        assert (ok.structured_content or {})["output"]["payload"] == "after"
+
+
+async def test_another_user_cannot_read_the_first_users_results(live_app: LiveApp) -> None:
+    async with mcp_client(live_app) as session:
+        result = await session.call_tool("run_python", {"code": PLOT})
+        summary = result.structured_content or {}
+        task_id = summary["task_id"]
+        link = next(c for c in result.content if isinstance(c, types.ResourceLink))
+        mine = await session.read_resource(f"corral://tasks/{task_id}/result")
+        assert "plotted" in mine.contents[0].text  # type: ignore[union-attr]
+        own_resources = {str(r.uri) for r in (await session.list_resources()).resources}
+        assert f"corral://tasks/{task_id}/result" in own_resources
+    other = other_user_token()
+    async with mcp_client(live_app, other) as session:
+        for uri in (f"corral://tasks/{task_id}/result", str(link.uri)):
+            with pytest.raises(MCPError, match="not found"):
+                await session.read_resource(uri)
+        listed = {str(r.uri) for r in (await session.list_resources()).resources}
+        assert not any(task_id in uri for uri in listed)
+    async with httpx.AsyncClient(base_url=live_app.url, timeout=10) as http:
+        resp = await http.get(
+            f"/api/tools/results/{task_id}", headers={"Authorization": f"Bearer {other}"}
+        )
+        assert resp.status_code == 404
+
+
+async def test_another_user_cannot_use_the_first_users_mcp_session(live_app: LiveApp) -> None:
+    init = {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "initialize",
+        "params": {
+            "protocolVersion": "2025-11-25",
+            "capabilities": {},
+            "clientInfo": {"name": "raw", "version": "0"},
+        },
+    }
+    accept = {"Accept": "application/json, text/event-stream"}
+    async with httpx.AsyncClient(base_url=live_app.url, timeout=10) as http:
+        resp = await http.post("/mcp", json=init, headers={**live_app.headers, **accept})
+        assert resp.status_code == 200, resp.text
+        sid = resp.headers["mcp-session-id"]
+        hijack = await http.post(
+            "/mcp",
+            json={"jsonrpc": "2.0", "id": 2, "method": "tools/list"},
+            headers={
+                "Authorization": f"Bearer {other_user_token()}",
+                "mcp-session-id": sid,
+                "mcp-protocol-version": "2025-11-25",
+                **accept,
+            },
+        )
+        assert hijack.status_code == 404
+
+
+async def test_invalid_token_is_refused(live_app: LiveApp) -> None:
+    async with httpx.AsyncClient(base_url=live_app.url, timeout=10) as http:
+        for headers in ({"Authorization": "Bearer not-a-token"}, {}):
+            resp = await http.post(
+                "/mcp", json={"jsonrpc": "2.0", "id": 1, "method": "ping"}, headers=headers
+            )
+            assert resp.status_code == 401
+            assert resp.headers["www-authenticate"].startswith("Bearer")
+            assert resp.headers["content-type"].startswith("application/problem+json")
+            assert resp.json()["type"] == "/errors/unauthorized"
+    # The official client cannot even initialize (the SDK reports the 401 as an error reply).
+    with pytest.raises(BaseException) as caught:
+        async with mcp_client(live_app, "not-a-token"):
+            pass
+    assert caught.group_contains(MCPError) or isinstance(caught.value, MCPError)
+
+
+async def test_bad_arguments_are_a_tool_error_and_unknown_tools_a_protocol_error(
+    live_app: LiveApp,
+) -> None:
+    async with mcp_client(live_app) as session:
+        bad = await session.call_tool("echo", {"steps": 0})
+        assert bad.is_error and "invalid-arguments" in text_of(bad)
+        with pytest.raises(MCPError, match="unknown tool"):
+            await session.call_tool("no_such_tool", {})
