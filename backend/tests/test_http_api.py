@@ -82,7 +82,11 @@ async def test_bad_requests_get_clear_4xx(api: httpx.AsyncClient) -> None:
     missing = await api.get("/api/tasks/does-not-exist")
     assert missing.status_code == 404
     bad_cursor = await api.get("/api/tasks/x/events", headers={"Last-Event-ID": "zzz"})
-    assert bad_cursor.status_code == 404  # unknown task first: never reveal anything
+    # A malformed cursor is refused by the schema before any lookup: it reveals nothing.
+    assert bad_cursor.status_code == 422 and bad_cursor.json()["errors"][0]["loc"] == [
+        "header",
+        "last-event-id",
+    ]
 
 
 async def test_auth_is_required(live_app: LiveApp) -> None:
