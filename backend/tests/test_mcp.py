@@ -22,6 +22,9 @@ from mcp.shared.exceptions import MCPError
 from corral.app.auth.service import issue_dev_token
 from corral.app.settings import AuthSettings
 from tests.conftest import DEV_SECRET, LiveApp
+from tests.support.assistant import assistant_app, dev_token, new_user
+from tests.support.circuit import uploaded_id
+from tests.support.db import new_sqlite_database
 
 PLOT = """
 import matplotlib.pyplot as plt
@@ -150,7 +153,9 @@ async def test_cancelling_a_call_cancels_its_task(
         assert (ok.structured_content or {})["output"]["payload"] == "after"
 
 
-async def test_another_user_cannot_read_the_first_users_results(live_app: LiveApp) -> None:
+async def test_another_user_cannot_read_the_first_users_results(
+    live_app: LiveApp, api: httpx.AsyncClient
+) -> None:
     async with mcp_client(live_app) as session:
         result = await session.call_tool("run_python", {"code": PLOT})
         summary = result.structured_content or {}
@@ -161,7 +166,13 @@ async def test_another_user_cannot_read_the_first_users_results(live_app: LiveAp
         own_resources = {str(r.uri) for r in (await session.list_resources()).resources}
         assert f"corral://tasks/{task_id}/result" in own_resources
     other = other_user_token()
-    async with mcp_client(live_app, other) as session:
+    async with httpx.AsyncClient(base_url=live_app.url, timeout=10) as http:
+        created = await http.post(
+            "/api/api-keys", json={"name": "mcp"}, headers={"Authorization": f"Bearer {other}"}
+        )
+        assert created.status_code == 201, created.text
+    other_key = created.json()["key"]  # the other user signs in to MCP with an API key
+    async with mcp_client(live_app, other_key) as session:
         for uri in (f"corral://tasks/{task_id}/result", str(link.uri)):
             with pytest.raises(MCPError, match="not found"):
                 await session.read_resource(uri)
@@ -228,3 +239,45 @@ async def test_bad_arguments_are_a_tool_error_and_unknown_tools_a_protocol_error
         assert bad.is_error and "invalid-arguments" in text_of(bad)
         with pytest.raises(MCPError, match="unknown tool"):
             await session.call_tool("no_such_tool", {})
+
+
+async def test_a_large_table_comes_back_as_a_csv_resource(
+    live_app: LiveApp, api: httpx.AsyncClient
+) -> None:
+    csv_rows = "\n".join(f"{i},{'L5' if i % 2 else 'L6'},{i * 0.5}" for i in range(50))
+    dataset_id = await uploaded_id(api, f"id,layer,x\n{csv_rows}\n".encode(), "cells.csv")
+    async with mcp_client(live_app) as session:
+        result = await session.call_tool(
+            "circuit_population_analysis",
+            {"dataset_id": dataset_id, "question": "all", "sql": "SELECT id, layer FROM neurons"},
+        )
+        assert not result.is_error, text_of(result)
+        output = (result.structured_content or {})["output"]
+        assert output["row_count"] == 50 and len(output["rows"]) == 20
+        link = next(c for c in result.content if isinstance(c, types.ResourceLink))
+        assert link.mime_type == "text/csv"
+        table = (await session.read_resource(str(link.uri))).contents[0]
+        assert isinstance(table, types.TextResourceContents)
+        lines = table.text.strip().splitlines()
+        assert lines[0] == "id,layer" and len(lines) == 51
+
+
+async def test_mcp_calls_count_against_the_same_rate_limit_as_http_invokes(
+    stack_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    database = new_sqlite_database(tmp_path_factory.mktemp("mcp-limits-db"))
+    limits = {"CORRAL_RATE_LIMITS__TOOLS": "3/minute"}
+    with assistant_app(stack_env, database, "sqlite", **limits) as app:
+        user = new_user()
+        live = LiveApp(app.url, dev_token(user, app.secret), app.server)
+        async with mcp_client(live) as session:
+            for i in range(2):
+                ok = await session.call_tool("echo", {"payload": i})
+                assert not ok.is_error, text_of(ok)
+            async with app.client(user) as http:  # the third of 3: over HTTP
+                resp = await http.post("/api/tools/echo/invoke", json={"arguments": {}})
+                assert resp.status_code == 200
+                assert resp.headers["X-RateLimit-Remaining"] == "0"
+            refused = await session.call_tool("echo", {"payload": "one too many"})
+            assert refused.is_error and "rate-limited" in text_of(refused)
+            assert 1 <= (refused.structured_content or {})["retry_after_s"] <= 60
