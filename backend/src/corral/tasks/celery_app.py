@@ -38,6 +38,9 @@ WORKER_DEFAULTS: dict[str, Any] = {
     "broker_connection_retry_on_startup": True,
     "task_create_missing_queues": True,
     "result_extended": True,
+    # A Redis restart must not fail the tasks finishing meanwhile: keep retrying the store.
+    "result_backend_always_retry": True,
+    "result_backend_max_retries": 20,
     "worker_send_task_events": False,
     # priority_steps: the lists this worker polls, most urgent first (see task_schemas). The
     # visibility timeout is set per worker from the queues it consumes (worker_broker_bounds).

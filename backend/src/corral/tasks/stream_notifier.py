@@ -20,6 +20,8 @@ from typing import Any, cast
 
 import redis
 import structlog
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
 
 from corral.config import StreamSettings
 from corral.task_schemas import (
@@ -37,6 +39,8 @@ from corral.task_schemas.delivery import TERMINAL_ONCE_LUA, terminal_once_call
 
 log = structlog.get_logger(__name__)
 
+OUTAGE_RETRIES = 12  # about 20 s of backoff: a Redis restart, not a Redis gone for good
+
 _lock = threading.Lock()
 _clients: dict[tuple[int, str], redis.Redis] = {}
 
@@ -47,8 +51,14 @@ def _client(url: str) -> redis.Redis:
     with _lock:
         client = _clients.get(key)
         if client is None:
+            # Ride through a Redis restart (a few seconds) instead of failing the task.
             client = redis.Redis.from_url(
-                url, socket_timeout=10, socket_connect_timeout=5, health_check_interval=30
+                url,
+                socket_timeout=10,
+                socket_connect_timeout=5,
+                health_check_interval=30,
+                retry=Retry(ExponentialBackoff(cap=2.0, base=0.1), OUTAGE_RETRIES),
+                retry_on_error=[redis.ConnectionError, redis.TimeoutError],
             )
             _clients[key] = client
         return client

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Literal, cast
+from typing import Any, Literal, TypeVar, cast
 
 import redis.asyncio as aioredis
 from limits import RateLimitItem, parse
@@ -16,9 +18,12 @@ from limits.aio.strategies import (
     RateLimiter,
     SlidingWindowCounterRateLimiter,
 )
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from corral.app.ratelimit.settings import RateLimitSettings
 
+T = TypeVar("T")
 Group = Literal["chat", "tools"]
 GROUPS: tuple[Group, ...] = ("chat", "tools")
 
@@ -54,6 +59,19 @@ class LimitState:
         return headers
 
 
+async def _reconnecting(call: Callable[[], Awaitable[T]], attempts: int = 3) -> T:
+    """Pooled connections go stale when Redis restarts: the first use of each fails once.
+    Retrying on a fresh connection keeps a Redis restart from turning into 500s."""
+    for attempt in range(attempts):
+        try:
+            return await call()
+        except (RedisConnectionError, RedisTimeoutError):
+            if attempt == attempts - 1:
+                raise
+            await asyncio.sleep(0.05 * (attempt + 1))
+    raise AssertionError("unreachable")
+
+
 class RateLimits:
     def __init__(self, settings: RateLimitSettings, redis_url: str) -> None:
         self.settings = settings
@@ -82,11 +100,11 @@ class RateLimits:
     async def hit(self, group: Group, user_id: str) -> LimitState:
         """Count one request; ``allowed`` is False (and nothing is counted) past the limit."""
         item = self._items[group]
-        allowed = await self._limiter.hit(item, group, user_id)
-        return await self._state(group, user_id, allowed)
+        allowed = await _reconnecting(lambda: self._limiter.hit(item, group, user_id))
+        return await _reconnecting(lambda: self._state(group, user_id, allowed))
 
     async def peek(self, group: Group, user_id: str) -> LimitState:
-        return await self._state(group, user_id, True)
+        return await _reconnecting(lambda: self._state(group, user_id, True))
 
     async def _state(self, group: Group, user_id: str, allowed: bool) -> LimitState:
         item = self._items[group]
