@@ -70,7 +70,9 @@ async def test_every_api_tool_is_an_mcp_tool_with_its_schema(
     assert "/mcp" not in (await api.get("/openapi.json")).json()["paths"]
 
 
-async def test_run_python_returns_the_png_and_a_resource_link(live_app: LiveApp) -> None:
+async def test_run_python_returns_the_png_and_a_resource_link(
+    live_app: LiveApp, api: httpx.AsyncClient
+) -> None:
     async with mcp_client(live_app) as session:
         result = await session.call_tool("run_python", {"code": PLOT})
         assert not result.is_error, text_of(result)
@@ -89,8 +91,15 @@ async def test_run_python_returns_the_png_and_a_resource_link(live_app: LiveApp)
         # State persists within the MCP session (its research session) ...
         again = await session.call_tool("run_python", {"code": "total + 1"})
         assert not again.is_error, text_of(again)
-        assert (again.structured_content or {})["output"]["last_expr"] == "43"
-    # ... and not into another MCP session.
+        output = (again.structured_content or {})["output"]
+        assert output["last_expr"] == "43"
+        session_id = output["session_id"]
+        assert (await api.get(f"/api/sessions/{session_id}")).json()["state"] != "closed"
+    # Ending the MCP session closes its research session ...
+    with anyio.fail_after(5):
+        while (await api.get(f"/api/sessions/{session_id}")).json()["state"] != "closed":
+            await anyio.sleep(0.05)
+    # ... and state does not leak into another MCP session.
     async with mcp_client(live_app) as session:
         fresh = await session.call_tool("run_python", {"code": "total"})
         assert "NameError" in text_of(fresh)
@@ -281,3 +290,28 @@ async def test_mcp_calls_count_against_the_same_rate_limit_as_http_invokes(
             refused = await session.call_tool("echo", {"payload": "one too many"})
             assert refused.is_error and "rate-limited" in text_of(refused)
             assert 1 <= (refused.structured_content or {})["retry_after_s"] <= 60
+
+
+async def test_a_client_on_the_stateless_2026_wire_gets_the_same_tools(live_app: LiveApp) -> None:
+    from mcp import Client
+
+    seen: list[float] = []
+
+    async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+        seen.append(progress)
+
+    headers = {"Authorization": f"Bearer {live_app.token}"}
+    async with (
+        httpx2.AsyncClient(headers=headers, timeout=httpx2.Timeout(30, read=120)) as http,
+        Client(streamable_http_client(f"{live_app.url}/mcp", http_client=http)) as client,
+    ):
+        assert client.session.protocol_version not in (None, "2025-11-25")
+        names = {t.name for t in (await client.list_tools()).tools}
+        assert {"echo", "run_python"} <= names
+        echo = await client.call_tool(
+            "echo", {"payload": "modern", "sleep_s": 0.3, "steps": 3}, progress_callback=on_progress
+        )
+        assert (echo.structured_content or {})["output"]["payload"] == "modern"
+        assert seen == [1, 2, 3]
+        plot = await client.call_tool("run_python", {"code": PLOT})
+        assert any(isinstance(c, types.ImageContent) for c in plot.content), text_of(plot)
