@@ -361,6 +361,11 @@ async def test_app_store_api(stack: Stack) -> None:
         assert (await storage.head(file_key)) == app_store.ObjectInfo(
             file_key, len(PNG), "image/png"
         )
+        assert await storage.read(file_key, max_bytes=len(PNG)) == PNG
+        with pytest.raises(app_store.ObjectTooLarge):
+            await storage.read(file_key, max_bytes=len(PNG) - 1)
+        with pytest.raises(FileNotFoundError):
+            await storage.read(app_store.new_key(OWNER, "plots"), max_bytes=10)
 
         too_big = app_store.new_key(OWNER, "plots")
         with pytest.raises(app_store.ObjectTooLarge):
