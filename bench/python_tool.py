@@ -7,8 +7,10 @@ Measures, each over ``--runs`` warm runs (p50/p95):
   ``subprocess`` python (the sandbox venv's interpreter, no isolation), measured in the same run;
 - end to end: ``POST /api/tools/run_python/invoke`` → Redis → python_q worker → sandbox →
   object store → result, against the ``echo`` tool on the same worker (the path without Python);
-- 4 concurrent plots (batches of 4 invokes at once; the worker has 2 processes on 2 cores).
-Targets (bwrap): end-to-end print(1) <= 60 ms, plot <= 1 s.
+- 4 concurrent plots (batches of 4 invokes at once; the worker has 2 processes on 2 cores);
+- bwrap's isolation layers: print(1) with seccomp and/or cgroups switched off, interleaved in
+  the same run (``--layers-only`` runs just these sandbox rows, no stack).
+Targets (bwrap): end-to-end print(1) <= 60 ms, plot <= 1 s, seccomp <= 2 ms added per run.
 
 As root, bwrap runs as the unprivileged user from backend/scripts/sandbox_host_setup.sh.
 """
@@ -19,6 +21,7 @@ import argparse
 import asyncio
 import json
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -87,6 +90,55 @@ def child_sandbox_only(backend: str, runs: int) -> dict[str, list[float]]:
                 if i:
                     times.append(time.perf_counter() - t)
             out[f"plain {case}"] = times
+        if backend == "bwrap":
+            out.update(layer_costs(settings, base, runs))
+    return out
+
+
+LAYER_VARIANTS = (  # (label, seccomp on, cgroups on)
+    ("all layers", True, True),
+    ("seccomp off", False, True),
+    ("cgroups off", True, False),
+    ("seccomp and cgroups off", False, False),
+)
+
+
+def layer_costs(settings: Any, base: Path, runs: int) -> dict[str, list[float]]:
+    """print(1) with each isolation layer switched off, interleaved run by run so load drift
+    hits every variant alike. Switching seccomp off exists only here (``seccomp=False``): the
+    worker's self-test refuses a sandbox without the filter."""
+    from corral.tasks.sandbox.bwrap import BwrapSandbox
+
+    no_cgroups = settings.model_copy(
+        update={"cgroup": settings.cgroup.model_copy(update={"mode": "off"})}
+    )
+    boxes = {
+        label: BwrapSandbox(settings if cgroups else no_cgroups, seccomp=seccomp)
+        for label, seccomp, cgroups in LAYER_VARIANTS
+    }
+    mode = boxes["all layers"].cgroup_host().mode
+    out: dict[str, list[float]] = {
+        f"{kind} {label}": [] for label in boxes for kind in ("layers", "cpu")
+    }
+    order = list(boxes.items())
+    for i in range(3 * runs + 1):  # more runs: the differences are small
+        order = order[1:] + order[:1]  # rotate, so no variant always runs first or last
+        for j, (label, box) in enumerate(order):
+            inp, outp = base / f"layers-{i}-{j}-in", base / f"layers-{i}-{j}-out"
+            inp.mkdir()
+            outp.mkdir()
+            cpu = resource.getrusage(resource.RUSAGE_CHILDREN)
+            t = time.perf_counter()
+            result = box.run(PRINT, input_dir=inp, output_dir=outp, limits=settings.limits)
+            took = time.perf_counter() - t
+            after = resource.getrusage(resource.RUSAGE_CHILDREN)
+            if result.error is not None:
+                raise SystemExit(f"bwrap {label}: {result.error}")
+            if i:
+                out[f"layers {label}"].append(took)
+                used = after.ru_utime + after.ru_stime - cpu.ru_utime - cpu.ru_stime
+                out[f"cpu {label}"].append(used)
+    out["cgroup mode"] = [0.0 if mode == "none" else (2.0 if mode == "v2" else 1.0)]
     return out
 
 
@@ -202,10 +254,37 @@ def table(rows: list[tuple[str, str, list[float], float | None]]) -> str:
     return "\n".join(lines)
 
 
+def layer_table(only: dict[str, list[float]]) -> str:
+    """Each layer's cost: p50/p95, and the median of paired differences (same round, so the
+    machine's load drift cancels) against the run with both layers off."""
+    mode = {0.0: "none", 1.0: "v1", 2.0: "v2"}[only["cgroup mode"][0]]
+    base = only["layers seccomp and cgroups off"]
+    base_cpu = only["cpu seccomp and cgroups off"]
+    lines = [
+        f"bwrap print(1) by layer (cgroups here: {mode}; {len(base)} interleaved rounds)",
+        "| variant | wall p50 ms | wall p95 ms | wall added (paired median) ms "
+        "| CPU p50 ms | CPU added (paired median) ms |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for label, _, _ in reversed(LAYER_VARIANTS):
+        values, cpu = only[f"layers {label}"], only[f"cpu {label}"]
+        diffs = [v - b for v, b in zip(values, base, strict=True)]
+        cpu_diffs = [v - b for v, b in zip(cpu, base_cpu, strict=True)]
+        lines.append(
+            f"| {label} | {pct(values, 0.5) * 1000:.1f} | {pct(values, 0.95) * 1000:.1f} "
+            f"| {pct(diffs, 0.5) * 1000:+.2f} | {pct(cpu, 0.5) * 1000:.1f} "
+            f"| {pct(cpu_diffs, 0.5) * 1000:+.2f} |"
+        )
+    return "\n".join(lines)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--backends", default="bwrap,wasm")
+    parser.add_argument(
+        "--layers-only", action="store_true", help="bwrap sandbox-only rows, no stack"
+    )
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -226,10 +305,15 @@ def main() -> int:
         "TASKS_SANDBOX__WASM_CACHE_DIR": str(WASM_CACHE),
     }
     rows: list[tuple[str, str, list[float], float | None]] = []
+    layers = ""
     for backend in args.backends.split(","):
         as_user = as_sandbox_user() if backend == "bwrap" else []
         env = {**base_env, "HOME": sandbox_user_home()} if backend == "bwrap" else base_env
         only = sandbox_only(backend, args.runs, env, as_user)
+        if backend == "bwrap":
+            layers = layer_table(only)
+        if args.layers_only:
+            continue
         e2e = run_stack(backend, args.runs, base_env, as_user)
         plain_print, plain_plot = pct(only["plain print(1)"], 0.5), pct(only["plain plot"], 0.5)
         echo = pct(e2e["e2e echo"], 0.5)
@@ -246,7 +330,10 @@ def main() -> int:
              plot),
         ]  # fmt: skip
     print(f"runs per row: {args.runs} (concurrent: batches of 4); machine: {os.cpu_count()} cores")
-    print(table(rows))
+    if rows:
+        print(table(rows))
+    if layers:
+        print(layers)
     return 0
 
 
