@@ -83,3 +83,48 @@ async def test_worker_main_sigkill_task_completes_on_another_worker(
                 assert elapsed < 6 + 2 + 4 + 5, f"redelivered after {elapsed:.1f}s"
             print(f"{broker}: done {elapsed:.1f}s after the worker was killed")
             assert other.proc.poll() is None
+
+
+async def test_rabbitmq_urgent_messages_skip_the_normal_backlog(
+    rabbitmq: str, stack_env: dict[str, str]
+) -> None:
+    """Quorum queues have no priorities (RabbitMQ 3.10): urgency is routed to `llm_q.urgent`,
+    which the same worker consumes, so an urgent task does not wait behind the backlog."""
+    from corral.task_schemas import PRIORITY_URGENT
+
+    env = {"TASKS_BROKER__URL": rabbitmq, "CORRAL_BROKER__URL": rabbitmq}
+    with fault_stack(stack_env, **env) as stack:
+        stack.worker("llm_q", name="urgent-llm@test", concurrency=1)
+        client = stack.streams()
+        async with running_services(stack.env) as services:
+            backlog = [
+                await task_runs.submit(
+                    services,
+                    SYSTEM_ECHO,
+                    EchoInput(payload=i, sleep_s=0.7),
+                    owner_id="u-urgent",
+                    queue=Queue.LLM,
+                )
+                for i in range(6)
+            ]
+            wait_for_event(client, backlog[0], "started")
+            urgent = await task_runs.submit(
+                services,
+                SYSTEM_ECHO,
+                EchoInput(payload="urgent", sleep_s=0.1),
+                owner_id="u-urgent",
+                queue=Queue.LLM,
+                priority=PRIORITY_URGENT,
+            )
+            queued = [e for _, e in events(client, urgent) if e.type == "queued"]
+            assert queued and queued[0].queue == "llm_q"
+            wait_for_event(client, urgent, "done", timeout=30)
+            for task_id in backlog:
+                wait_for_event(client, task_id, "done", timeout=30)
+
+            def started_at(task_id: str) -> str:
+                return next(i for i, e in events(client, task_id) if e.type == "started")
+
+            order = sorted([*backlog, urgent], key=started_at)
+            # At most the running task and one already-reserved normal message go first.
+            assert order.index(urgent) <= 2, [order.index(t) for t in [*backlog, urgent]]
