@@ -18,7 +18,6 @@ import pyarrow.parquet as pq
 import pytest
 import redis
 
-from corral.app.datasets import sample
 from corral.config import RedisSettings
 from corral.task_schemas import (
     CIRCUIT_ANALYZE,
@@ -31,6 +30,7 @@ from corral.task_schemas import (
     message_kwargs,
     task_events_key,
 )
+from corral.tasks.circuit import sample
 from tests.conftest import LiveApp
 from tests.support.circuit import (
     analyze,

@@ -1,5 +1,7 @@
-"""Datasets over real HTTP: uploads read at upload time, owner-only access, the shared sample,
-and the URL handed to circuit_q workers (local signed URL and moto's S3)."""
+"""Datasets over real HTTP: uploads stored by the app and read by ``circuit.ingest`` on the real
+circuit_q worker (processing -> ready | failed with a typed error), owner-only access, the shared
+sample (built by a worker task), and the URL handed to circuit_q workers (local signed URL and
+moto's S3)."""
 
 from __future__ import annotations
 
@@ -16,17 +18,23 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from corral.app.datasets import sample
 from corral.app.datasets import service as datasets
-from corral.app.datasets import sonata as app_sonata
 from corral.app.datasets.schemas import DatasetRecord
 from corral.app.main import create_app
 from corral.app.settings import AppSettings, AppStorageSettings, DatasetSettings
 from corral.app.storage.store import S3ObjectStore
 from corral.task_schemas import CIRCUIT_ANALYZE, DatasetFormat
+from corral.tasks.circuit import sample
 from corral.tasks.circuit import sonata as task_sonata
 from tests.conftest import LiveApp
-from tests.support.circuit import other_user_headers, upload, uploaded_id, write_sonata
+from tests.support.circuit import (
+    ingested,
+    other_user_headers,
+    upload,
+    uploaded_id,
+    wait_dataset,
+    write_sonata,
+)
 from tests.support.procs import UvicornThread, env_vars
 from tests.support.s3 import moto_s3_server
 
@@ -72,8 +80,11 @@ def test_sample_is_deterministic_with_realistic_proportions() -> None:
 
 
 async def test_sample_is_listed_and_readable_by_everyone(api: httpx.AsyncClient) -> None:
+    """Built by the circuit.build_sample task the app sent at start-up."""
+    await wait_dataset(api, sample.SAMPLE_ID)
     listed = (await api.get("/api/datasets")).json()
     assert listed[0]["id"] == sample.SAMPLE_ID and listed[0]["read_only"] is True
+    assert listed[0]["status"] == "ready"
     for headers in ({}, other_user_headers()):
         resp = await api.get(f"/api/datasets/{sample.SAMPLE_ID}", headers=headers)
         assert resp.status_code == 200, resp.text
@@ -103,9 +114,8 @@ async def test_sample_cannot_be_deleted(api: httpx.AsyncClient) -> None:
 async def test_csv_upload_list_read_delete(
     api: httpx.AsyncClient, stack_env: dict[str, str]
 ) -> None:
-    resp = await upload(api, CSV, "cells.csv")
-    assert resp.status_code == 201, resp.text
-    body = resp.json()
+    body = await ingested(api, CSV, "cells.csv")
+    assert body["status"] == "ready" and body["error"] is None
     assert body["format"] == "csv" and body["name"] == "cells.csv" and body["row_count"] == 3
     assert body["columns"] == [
         {"name": "node_id", "type": "BIGINT"},
@@ -119,9 +129,12 @@ async def test_csv_upload_list_read_delete(
     listed = [d["id"] for d in (await api.get("/api/datasets")).json()]
     assert dataset_id in listed
     assert (await api.get(f"/api/datasets/{dataset_id}")).json()["row_count"] == 3
-    stored = Path(stack_env["CORRAL_STORAGE__LOCAL_DIR"]) / "data"
-    assert any(p.read_bytes() == CSV for p in (stored / "dev-user" / "datasets").iterdir())
+    stored = Path(stack_env["CORRAL_STORAGE__LOCAL_DIR"]) / "data" / "dev-user" / "datasets"
+    assert any(p.read_bytes() == CSV for p in stored.iterdir())
+    parquet = stored / f"{dataset_id}.parquet"
+    assert pq.read_table(parquet).num_rows == 3  # converted once, read by every analysis
     assert (await api.delete(f"/api/datasets/{dataset_id}")).status_code == 204
+    assert not parquet.exists() and not any(p.read_bytes() == CSV for p in stored.iterdir())
     assert (await api.get(f"/api/datasets/{dataset_id}")).status_code == 404
     assert dataset_id not in [d["id"] for d in (await api.get("/api/datasets")).json()]
     assert (await api.delete(f"/api/datasets/{dataset_id}")).status_code == 404
@@ -129,9 +142,7 @@ async def test_csv_upload_list_read_delete(
 
 async def test_parquet_upload_with_name(api: httpx.AsyncClient) -> None:
     table = pa.table({"gid": pa.array([1, 2, 3], pa.int32()), "mtype": ["a", "b", None]})
-    resp = await upload(api, parquet_of(table), "blob.bin", name="my cells")
-    assert resp.status_code == 201, resp.text
-    body = resp.json()
+    body = await ingested(api, parquet_of(table), "blob.bin", name="my cells")
     assert (body["format"], body["name"], body["row_count"]) == ("parquet", "my cells", 3)
     assert body["columns"] == [
         {"name": "gid", "type": "INTEGER"},
@@ -144,21 +155,28 @@ async def test_sonata_upload_needs_a_population(api: httpx.AsyncClient, tmp_path
     path = tmp_path / "nodes.h5"
     truth = write_sonata(path)
     content = path.read_bytes()
-    resp = await upload(api, content, "nodes.h5", population="cortex")
-    assert resp.status_code == 201, resp.text
-    body = resp.json()
+    body = await ingested(api, content, "nodes.h5", population="cortex")
+    assert body["status"] == "ready", body
     assert (body["format"], body["population"], body["row_count"]) == ("sonata", "cortex", 40)
     assert body["populations"] == ["cortex", "thalamus"]
     assert [c["name"] for c in body["columns"]] == [
         "node_id", "population", "node_type_id", "layer", "mtype", "x",
+        "dynamics_params_holding_current",
     ]  # fmt: skip
     assert body["sample_rows"][0][:5] == [
         0, "cortex", truth["node_type_id"][0], truth["layer"][0], truth["mtype"][0],
     ]  # fmt: skip
-    for fields in ({}, {"population": "hippocampus"}):
-        resp = await upload(api, content, "nodes.h5", **fields)
-        assert resp.status_code == 422, resp.text
-        assert "cortex, thalamus" in resp.json()["detail"]
+    for fields, message in (
+        ({}, "give the population to read; this file has: cortex, thalamus"),
+        ({"population": "hippocampus"}, "population 'hippocampus' not in file; it has: "),
+    ):
+        failed = await ingested(api, content, "nodes.h5", **fields)
+        assert failed["status"] == "failed", failed
+        assert failed["error"]["type"] == "UnknownPopulation"
+        assert (
+            message in failed["error"]["message"]
+            and "cortex, thalamus" in failed["error"]["message"]
+        )
 
 
 MALFORMED: list[tuple[str, bytes, dict[str, str], str]] = [
@@ -175,23 +193,36 @@ MALFORMED: list[tuple[str, bytes, dict[str, str], str]] = [
 
 
 @pytest.mark.parametrize(("filename", "content", "fields", "message"), MALFORMED)
-async def test_malformed_uploads_are_422(
+async def test_malformed_uploads_fail_with_a_typed_error(
     api: httpx.AsyncClient, filename: str, content: bytes, fields: dict[str, str], message: str
 ) -> None:
-    resp = await upload(api, content, filename, **fields)
-    assert resp.status_code == 422, resp.text
-    assert message in resp.json()["detail"]
+    """The request is well formed (201); the worker finds what is wrong with the file."""
+    if "format must be one of" in message:  # a bad form field is the request's fault: 422
+        resp = await upload(api, content, filename, **fields)
+        assert resp.status_code == 422, resp.text
+        assert message in resp.json()["detail"]
+        return
+    body = await ingested(api, content, filename, **fields)
+    assert body["status"] == "failed", body
+    assert body["error"]["type"] == "DatasetInvalid" and message in body["error"]["message"]
+    assert body["row_count"] == 0 and body["columns"] == []
+    analysis = await api.post(
+        "/api/tools/circuit_population_analysis/invoke",
+        json={"arguments": {"dataset_id": body["id"], "question": "q", "sql": "SELECT 1"}},
+    )
+    assert analysis.status_code == 409, analysis.text
+    assert analysis.json()["type"] == "/errors/dataset-not-ready"
 
 
-async def test_hdf5_without_nodes_is_422(api: httpx.AsyncClient, tmp_path: Path) -> None:
+async def test_hdf5_without_nodes_fails(api: httpx.AsyncClient, tmp_path: Path) -> None:
     import h5py
 
     path = tmp_path / "edges.h5"
     with h5py.File(path, "w") as f:
         f.create_dataset("edges/x", data=[1, 2])
-    resp = await upload(api, path.read_bytes(), "edges.h5", population="x")
-    assert resp.status_code == 422
-    assert "no /nodes group" in resp.json()["detail"]
+    body = await ingested(api, path.read_bytes(), "edges.h5", population="x")
+    assert body["status"] == "failed"
+    assert "no /nodes group" in body["error"]["message"]
 
 
 async def test_upload_without_file_or_multipart_is_422(api: httpx.AsyncClient) -> None:
@@ -216,12 +247,15 @@ async def test_over_the_cap_is_413(small_cap_app: str, live_app: LiveApp) -> Non
         resp = await upload(client, b"a,b\n" + b"1,2\n" * 400, "big.csv")
         assert resp.status_code == 413
         assert "1000 bytes" in resp.json()["detail"]
-        assert (await upload(client, CSV, "small.csv")).status_code == 201
+        small = await upload(client, CSV, "small.csv")
+        assert small.status_code == 201
+        assert (await wait_dataset(client, small.json()["id"]))["status"] == "ready"
 
 
 async def test_another_users_dataset_is_404(api: httpx.AsyncClient) -> None:
     dataset_id = await uploaded_id(api, CSV, "mine.csv")
     mallory = other_user_headers()
+    await wait_dataset(api, sample.SAMPLE_ID)
     assert (await api.get(f"/api/datasets/{dataset_id}", headers=mallory)).status_code == 404
     assert (await api.delete(f"/api/datasets/{dataset_id}", headers=mallory)).status_code == 404
     theirs = [d["id"] for d in (await api.get("/api/datasets", headers=mallory)).json()]
@@ -232,24 +266,20 @@ async def test_another_users_dataset_is_404(api: httpx.AsyncClient) -> None:
         assert resp.status_code == 404 and "not found" in resp.json()["detail"]
 
 
-# -- SONATA: both readers agree ----------------------------------------------------------------
+# -- SONATA: the worker's reader -----------------------------------------------------------------
 
 
 @pytest.mark.parametrize("reorder", [False, True])
-def test_app_and_worker_sonata_readers_agree(tmp_path: Path, reorder: bool) -> None:
+def test_worker_sonata_reader(tmp_path: Path, reorder: bool) -> None:
     path = tmp_path / "nodes.h5"
     truth = write_sonata(path, reorder=reorder)
-    app_table, app_count = app_sonata.read_population(path, "cortex")
-    task_table, task_count = task_sonata.read_population(path, "cortex")
-    assert app_table.equals(task_table) and app_count == task_count == 40
-    assert app_table.column("mtype").to_pylist() == truth["mtype"]
-    assert app_table.column("layer").to_pylist() == truth["layer"]
-    assert app_table.column("x").to_pylist() == truth["x"]
-    head, count = app_sonata.read_population(path, "cortex", limit=3)
-    assert count == 40 and head.equals(app_table.slice(0, 3))
-    for reader in (app_sonata, task_sonata):
-        with pytest.raises(reader.SonataError, match="thalamus"):
-            reader.read_population(path, "nope")
+    table = task_sonata.read_population(path, "cortex")
+    assert table.num_rows == 40
+    assert table.column("mtype").to_pylist() == truth["mtype"]
+    assert table.column("layer").to_pylist() == truth["layer"]
+    assert table.column("x").to_pylist() == truth["x"]
+    with pytest.raises(task_sonata.SonataError, match="it has: cortex, thalamus"):
+        task_sonata.read_population(path, "nope")
 
 
 def test_sonata_with_bad_library_index_is_refused(tmp_path: Path) -> None:
@@ -259,8 +289,8 @@ def test_sonata_with_bad_library_index_is_refused(tmp_path: Path) -> None:
     write_sonata(path)
     with h5py.File(path, "a") as f:
         f["nodes/cortex/0/mtype"][0] = 99
-    with pytest.raises(app_sonata.SonataError, match="outside its @library"):
-        app_sonata.read_population(path, "cortex")
+    with pytest.raises(task_sonata.SonataError, match="outside its @library"):
+        task_sonata.read_population(path, "cortex")
 
 
 # -- the URL a worker downloads from -----------------------------------------------------------
@@ -282,7 +312,9 @@ async def test_worker_url_is_absolute_and_outlives_queueing(
     from corral.app.services import Services
 
     services: Services = live_app.server.server.config.app.state.services  # type: ignore[attr-defined]
-    record = await datasets.sample_record(services)
+    await wait_dataset(api, sample.SAMPLE_ID)
+    record = await datasets.repository(services).get(sample.SAMPLE_ID)
+    assert record is not None
     ttl = datasets.worker_url_ttl_s(CIRCUIT_ANALYZE)
     assert ttl >= CIRCUIT_ANALYZE.expires_s + CIRCUIT_ANALYZE.time_limit_s * 3
     url = await datasets.worker_url(services, record, ttl)

@@ -20,7 +20,8 @@ from tests.support.procs import BACKEND_DIR, free_port
 
 TABLES = {
     "users", "api_keys", "threads", "messages", "tool_calls", "task_runs", "artifacts",
-    "datasets", "pipeline_runs", "token_usage",
+    "datasets", "pipeline_runs", "token_usage", "turns", "research_sessions", "pipeline_steps",
+    "purged_records",
 }  # fmt: skip
 
 
@@ -107,11 +108,11 @@ def test_database_url_is_checked() -> None:
 
 
 async def test_dataset_records_round_trip_through_sql(empty_database: str) -> None:
-    """The adapter the datasets domain can switch to (it still stores records in Redis)."""
+    """The datasets domain's SQL repository (the system of record for datasets)."""
     from datetime import UTC, datetime, timedelta
 
+    from corral.app.datasets.repository import DatasetRepository as SqlDatasetRepository
     from corral.app.datasets.schemas import DatasetRecord
-    from corral.app.db.adapters import SqlDatasetRepository
 
     assert alembic(empty_database, "upgrade", "head").returncode == 0
     db = Database(DatabaseSettings(url=empty_database))
@@ -132,7 +133,9 @@ async def test_dataset_records_round_trip_through_sql(empty_database: str) -> No
     try:
         for i, owner in [(1, "ann"), (2, "ann"), (3, "bob")]:
             await repo.add(record(i, owner))
-        assert await repo.get("ds-1") == record(1, "ann")
+        got = await repo.get("ds-1")
+        assert got is not None and got.updated_at is not None
+        assert got.model_copy(update={"updated_at": None}) == record(1, "ann")
         assert [r.id for r in await repo.list_for_owner("ann", 10)] == ["ds-2", "ds-1"]
         await repo.delete(record(2, "ann"))
         assert await repo.get("ds-2") is None

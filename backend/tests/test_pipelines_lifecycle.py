@@ -9,12 +9,12 @@ from datetime import UTC, datetime
 
 import httpx
 import pytest
-import redis
 
 from corral.app.main import create_app
+from corral.app.pipelines import service as pipelines
 from corral.app.pipelines.schemas import PipelineRun, PipelineRunRequest, StepState
+from corral.app.services import Services
 from corral.app.settings import AppSettings
-from corral.config import RedisSettings
 from tests.conftest import LiveApp
 from tests.support.fake_openai import FakeOpenAI, Reply
 from tests.support.llm_env import wait_worker_idle
@@ -105,7 +105,7 @@ async def test_app_shutdown_cancels_running_runs(
 
 
 async def test_cancel_run_whose_scheduler_is_gone(
-    api: httpx.AsyncClient, redis_server: RedisServer, fake_llm: FakeOpenAI
+    api: httpx.AsyncClient, live_app: LiveApp, fake_llm: FakeOpenAI
 ) -> None:
     """A run left `running` by a dead app: DELETE cancels its task and records the end itself."""
     echo = await api.post(
@@ -124,11 +124,8 @@ async def test_cancel_run_whose_scheduler_is_gone(
         steps=[StepState(name="orphan", kind="generate", status="running", task_ids=[task_id])],
         definition=definition,
     )
-    client = redis.Redis.from_url(redis_server.url + f"/{RedisSettings().streams_db}")
-    try:
-        client.set(f"pipeline:{run.run_id}:run", run.model_dump_json(), ex=600)
-    finally:
-        client.close()
+    services: Services = live_app.server.server.config.app.state.services  # type: ignore[attr-defined]
+    await pipelines.repository(services).create(run)  # in SQL, with no scheduler anywhere
 
     resp = await api.post(f"/api/pipelines/runs/{run.run_id}/cancel")
     assert resp.status_code == 200, resp.text

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -81,10 +83,36 @@ async def upload(
     )
 
 
-async def uploaded_id(api: httpx.AsyncClient, content: bytes, filename: str, **fields: str) -> str:
+async def wait_dataset(
+    api: httpx.AsyncClient, dataset_id: str, *, timeout_s: float = 30, **kwargs: Any
+) -> dict[str, Any]:
+    """The dataset once a worker has read it (``ready`` or ``failed``)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        resp = await api.get(f"/api/datasets/{dataset_id}", **kwargs)
+        assert resp.status_code == 200, resp.text
+        body: dict[str, Any] = resp.json()
+        if body["status"] != "processing":
+            return body
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"dataset {dataset_id} still processing after {timeout_s}s")
+        await asyncio.sleep(0.05)
+
+
+async def ingested(
+    api: httpx.AsyncClient, content: bytes, filename: str, **fields: str
+) -> dict[str, Any]:
+    """Upload (201, ``processing``) and wait for the worker's verdict."""
     resp = await upload(api, content, filename, **fields)
     assert resp.status_code == 201, resp.text
-    return str(resp.json()["id"])
+    assert resp.json()["status"] == "processing", resp.text
+    return await wait_dataset(api, resp.json()["id"])
+
+
+async def uploaded_id(api: httpx.AsyncClient, content: bytes, filename: str, **fields: str) -> str:
+    body = await ingested(api, content, filename, **fields)
+    assert body["status"] == "ready", body
+    return str(body["id"])
 
 
 async def analyze(

@@ -179,6 +179,9 @@ class Services:
         self.turns.start()
         if self.settings.task_runs.reconcile_interval_s > 0:
             self.background.spawn("task-runs-reconcile", self.reconciler.run_forever())
+        from corral.app.records import lifecycle  # legacy import, sample, dataset ingests
+
+        await lifecycle.start(self)
 
     async def aclose(self) -> None:
         if self.turns is not None:  # handed off (leases released), not stopped

@@ -7,7 +7,8 @@ A package with one module per domain; every public name is re-exported here, so
 - ``events``: the event stream of a task (``task:{task_id}:events``);
 - ``delivery``: first-outcome-wins and delivery counting (Lua), broker queue rules;
 - ``system``: ``system.echo``, ``system.fail``, ``system.purge_scratch``;
-- ``llm``: ``llm.generate``;  ``python``: ``python.run``;  ``circuit``: ``circuit.analyze``;
+- ``llm``: ``llm.generate``;  ``python``: ``python.run``;
+- ``circuit``: ``circuit.analyze``, ``circuit.ingest``, ``circuit.build_sample``;
 - ``sessions``: research sessions on python_q (``session.*``).
 
 ``corral.app`` and ``corral.tasks`` both import this package and nothing of each other.
@@ -15,12 +16,22 @@ A package with one module per domain; every public name is re-exported here, so
 
 from corral.task_schemas.circuit import (
     CIRCUIT_ANALYZE,
+    CIRCUIT_BUILD_SAMPLE,
+    CIRCUIT_INGEST,
     CSV_READ_OPTIONS,
+    INGEST_USER_ERRORS,
     NEURONS_TABLE,
+    PARQUET_CONTENT_TYPE,
+    SAMPLE_DATASET_ID,
+    SAMPLE_DATASET_KEY,
+    SAMPLE_OWNER,
     AnalysisError,
     AnalysisTimings,
     CircuitAnalyzeInput,
     CircuitAnalyzeOutput,
+    CircuitIngestInput,
+    CircuitIngestOutput,
+    CircuitSampleInput,
     DatasetFormat,
     ResultColumn,
     SQLAttempt,
@@ -110,16 +121,23 @@ from corral.task_schemas.system import (
 __all__ = [
     "ALL_QUEUES",
     "CIRCUIT_ANALYZE",
+    "CIRCUIT_BUILD_SAMPLE",
+    "CIRCUIT_INGEST",
     "CSV_READ_OPTIONS",
     "DEFAULT_MAX_DELIVERIES",
     "FILE_NAME_PATTERN",
+    "INGEST_USER_ERRORS",
     "LLM_GENERATE",
     "NEURONS_TABLE",
+    "PARQUET_CONTENT_TYPE",
     "PRIORITY_NORMAL",
     "PRIORITY_STEPS",
     "PRIORITY_URGENT",
     "PYTHON_RUN",
     "REGISTRY",
+    "SAMPLE_DATASET_ID",
+    "SAMPLE_DATASET_KEY",
+    "SAMPLE_OWNER",
     "SCRATCH_KIND",
     "SESSION_CLOSE",
     "SESSION_RUN",
@@ -134,6 +152,9 @@ __all__ = [
     "ChatMessage",
     "CircuitAnalyzeInput",
     "CircuitAnalyzeOutput",
+    "CircuitIngestInput",
+    "CircuitIngestOutput",
+    "CircuitSampleInput",
     "DatasetFormat",
     "DoneEvent",
     "EchoInput",

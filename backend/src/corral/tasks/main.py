@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from corral.tasks import (  # noqa: F401  (imported for registration)
     circuit_analysis_task,
+    circuit_ingest_task,
+    circuit_sample_task,
     lifecycle,
     llm_generate_task,
     purge_scratch_task,

@@ -10,7 +10,8 @@ from corral.app.datasets import service
 from corral.app.datasets.schemas import DatasetOut, DatasetSummary
 from corral.app.deps import CurrentUser, ServicesDep
 from corral.app.params import ResourceId
-from corral.app.problems import problem_responses
+from corral.app.problems import ProblemError, problem_responses
+from corral.app.records.retention import PURGED_KIND
 from corral.app.storage.store import StorageError, StoreUnavailable
 
 router = APIRouter(prefix="/datasets", tags=["datasets"])
@@ -44,6 +45,8 @@ _FORM_SCHEMA = {
 
 
 def _raise_http(exc: Exception) -> NoReturn:
+    if isinstance(exc, service.DatasetPurged):
+        raise ProblemError(410, PURGED_KIND, str(exc), title="Purged") from exc
     if isinstance(exc, service.DatasetNotFound):
         code = status.HTTP_404_NOT_FOUND
     elif isinstance(exc, service.DatasetReadOnly):
@@ -66,7 +69,11 @@ def _raise_http(exc: Exception) -> NoReturn:
     responses=problem_responses(413, 422, 503),
 )
 async def upload(request: Request, services: ServicesDep, user: CurrentUser) -> DatasetOut:
-    """Upload CSV, Parquet or a SONATA nodes file (with `population`). Past the cap: 413."""
+    """Upload CSV, Parquet or a SONATA nodes file (with `population`). Past the cap: 413.
+
+    The file is stored and the dataset answered at once with `status: processing`; a circuit_q
+    worker then reads it (progress on `GET /api/tasks/{task_id}/events`) and the dataset becomes
+    `ready` (columns, rows, populations) or `failed` with a typed `error`."""
     try:
         return await service.upload(services, user, request)
     except (service.DatasetError, StorageError) as exc:
@@ -82,11 +89,12 @@ async def list_datasets(services: ServicesDep, user: CurrentUser) -> list[Datase
         _raise_http(exc)
 
 
-@router.get("/{dataset_id}", responses=problem_responses(503))
+@router.get("/{dataset_id}", responses=problem_responses(410, 503))
 async def get_dataset(
     dataset_id: ResourceId, services: ServicesDep, user: CurrentUser
 ) -> DatasetOut:
-    """Columns and DuckDB types, row count and the first rows."""
+    """Status; when ready: columns and DuckDB types, row count and the first rows. 410 when the
+    retention policy deleted it."""
     try:
         return DatasetOut.of(await service.get_visible(services, user, dataset_id))
     except (service.DatasetError, StorageError) as exc:
@@ -94,7 +102,9 @@ async def get_dataset(
 
 
 @router.delete(
-    "/{dataset_id}", status_code=status.HTTP_204_NO_CONTENT, responses=problem_responses(403, 503)
+    "/{dataset_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    responses=problem_responses(403, 410, 503),
 )
 async def delete_dataset(
     dataset_id: ResourceId, services: ServicesDep, user: CurrentUser

@@ -1,44 +1,50 @@
-"""Dataset use cases: capped uploads read at upload time, owner-only access, the shared sample,
-and the URL a circuit_q worker downloads a dataset from.
+"""Dataset use cases: capped uploads streamed to the object store and ingested on circuit_q,
+owner-only access, the shared sample, and the URL a circuit_q worker downloads a dataset from.
 
-Another user's dataset answers exactly like a missing one (404). The sample is visible to every
-user and read-only.
+The web process never parses a dataset: ``upload`` stores the bytes and records the dataset as
+``processing``; ``circuit.ingest`` reads it on a worker (``corral.app.datasets.ingest``).
+Another user's dataset answers exactly like a missing one (404); one retention purged answers
+410 (``corral.app.records``). The sample is visible to every user and read-only.
 """
 
 from __future__ import annotations
 
 import contextlib
 import re
-import shutil
-import tempfile
 import uuid
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
-import anyio
+import structlog
 from starlette.datastructures import UploadFile
 from starlette.requests import Request
 
 from corral.app.auth.service import User
-from corral.app.datasets import sample
-from corral.app.datasets.extract import (
-    CONTENT_TYPES,
-    Extracted,
-    InvalidDataset,
-    detect_format,
-    extract,
-)
-from corral.app.datasets.repository import DatasetRepository, RedisDatasetRepository
+from corral.app.datasets import ingest
+from corral.app.datasets.repository import DatasetRepository
 from corral.app.datasets.schemas import DatasetOut, DatasetRecord, DatasetSummary, summary_of
+from corral.app.records import retention
 from corral.app.services import Services
 from corral.app.storage.service import read_upload_form
 from corral.app.storage.store import BLOB_ROUTE, S3ObjectStore, new_key
-from corral.task_schemas import DatasetFormat, TaskSpec
+from corral.app.task_runs import service as task_runs
+from corral.task_schemas import (
+    PARQUET_CONTENT_TYPE,
+    SAMPLE_DATASET_ID,
+    SAMPLE_DATASET_KEY,
+    SAMPLE_OWNER,
+    DatasetFormat,
+    TaskSpec,
+)
+
+log = structlog.get_logger(__name__)
 
 UPLOAD_FIELD = "file"
 _ID_RE = re.compile(r"[0-9a-f]{32}")
 LIST_LIMIT = 500
+SAMPLE_ID = SAMPLE_DATASET_ID
+KIND = "dataset"
+"""Its name in retention settings and tombstones."""
 
 
 class DatasetError(Exception):
@@ -50,12 +56,20 @@ class DatasetNotFound(DatasetError, LookupError):
         super().__init__(f"dataset {dataset_id[:80]!r} not found")
 
 
+class DatasetPurged(DatasetError, LookupError):
+    """Deleted by retention (410)."""
+
+
 class DatasetReadOnly(DatasetError, PermissionError):
     pass
 
 
+class DatasetNotReady(DatasetError):
+    """Still processing, or failed (409); the message says which."""
+
+
 class BadDatasetUpload(DatasetError, ValueError):
-    """Malformed request or file (422); the message says what to fix."""
+    """Malformed request (422); the message says what to fix."""
 
 
 class DatasetTooLarge(DatasetError):
@@ -67,8 +81,7 @@ class WorkerURLUnavailable(DatasetError):
 
 
 def repository(services: Services) -> DatasetRepository:
-    """The dataset store; swap this for the SQL repository when the database arrives."""
-    return RedisDatasetRepository(services.redis)
+    return DatasetRepository(services.db)
 
 
 # -- upload ------------------------------------------------------------------------------------
@@ -106,63 +119,51 @@ def _clean_name(value: str | None, filename: str | None) -> str:
     return name or "dataset"
 
 
-def _spool_to_path(src: Any, path: Path) -> None:
-    src.seek(0)
-    with path.open("wb") as out:
-        shutil.copyfileobj(src, out, 1 << 20)
+def _clean_population(value: str | None) -> str | None:
+    population = (value or "").strip() or None
+    if population is not None and len(population) > 200:
+        raise BadDatasetUpload("population must be at most 200 characters")
+    return population
+
+
+_GUESS = {".parquet": DatasetFormat.PARQUET, ".pq": DatasetFormat.PARQUET}
+_GUESS |= {s: DatasetFormat.SONATA for s in (".h5", ".hdf5", ".sonata")}
+
+
+def _guess_format(declared: DatasetFormat | None, filename: str | None) -> DatasetFormat:
+    """What to call the dataset until the worker has looked (it detects from the bytes)."""
+    if declared is not None:
+        return declared
+    suffix = "." + (filename or "").rsplit(".", 1)[-1].lower() if "." in (filename or "") else ""
+    return _GUESS.get(suffix, DatasetFormat.CSV)
 
 
 async def upload(services: Services, user: User, request: Request) -> DatasetOut:
-    """Read the file (format, schema, rows) in a thread, store it, record it."""
-    settings = services.settings.datasets
-    cap = settings.max_upload_bytes
+    """Stream the file to the object store, record it ``processing`` and send ``circuit.ingest``."""
+    cap = services.settings.datasets.max_upload_bytes
     part, fields = await _read_form(request, cap)
-    population = (fields.get("population") or "").strip() or None
     try:
         declared = _declared_format(fields.get("format"))
-        with tempfile.TemporaryDirectory(prefix="corral-dataset-") as tmp:
-            path = Path(tmp) / "upload"
-            await anyio.to_thread.run_sync(_spool_to_path, part.file, path)
-            size = path.stat().st_size
-            if size > cap:
-                raise _too_large(cap)
-
-            def read() -> Extracted:
-                fmt = detect_format(path, part.filename, declared)
-                sonata_population = population if fmt is DatasetFormat.SONATA else None
-                found = extract(path, fmt, sonata_population, settings.preview_rows)
-                if population is not None and fmt is not DatasetFormat.SONATA:
-                    if all(c.name != "population" for c in found.columns):
-                        raise InvalidDataset(
-                            "population was given but this file has no `population` column"
-                        )
-                    found.population = population
-                return found
-
-            try:
-                found = await anyio.to_thread.run_sync(read)
-            except InvalidDataset as exc:
-                raise BadDatasetUpload(str(exc)) from exc
-            key = new_key(user.id, "datasets")
-            with path.open("rb") as data:
-                info = await services.storage.put(
-                    key, data, CONTENT_TYPES[found.format], max_bytes=cap
-                )
+        population = _clean_population(fields.get("population"))
+        key = new_key(user.id, "datasets")
+        info = await services.storage.put(key, part.file, "application/octet-stream", max_bytes=cap)
     finally:
         await part.close()
+    dataset_id = uuid.uuid4().hex
     record = DatasetRecord(
-        id=uuid.uuid4().hex,
+        id=dataset_id,
         owner_id=user.id,
         name=_clean_name(fields.get("name"), part.filename),
-        format=found.format,
+        format=_guess_format(declared, part.filename),
+        declared_format=declared,
         key=info.key,
+        parquet_key=f"{user.id}/datasets/{dataset_id}.parquet",
         size=info.size,
-        population=found.population,
-        populations=found.populations,
-        row_count=found.row_count,
-        columns=found.columns,
-        sample_rows=found.sample_rows,
+        population=population,
+        row_count=0,
+        columns=[],
         created_at=datetime.now(UTC),
+        status="processing",
     )
     try:
         await repository(services).add(record)
@@ -170,49 +171,106 @@ async def upload(services: Services, user: User, request: Request) -> DatasetOut
         with contextlib.suppress(Exception):
             await services.storage.delete(info.key)
         raise
-    return DatasetOut.of(record)
+    await ingest.send(services, record, previous_task=None)
+    return DatasetOut.of(await repository(services).get(dataset_id) or record)
+
+
+# -- the shared sample ---------------------------------------------------------------------------
+
+
+async def ensure_sample(services: Services) -> None:
+    """Have a circuit_q worker build the sample unless it is built (or being built) already."""
+    repo = repository(services)
+    record = await repo.get(SAMPLE_ID)
+    if record is None:
+        record = DatasetRecord(
+            id=SAMPLE_ID,
+            owner_id=SAMPLE_OWNER,
+            name="Sample cortical column (50k neurons)",
+            format=DatasetFormat.PARQUET,
+            key=SAMPLE_DATASET_KEY,
+            parquet_key=SAMPLE_DATASET_KEY,
+            size=0,
+            row_count=0,
+            columns=[],
+            read_only=True,
+            created_at=datetime(2015, 10, 8, tzinfo=UTC),
+            status="processing",
+        )
+        with contextlib.suppress(Exception):  # another process inserted it first
+            await repo.add(record)
+            await ingest.send(services, record, previous_task=None)
+        return
+    broken = record.status == "failed" or (
+        record.status == "ready" and not await services.storage.exists(SAMPLE_DATASET_KEY)
+    )
+    if broken:
+        await repo.reset(
+            SAMPLE_ID, status="processing", task_id=None, ingest_attempts=0, error=None
+        )
+        fresh = await repo.get(SAMPLE_ID)
+        if fresh is not None:
+            await ingest.send(services, fresh, previous_task=None)
 
 
 # -- reading -----------------------------------------------------------------------------------
 
-_sample_stored: set[tuple[int, str]] = set()
 
-
-async def sample_record(services: Services) -> DatasetRecord:
-    """The shared sample's record; its file is generated and stored on first use."""
-    preview = services.settings.datasets.preview_rows
-    data, record = await anyio.to_thread.run_sync(sample.build, preview)
-    marker = (id(services.storage), sample.SAMPLE_KEY)
-    if marker not in _sample_stored:
-        if not await services.storage.exists(sample.SAMPLE_KEY):
-            await services.storage.put(sample.SAMPLE_KEY, data, sample.CONTENT_TYPE)
-        _sample_stored.add(marker)
-    return record
+async def _missing(services: Services, user: User, dataset_id: str) -> DatasetError:
+    when = await retention.purged_at(services, KIND, dataset_id, user.id)
+    if when is not None:
+        return DatasetPurged(
+            f"dataset {dataset_id} was deleted on {when:%Y-%m-%d} by the retention policy "
+            "(CORRAL retention settings); upload the file again to analyse it"
+        )
+    return DatasetNotFound(dataset_id)
 
 
 async def get_visible(services: Services, user: User, dataset_id: str) -> DatasetRecord:
     """The dataset if ``user`` may read it (theirs, or the sample); ``DatasetNotFound`` else."""
-    if dataset_id == sample.SAMPLE_ID:
-        return await sample_record(services)
-    if not _ID_RE.fullmatch(dataset_id):
+    if dataset_id != SAMPLE_ID and not _ID_RE.fullmatch(dataset_id):
         raise DatasetNotFound(dataset_id)
     record = await repository(services).get(dataset_id)
-    if record is None or record.owner_id != user.id:
-        raise DatasetNotFound(dataset_id)
+    if record is None or (record.owner_id != user.id and not record.read_only):
+        raise await _missing(services, user, dataset_id)
+    return record
+
+
+async def get_ready(services: Services, user: User, dataset_id: str) -> DatasetRecord:
+    """As ``get_visible``, and ready for analysis (``DatasetNotReady`` says why not)."""
+    record = await get_visible(services, user, dataset_id)
+    if record.status == "processing":
+        raise DatasetNotReady(
+            f"dataset {record.name!r} is still being read by a worker; follow "
+            f"GET /api/tasks/{record.task_id}/events or poll GET /api/datasets/{record.id}"
+        )
+    if record.status == "failed":
+        message = record.error.message if record.error else "ingestion failed"
+        raise DatasetNotReady(f"dataset {record.name!r} could not be read: {message}")
     return record
 
 
 async def list_visible(services: Services, user: User) -> list[DatasetSummary]:
-    owned = await repository(services).list_for_owner(user.id, LIST_LIMIT)
-    return [summary_of(await sample_record(services)), *(summary_of(r) for r in owned)]
+    repo = repository(services)
+    owned = await repo.list_for_owner(user.id, LIST_LIMIT)
+    sample = await repo.get(SAMPLE_ID)
+    return [summary_of(r) for r in ([sample] if sample else []) + owned]
 
 
 async def delete(services: Services, user: User, dataset_id: str) -> None:
-    if dataset_id == sample.SAMPLE_ID:
+    if dataset_id == SAMPLE_ID:
         raise DatasetReadOnly("the sample dataset is shared by every user and cannot be deleted")
     record = await get_visible(services, user, dataset_id)
     await repository(services).delete(record)
-    await services.storage.delete(record.key)
+    if record.status == "processing" and record.task_id:
+        with contextlib.suppress(Exception):
+            await task_runs.cancel(services, record.task_id, record.owner_id, "dataset deleted")
+    for key in {record.key, record.parquet_key} - {None}:
+        assert key is not None
+        try:
+            await services.storage.delete(key)
+        except Exception as exc:  # the record is gone; an orphan object is only space
+            log.warning("could not delete dataset object", key=key, error=repr(exc))
 
 
 # -- handing the file to a worker ------------------------------------------------------------
@@ -228,14 +286,16 @@ def worker_url_ttl_s(spec: TaskSpec[Any, Any]) -> int:
 
 
 async def worker_url(services: Services, record: DatasetRecord, expires_s: int) -> str:
-    """A presigned URL the workers can reach (internal endpoint, never the browser-facing one)."""
+    """A presigned URL of the dataset's Parquet the workers can reach (internal endpoint, never
+    the browser-facing one)."""
     store = services.storage
+    key = record.parquet_key or record.key
     if isinstance(store, S3ObjectStore):
         url: str = store.client.generate_presigned_url(  # internal endpoint; pure computation
-            "get_object", Params={"Bucket": store.bucket, "Key": record.key}, ExpiresIn=expires_s
+            "get_object", Params={"Bucket": store.bucket, "Key": key}, ExpiresIn=expires_s
         )
         return url
-    signed = await store.presign_get(record.key, expires_s=expires_s)
+    signed = await store.presign_get(key, expires_s=expires_s)
     base = services.settings.datasets.worker_base_url
     if base is not None:
         return base + signed[signed.index(BLOB_ROUTE) :]
@@ -249,12 +309,17 @@ async def worker_url(services: Services, record: DatasetRecord, expires_s: int) 
 
 
 __all__ = [
+    "PARQUET_CONTENT_TYPE",
     "BadDatasetUpload",
     "DatasetNotFound",
+    "DatasetNotReady",
+    "DatasetPurged",
     "DatasetReadOnly",
     "DatasetTooLarge",
     "WorkerURLUnavailable",
     "delete",
+    "ensure_sample",
+    "get_ready",
     "get_visible",
     "list_visible",
     "upload",

@@ -165,10 +165,17 @@ class Artifact(Base):
 
 
 class Dataset(Base):
-    """An uploaded table for circuit analysis; mirrors ``datasets.schemas.DatasetRecord``."""
+    """An uploaded table for circuit analysis; mirrors ``datasets.schemas.DatasetRecord``.
+
+    ``key`` is the file as uploaded; a circuit_q ``circuit.ingest`` task reads it and writes
+    ``parquet_key`` (what analysis reads), then the app records what it found: ``status`` goes
+    ``processing`` -> ``ready`` | ``failed`` (``error_type``/``error``)."""
 
     __tablename__ = "datasets"
-    __table_args__ = (Index("ix_datasets_owner_created", "owner_id", "created_at"),)
+    __table_args__ = (
+        Index("ix_datasets_owner_created", "owner_id", "created_at"),
+        Index("ix_datasets_status", "status"),
+    )
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True, default=new_id)
     owner_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
@@ -183,10 +190,19 @@ class Dataset(Base):
     sample_rows: Mapped[Any] = mapped_column(JSONType)
     description: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    status: Mapped[str] = mapped_column(String(16), server_default="ready")
+    error_type: Mapped[str | None] = mapped_column(String(100))
+    error: Mapped[str | None] = mapped_column(Text)
+    task_id: Mapped[str | None] = mapped_column(String(64))
+    parquet_key: Mapped[str | None] = mapped_column(String(400))
+    parquet_size: Mapped[int | None] = mapped_column(BigInteger)
+    ingest_attempts: Mapped[int] = mapped_column(Integer, server_default="0")
+    declared_format: Mapped[str | None] = mapped_column(String(16))
+    updated_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
 
 class PipelineRunRow(Base):
-    """A pipeline run; mirrors ``pipelines.schemas.PipelineRun`` (still kept in Redis)."""
+    """A pipeline run (its steps are ``PipelineStepRow``s); ``pipelines.schemas.PipelineRun``."""
 
     __tablename__ = "pipeline_runs"
     __table_args__ = (Index("ix_pipeline_runs_owner_created", "owner_id", "created_at"),)
@@ -195,12 +211,46 @@ class PipelineRunRow(Base):
     owner_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
     status: Mapped[str] = mapped_column(String(16))
     definition: Mapped[Any] = mapped_column(JSONType)
-    steps: Mapped[Any] = mapped_column(JSONType)
     usage: Mapped[Any] = mapped_column(JSONType, nullable=True)
     error: Mapped[str | None] = mapped_column(Text)
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
+class PipelineStepRow(Base):
+    """One step of a pipeline run: its state, task ids, output, usage, error and timings."""
+
+    __tablename__ = "pipeline_steps"
+
+    run_id: Mapped[str] = mapped_column(
+        ForeignKey("pipeline_runs.id", ondelete="CASCADE"), primary_key=True
+    )
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    position: Mapped[int] = mapped_column(Integer)
+    kind: Mapped[str] = mapped_column(String(16))
+    status: Mapped[str] = mapped_column(String(16))
+    task_ids: Mapped[list[str]] = mapped_column(JSONType)
+    output: Mapped[Any] = mapped_column(JSONType, nullable=True)
+    error: Mapped[Any] = mapped_column(JSONType, nullable=True)
+    model: Mapped[str | None] = mapped_column(String(64))
+    usage: Mapped[Any] = mapped_column(JSONType, nullable=True)
+    queued_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
+class PurgedRecord(Base):
+    """A tombstone: a record retention deleted, so the API answers 410 ``purged``, not 404."""
+
+    __tablename__ = "purged_records"
+
+    kind: Mapped[str] = mapped_column(String(32), primary_key=True)
+    record_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    owner_id: Mapped[str] = mapped_column(String(255), index=True)
+    created_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    purged_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
 class TokenUsageRow(Base):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Query, status
@@ -62,7 +63,7 @@ async def list_runs(
     return await service.list_runs(services, user.id, limit)
 
 
-@router.get("/runs/{run_id}", response_model=PipelineRun)
+@router.get("/runs/{run_id}", response_model=PipelineRun, responses=problem_responses(410))
 async def get_run(run_id: ResourceId, user: CurrentUser, services: ServicesDep) -> PipelineRun:
     """One pipeline run: every step's status, output (or reference), usage and error."""
     try:
@@ -71,7 +72,9 @@ async def get_run(run_id: ResourceId, user: CurrentUser, services: ServicesDep) 
         raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from exc
 
 
-@router.post("/runs/{run_id}/cancel", response_model=CancelOut, responses=problem_responses(409))
+@router.post(
+    "/runs/{run_id}/cancel", response_model=CancelOut, responses=problem_responses(409, 410)
+)
 async def cancel_run(run_id: ResourceId, user: CurrentUser, services: ServicesDep) -> CancelOut:
     """Stop a running pipeline: running steps are cancelled, pending ones never start. 409
     when the run has already finished."""
@@ -102,7 +105,18 @@ def _sse(entry_id: str, event: TaskEvent) -> ServerSentEvent:
     return ServerSentEvent(id=entry_id, event="run", data=json.dumps(data))
 
 
-@router.get("/runs/{run_id}/events", response_class=EventSourceResponse, responses=SSE_RESPONSES)
+async def _ended(run: PipelineRun) -> AsyncIterator[ServerSentEvent]:
+    data: dict[str, Any] = {"status": run.status, "usage": run.usage.model_dump()}
+    if run.error:
+        data["message"] = run.error
+    yield ServerSentEvent(id="0-1", event="run", data=json.dumps(data))
+
+
+@router.get(
+    "/runs/{run_id}/events",
+    response_class=EventSourceResponse,
+    responses={**SSE_RESPONSES, **problem_responses(410)},
+)
 async def run_events(
     run_id: ResourceId,
     user: CurrentUser,
@@ -112,9 +126,12 @@ async def run_events(
 ) -> EventSourceResponse:
     """Step transitions as server-sent events; ids are stream ids, so reconnects resume."""
     try:
-        await service.get_owned(services, run_id, user.id)
+        run = await service.get_owned(services, run_id, user.id)
     except service.RunNotFound as exc:
         raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from exc
+    if run.status != "running" and not await services.redis.exists(events_key(run_id)):
+        # The live feed expired (or Redis was emptied); the record says how it ended.
+        return EventSourceResponse(_ended(run))
     return stream_response(
         services.hub,
         events_key(run_id),

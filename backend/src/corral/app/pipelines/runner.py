@@ -1,10 +1,11 @@
 """The scheduler of one pipeline run: an asyncio task in the app, steps as ``llm.generate`` tasks.
 
 Ready steps (all dependencies done) are sent at once, so independent steps run in parallel on
-llm_q. Each step waits with ``long_poll_celery_result``; its transitions are saved and appended
-to the run's event stream. A failed (or cancelled) non-optional step makes its dependants
-``skipped`` and the run ``failed``; independent branches still finish. Cancel (DELETE) raises a
-flag in Redis and cancels the steps' tasks; this scheduler sees both and stops launching.
+llm_q. Each step waits with ``long_poll_celery_result``; each transition writes that step's row
+(SQL, the record) and is appended to the run's event stream (Redis, the live feed). A failed
+(or cancelled) non-optional step makes its dependants ``skipped`` and the run ``failed``;
+independent branches still finish. Cancel raises the run's ``cancel_requested`` flag (SQL) and
+cancels the steps' tasks; this scheduler sees both and stops launching.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Coroutine
-from datetime import UTC, datetime
 from graphlib import TopologicalSorter
 from typing import Any
 
@@ -20,6 +20,7 @@ import structlog
 from pydantic import ValidationError
 
 from corral.app.celery_client import BrokerUnavailable
+from corral.app.clock import now
 from corral.app.pipelines.dag import (
     StepValue,
     TemplateError,
@@ -62,10 +63,6 @@ from corral.task_schemas import (
 )
 
 log = structlog.get_logger(__name__)
-
-
-def now() -> datetime:
-    return datetime.now(UTC)
 
 
 class StepFailed(Exception):
@@ -216,15 +213,22 @@ class PipelineRunner:
 
     # -- state ---------------------------------------------------------------------------------
 
-    async def _set(self, name: str, **changes: Any) -> None:
-        """Apply changes to a step, save the run, and publish the transition if any."""
+    async def _set(self, name: str, *, sent_task: str | None = None, **changes: Any) -> None:
+        """Apply changes to a step, save it, and publish the transition if any.
+
+        ``sent_task``: a task was sent for the step (added under the lock: a group's variants
+        are sent concurrently)."""
         async with self._lock:
             step = self.run.step(name)
             before = step.status
+            if sent_task is not None:
+                step.task_ids = [*step.task_ids, sent_task]
+                step.status = "queued" if step.status == "pending" else step.status
+                step.queued_at = step.queued_at or now()
             for key, value in changes.items():
                 setattr(step, key, value)
             self.run.usage = sum((s.usage for s in self.run.steps), TokenUsage())
-            await self.repo.save(self.run)
+            await self.repo.save_step(self.run, name)
             if step.status == before:
                 return
             data = {
@@ -371,13 +375,7 @@ class PipelineRunner:
             )
         except BrokerUnavailable as exc:
             raise StepFailed("BrokerUnavailable", str(exc)) from exc
-        step_state = run.step(step.name)
-        await self._set(
-            step.name,
-            task_ids=[*step_state.task_ids, task_id],
-            status="queued" if step_state.status == "pending" else step_state.status,
-            queued_at=step_state.queued_at or now(),
-        )
+        await self._set(step.name, sent_task=task_id)
         # Saved before this check, so a DELETE that raised the flag earlier sees the task id.
         if await self.repo.cancel_requested(run.run_id):
             await self._cancel_task(task_id)

@@ -5,10 +5,11 @@ from __future__ import annotations
 import asyncio
 import uuid
 
+from corral.app.clock import now
 from corral.app.llm.service import NoModelConfigured
 from corral.app.pipelines.dag import validate
 from corral.app.pipelines.repository import PipelineRunRepository
-from corral.app.pipelines.runner import PipelineRunner, now
+from corral.app.pipelines.runner import PipelineRunner
 from corral.app.pipelines.schemas import (
     CancelOut,
     PipelineRun,
@@ -17,6 +18,7 @@ from corral.app.pipelines.schemas import (
     StepError,
     StepState,
 )
+from corral.app.records import retention
 from corral.app.services import Services
 from corral.app.task_runs import service as task_runs
 from corral.task_schemas import CancelledEvent
@@ -34,8 +36,12 @@ class RunAlreadyFinished(RuntimeError):
     pass
 
 
+KIND = "pipeline_run"
+"""Its name in retention settings and tombstones."""
+
+
 def repository(services: Services) -> PipelineRunRepository:
-    return PipelineRunRepository(services.redis, services.settings.streams)
+    return PipelineRunRepository(services.db, services.redis, services.settings.streams)
 
 
 def _scheduler_key(run_id: str) -> str:
@@ -63,15 +69,16 @@ async def start_run(services: Services, owner_id: str, request: PipelineRunReque
 
 
 async def get_owned(services: Services, run_id: str, owner_id: str) -> PipelineRun:
+    """The run, or ``RunNotFound``; 410 ``purged`` if retention deleted it."""
     run = await repository(services).get(run_id)
     if run is None or run.owner_id != owner_id:
+        await retention.raise_if_purged(services, KIND, run_id, owner_id, f"pipeline run {run_id}")
         raise RunNotFound(run_id)
     return run
 
 
 async def list_runs(services: Services, owner_id: str, limit: int) -> list[PipelineRunSummary]:
-    repo = repository(services)
-    runs = [await repo.get(run_id) for run_id in await repo.list_ids(owner_id, limit)]
+    runs = await repository(services).list_for_owner(owner_id, limit)
     return [
         PipelineRunSummary(
             run_id=r.run_id,
@@ -81,7 +88,6 @@ async def list_runs(services: Services, owner_id: str, limit: int) -> list[Pipel
             steps={s.name: s.status for s in r.steps},
         )
         for r in runs
-        if r is not None
     ]
 
 

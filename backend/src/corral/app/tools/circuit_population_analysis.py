@@ -2,7 +2,9 @@
 
 Before anything is queued: the dataset must be the caller's (or the shared sample; anything else
 is 404, like a missing one), the population must exist in it, and the model must be configured.
-The worker gets a presigned URL valid for the task's whole queue life plus its time limits.
+The dataset must be ``ready`` (409 ``dataset-not-ready`` while a worker still reads it, or when
+that failed). The worker gets a presigned URL of the dataset's Parquet copy, valid for the
+task's whole queue life plus its time limits.
 ``present`` turns a large result's object key into a download URL.
 """
 
@@ -15,6 +17,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from corral.app.datasets import service as datasets
 from corral.app.llm.service import UnknownModels, check_models
+from corral.app.problems import ProblemError
+from corral.app.records.retention import PURGED_KIND
 from corral.app.tools.registry import Tool, ToolCall, register_tool
 from corral.app.tools.service import BadArguments
 from corral.task_schemas import (
@@ -64,9 +68,13 @@ async def _build_input(
 ) -> tuple[BaseModel, Queue | None]:
     services = call.services
     try:
-        record = await datasets.get_visible(services, call.user, args.dataset_id)
+        record = await datasets.get_ready(services, call.user, args.dataset_id)
+    except datasets.DatasetPurged as exc:
+        raise ProblemError(410, PURGED_KIND, str(exc), title="Purged") from exc
     except datasets.DatasetNotFound as exc:
         raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from exc
+    except datasets.DatasetNotReady as exc:
+        raise ProblemError(409, "dataset-not-ready", str(exc)) from exc
     population = args.population
     if record.format is DatasetFormat.SONATA:
         population = population or record.population
@@ -96,7 +104,7 @@ async def _build_input(
         raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, str(exc)) from exc
     task_input = CircuitAnalyzeInput(
         dataset_url=url,
-        dataset_format=record.format,
+        dataset_format=DatasetFormat.PARQUET,  # every dataset is read as its Parquet copy
         population=population,
         question=args.question,
         sql=args.sql,

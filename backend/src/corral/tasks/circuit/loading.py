@@ -58,9 +58,10 @@ def load_dataset(
     """Create ``neurons`` from the downloaded file; returns its row count."""
     table = quote_ident(NEURONS_TABLE)
     try:
-        if fmt is DatasetFormat.SONATA:
-            arrow, _ = read_population(path, population)
-            _create_from_arrow(con, table, arrow)
+        if fmt is DatasetFormat.SONATA:  # uploads arrive as Parquet; direct callers may not
+            if population is None:
+                raise DatasetInvalid("give the SONATA population to read")
+            _create_from_arrow(con, table, read_population(path, population))
         else:
             source = _source(path, fmt)
             where = ""

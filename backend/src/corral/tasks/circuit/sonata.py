@@ -1,13 +1,17 @@
-"""Reading one population of a SONATA nodes file (HDF5) into an Arrow table.
+"""Reading SONATA nodes files (HDF5) into Arrow tables, the way libsonata reads them.
 
-Layout (SONATA spec): ``/nodes/<population>/node_type_id`` (one value per node) and the node
-group ``/nodes/<population>/0/<attribute>`` (one 1-D dataset per attribute). An attribute listed
-under ``0/@library/<attribute>`` is enumerated: the dataset holds indices into that list of
-strings. ``node_group_index`` (when present) maps node i to its row in the group. Populations
-with several node groups are refused with a clear message.
+Layout (SONATA spec): ``/nodes/<population>/node_type_id`` (one value per node), and node
+groups ``/nodes/<population>/<g>/`` (``g`` = 0, 1, ...), each with one 1-D dataset per attribute
+and optionally ``dynamics_params/<name>`` datasets. With several groups, ``node_group_id`` and
+``node_group_index`` say which group holds node i and at which row; with one group and no index
+node i is row i. An attribute listed under ``<g>/@library/<name>`` is enumerated: the dataset
+holds indices into that list of strings, and its values are the strings (libsonata's
+``get_attribute``).
 
-The app has its own copy in ``corral/app/datasets/sonata.py`` (the two packages never import each
-other); ``tests/test_datasets.py`` checks both read the same file into the same table.
+The table has ``node_id`` (0..n-1), ``population``, ``node_type_id``, every attribute of any
+group (null for nodes whose group lacks it), then every dynamics parameter as
+``dynamics_params_<name>`` (libsonata's ``get_dynamics_attribute``). Only this module touches
+h5py; ``tests/test_sonata_libsonata.py`` compares its answers with libsonata's.
 """
 
 from __future__ import annotations
@@ -19,9 +23,16 @@ import h5py
 import numpy as np
 import pyarrow as pa
 
+DYNAMICS_PREFIX = "dynamics_params_"
+_RESERVED = ("node_id", "population", "node_type_id")
+
 
 class SonataError(ValueError):
     """The file is not a SONATA nodes file we can read; the message says what is wrong."""
+
+
+class UnknownPopulationError(SonataError):
+    """The population asked for is not in the file (the message lists those that are)."""
 
 
 def _open(path: str | Path) -> h5py.File:
@@ -46,41 +57,28 @@ def populations(path: str | Path) -> list[str]:
         return _populations(handle)
 
 
-def _pick(handle: h5py.File, population: str | None) -> h5py.Group:
-    names = _populations(handle)
-    if population is None:
-        raise SonataError(f"give the population to read; this file has: {', '.join(names)}")
-    if population not in names:
-        raise SonataError(f"no population {population!r} in this file; it has: {', '.join(names)}")
-    group = handle["nodes"][population]
-    assert isinstance(group, h5py.Group)
-    return group
-
-
 def _one_d(dataset: Any, name: str) -> h5py.Dataset:
     if not isinstance(dataset, h5py.Dataset) or dataset.ndim != 1:
         raise SonataError(f"{name} must be a 1-D dataset")
     return dataset
 
 
-def _column(dataset: h5py.Dataset, rows: np.ndarray | slice, name: str) -> pa.Array:
+def _values(dataset: h5py.Dataset, name: str) -> pa.Array:
     if h5py.check_string_dtype(dataset.dtype) is not None:
-        values = dataset.asstr()[rows]
-        return pa.array(np.asarray(values, dtype=object), type=pa.string())
+        return pa.array(np.asarray(dataset.asstr()[()], dtype=object), type=pa.string())
     kind = dataset.dtype.kind
     if kind == "S":
-        raw = dataset[rows]
-        return pa.array([v.decode("utf-8", "replace") for v in raw], type=pa.string())
+        return pa.array([v.decode("utf-8", "replace") for v in dataset[()]], type=pa.string())
     if kind in "biuf":
-        return pa.array(np.asarray(dataset[rows]))
+        return pa.array(np.asarray(dataset[()]))
     raise SonataError(f"attribute {name} has an unsupported type ({dataset.dtype})")
 
 
-def _enumerated(dataset: h5py.Dataset, library: h5py.Dataset, rows: Any, name: str) -> pa.Array:
+def _enumerated(dataset: h5py.Dataset, library: Any, name: str) -> pa.Array:
     if dataset.dtype.kind not in "iu":
         raise SonataError(f"enumerated attribute {name} must hold integer indices")
-    labels = _column(_one_d(library, f"@library/{name}"), slice(None), f"@library/{name}")
-    indices = np.asarray(dataset[rows]).astype(np.int64)
+    labels = _values(_one_d(library, f"@library/{name}"), f"@library/{name}")
+    indices = np.asarray(dataset[()]).astype(np.int64)
     if indices.size and (indices.min() < 0 or indices.max() >= len(labels)):
         raise SonataError(
             f"enumerated attribute {name} has indices outside its @library of {len(labels)} values"
@@ -88,64 +86,104 @@ def _enumerated(dataset: h5py.Dataset, library: h5py.Dataset, rows: Any, name: s
     return pa.DictionaryArray.from_arrays(pa.array(indices), labels).dictionary_decode()
 
 
-def read_population(
-    path: str | Path, population: str | None, *, limit: int | None = None
-) -> tuple[pa.Table, int]:
-    """The population as a table (its first ``limit`` nodes when given) and its node count.
+def _group_columns(group: h5py.Group, label: str) -> dict[str, pa.Array]:
+    """Every attribute (enumerations resolved) and dynamics parameter of one node group."""
+    library = group.get("@library")
+    columns: dict[str, pa.Array] = {}
+    for attr, item in group.items():
+        if isinstance(item, h5py.Group):
+            continue  # @library, dynamics_params
+        dataset = _one_d(item, f"{label}/{attr}")
+        if isinstance(library, h5py.Group) and attr in library:
+            columns[attr] = _enumerated(dataset, library[attr], attr)
+        else:
+            columns[attr] = _values(dataset, f"{label}/{attr}")
+    dynamics = group.get("dynamics_params")
+    if isinstance(dynamics, h5py.Group):
+        for name, item in dynamics.items():
+            if isinstance(item, h5py.Dataset):
+                columns[DYNAMICS_PREFIX + name] = _values(
+                    _one_d(item, f"{label}/dynamics_params/{name}"), name
+                )
+    reserved = [n for n in columns if n in _RESERVED]
+    if reserved:
+        raise SonataError(f"{label} has an attribute named {reserved[0]}, which Corral reserves")
+    if len({len(a) for a in columns.values()}) > 1:
+        raise SonataError(f"{label}: its attributes have different lengths")
+    return columns
 
-    Columns: ``node_id``, ``population``, ``node_type_id``, then every attribute of group 0.
-    """
+
+def _common_type(types: list[pa.DataType], name: str) -> pa.DataType:
+    unique = list(dict.fromkeys(types))
+    if len(unique) == 1:
+        return unique[0]
+    if all(pa.types.is_integer(t) or pa.types.is_floating(t) for t in unique):
+        return pa.float64() if any(pa.types.is_floating(t) for t in unique) else pa.int64()
+    if all(pa.types.is_string(t) for t in unique):
+        return pa.string()
+    raise SonataError(f"attribute {name} has different types in different node groups")
+
+
+def read_population(path: str | Path, population: str) -> pa.Table:
+    """One population as a table, every node in node-id order."""
     try:
         with _open(path) as handle:
-            return _read(handle, population, limit)
+            return _read(handle, population)
     except SonataError:
         raise
     except (OSError, KeyError, TypeError, ValueError, IndexError) as exc:
         raise SonataError(f"could not read the SONATA file: {exc}") from exc
 
 
-def _read(handle: h5py.File, population: str | None, limit: int | None) -> tuple[pa.Table, int]:
-    pop = _pick(handle, population)
-    name = pop.name.rsplit("/", 1)[-1]
-    type_ids = _one_d(pop.get("node_type_id"), f"/nodes/{name}/node_type_id")
+def _read(handle: h5py.File, name: str) -> pa.Table:
+    names = _populations(handle)
+    if name not in names:
+        raise UnknownPopulationError(f"population {name!r} not in file; it has: {', '.join(names)}")
+    pop = handle["nodes"][name]
+    base = f"/nodes/{name}"
+    type_ids = _one_d(pop.get("node_type_id"), f"{base}/node_type_id")
     count = int(type_ids.shape[0])
-    take = count if limit is None else min(count, limit)
-    groups = sorted(k for k, v in pop.items() if isinstance(v, h5py.Group) and k.isdigit())
-    if len(groups) > 1:
-        raise SonataError(
-            f"population {name} has {len(groups)} node groups; only single-group populations "
-            "are supported"
-        )
-    rows: np.ndarray | slice = slice(0, take)
-    group_rows: np.ndarray | slice = rows
-    if groups and "node_group_index" in pop:
-        index = np.asarray(_one_d(pop["node_group_index"], "node_group_index")[:take])
-        if not np.array_equal(index, np.arange(take)):
-            group_rows = index
+    group_names = sorted(
+        (k for k, v in pop.items() if isinstance(v, h5py.Group) and k.isdigit()), key=int
+    )
+    groups = {int(g): _group_columns(pop[g], f"{base}/{g}") for g in group_names}
+    if "node_group_id" in pop and "node_group_index" in pop:
+        group_of = np.asarray(_one_d(pop["node_group_id"], f"{base}/node_group_id")[()])
+        row_of = np.asarray(_one_d(pop["node_group_index"], f"{base}/node_group_index")[()])
+        if len(group_of) != count or len(row_of) != count:
+            raise SonataError(f"{base}: node_group_id/index must have one value per node")
+    elif len(groups) > 1:
+        raise SonataError(f"{base} has several node groups but no node_group_id/index")
+    else:
+        group_of = np.zeros(count, dtype=np.int64)
+        row_of = np.arange(count, dtype=np.int64)
+    unknown = set(np.unique(group_of).tolist()) - set(groups) if count and groups else set()
+    if unknown:
+        raise SonataError(f"{base}: node_group_id names groups that do not exist: {unknown}")
     columns: dict[str, pa.Array] = {
-        "node_id": pa.array(np.arange(take, dtype=np.int64)),
-        "population": pa.array([name] * take, type=pa.string()),
-        "node_type_id": _column(type_ids, rows, "node_type_id"),
+        "node_id": pa.array(np.arange(count, dtype=np.int64)),
+        "population": pa.array([name] * count, type=pa.string()),
+        "node_type_id": pa.array(np.asarray(type_ids[()])),
     }
-    if groups:
-        group = pop[groups[0]]
-        library = group.get("@library")
-        for attr, dataset in group.items():
-            if isinstance(dataset, h5py.Group):
-                continue  # @library, dynamics_params
-            label = f"/nodes/{name}/{groups[0]}/{attr}"
-            dataset = _one_d(dataset, label)
-            reordered = isinstance(group_rows, np.ndarray)
-            if not reordered and dataset.shape[0] != count:
-                raise SonataError(f"{label} has {dataset.shape[0]} values for {count} nodes")
-            select = slice(None) if reordered else rows
-            if isinstance(library, h5py.Group) and attr in library:
-                array = _enumerated(dataset, library[attr], select, attr)
-            else:
-                array = _column(dataset, select, attr)
-            if isinstance(group_rows, np.ndarray):
-                if group_rows.size and (group_rows.min() < 0 or group_rows.max() >= len(array)):
-                    raise SonataError(f"node_group_index points outside {label}")
-                array = array.take(pa.array(group_rows))
-            columns[attr] = array
-    return pa.table(columns), count
+    attributes = list(dict.fromkeys(a for cols in groups.values() for a in cols))
+    ordered = sorted(a for a in attributes if not a.startswith(DYNAMICS_PREFIX))
+    ordered += sorted(a for a in attributes if a.startswith(DYNAMICS_PREFIX))
+    for attr in ordered:
+        having = {g: cols[attr] for g, cols in groups.items() if attr in cols}
+        kind = _common_type([a.type for a in having.values()], attr)
+        if len(having) == 1 and len(groups) == 1:
+            array = next(iter(having.values())).cast(kind)
+            if count and (row_of.min() < 0 or row_of.max() >= len(array)):
+                raise SonataError(f"node_group_index points outside {base}/{attr}")
+            values = array.take(pa.array(row_of))
+        else:
+            pieces = np.full(count, None, dtype=object)
+            for g, array in having.items():
+                mask = group_of == g
+                rows = row_of[mask]
+                if rows.size and (rows.min() < 0 or rows.max() >= len(array)):
+                    raise SonataError(f"node_group_index points outside {base}/{g}/{attr}")
+                pieces[mask] = array.cast(kind).take(pa.array(rows)).to_pylist()
+            values = pa.array(pieces.tolist(), type=kind)
+        columns[attr] = values
+    return pa.table(columns)
