@@ -75,6 +75,7 @@ def test_api_client_is_current(node_modules: None) -> None:
     assert "current" in out
 
 
+@pytest.mark.timeout(900)  # every page of the UI in a real browser, on a loaded CI machine
 def test_browser_end_to_end(
     stack_env: dict[str, str],
     workers: dict[str, Worker],
@@ -101,6 +102,10 @@ def test_browser_end_to_end(
             CORRAL_AUTH__OIDC_JWKS_URL=idp.jwks_url,
             CORRAL_AUTH__OIDC_CLIENT_ID=idp.client_id,
         ) as oidc_app,
+        # the same UI before any model is configured: the chat's setup card
+        assistant_app(
+            stack_env, database, "sqlite", no_model=True, CORRAL_FRONTEND_DIR=str(frontend_dist)
+        ) as no_model_app,
     ):
         env = {
             **os.environ,
@@ -108,6 +113,7 @@ def test_browser_end_to_end(
             "CORRAL_E2E_TOKEN": dev_token("e2e-browser-user", app.secret),
             "CORRAL_E2E_OIDC_URL": oidc_app.url,
             "CORRAL_E2E_OIDC_NAME": idp.name,
+            "CORRAL_E2E_NOMODEL_URL": no_model_app.url,
             "CORRAL_E2E_OUT": str(SCREENSHOTS),
             "CHROMIUM_PATH": CHROMIUM,
         }
@@ -118,6 +124,9 @@ def test_browser_end_to_end(
     assert [r["grant_type"] for r in idp.token_requests] == ["authorization_code"]
     for name in (
         "04-chat-plot-done",
+        "06a-chat-from-landing",
+        "06c-chat-reload-finished",
+        "06d-chat-no-model",
         "07-chat-stopped",
         "08-code-runner",
         "11-datasets-sql-result",

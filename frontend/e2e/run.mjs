@@ -199,6 +199,70 @@ await scenario("chat-stop", async () => {
   await shot("07-chat-stopped");
 });
 
+await scenario("chat-from-landing", async () => {
+  // The newcomer's path: the empty chat page, type, Enter — no "New conversation" click first.
+  await go("/chat");
+  await page.getByTestId("composer").waitFor();
+  await page.getByTestId("composer").fill("Please plot a damped sine wave for me");
+  await page.getByTestId("composer").press("Enter");
+  await page.waitForURL(/#\/chat\/[\w-]+/);
+  await page.locator('[data-testid="tool-card"][data-state="done"]').first().waitFor({ timeout: 90_000 });
+  await page.locator(".msg-assistant .markdown", { hasText: "damped sine" }).first().waitFor({ timeout: 30_000 });
+  expect((await page.getByTestId("turn-error").count()) === 0, "no error on the landing-page turn");
+  await page.waitForTimeout(300);
+  const users = await page.getByTestId("msg-user").count();
+  expect(users === 1, `one user message shown, got ${users}`);
+  await shot("06a-chat-from-landing");
+});
+
+await scenario("chat-reload-mid-turn", async () => {
+  await go("/chat");
+  await page.getByTestId("composer").waitFor();
+  await page.getByTestId("composer").fill("Make a steady plot, take your time");
+  await page.getByTestId("composer").press("Enter");
+  await page.waitForURL(/#\/chat\/[\w-]+/);
+  await page.locator('[data-testid="tool-card"][data-state="running"]').first().waitFor({ timeout: 60_000 });
+  const url = page.url();
+  await page.reload();
+  await page.waitForLoadState("domcontentloaded");
+  expect(page.url() === url, "the reload stays on the conversation");
+  // Re-attached: the turn goes on on screen (live view), then the answer arrives.
+  await page.getByTestId("msg-assistant-live").waitFor({ timeout: 30_000 });
+  await shot("06b-chat-reloaded-mid-turn");
+  await page.locator('[data-testid="tool-card"][data-state="done"]').first().waitFor({ timeout: 90_000 });
+  await page.locator(".msg-assistant .markdown", { hasText: "damped sine" }).first().waitFor({ timeout: 30_000 });
+  await page.getByTestId("send").waitFor({ timeout: 30_000 });
+  await page.waitForTimeout(500);
+  const users = await page.getByTestId("msg-user").count();
+  const cards = await page.locator('[data-testid="tool-card"]').count();
+  expect(users === 1 && cards === 1, `after the reload: ${users} user messages and ${cards} tool cards (want 1 and 1)`);
+  expect((await page.getByTestId("turn-error").count()) === 0, "no error after re-attaching");
+  await shot("06c-chat-reload-finished");
+});
+
+await scenario("chat-no-model", async () => {
+  const NO_MODEL = (process.env.CORRAL_E2E_NOMODEL_URL ?? "").replace(/\/$/, "");
+  expect(NO_MODEL, "set CORRAL_E2E_NOMODEL_URL (an app with no model configured)");
+  const other = await context.newPage();
+  try {
+    await other.goto(NO_MODEL + "/");
+    await other.getByTestId("token-input").fill(TOKEN);
+    await other.getByTestId("signin-submit").click();
+    await other.getByTestId("setup-card").waitFor({ timeout: 20_000 });
+    const examples = await other.getByTestId("setup-example").allTextContents();
+    for (const provider of ["OpenAI", "Ollama", "vLLM", "llama.cpp"]) {
+      expect(examples.some((e) => e.includes(provider) && e.includes("CORRAL_LLM__MODELS=")), `setup card example for ${provider}: ${examples.join(" | ")}`);
+    }
+    await other.getByTestId("composer").fill("hello?");
+    await other.getByTestId("composer").press("Enter");
+    const error = await other.getByTestId("send-error").textContent({ timeout: 20_000 });
+    expect(/no language model is configured/i.test(error ?? ""), `the refusal says why: ${error}`);
+    await other.screenshot({ path: join(OUT, "06d-chat-no-model.png"), fullPage: false });
+  } finally {
+    await other.close();
+  }
+});
+
 await scenario("code-runner", async () => {
   await go("/code");
   // The first connection to the task's event stream breaks: the page must reconnect and finish.

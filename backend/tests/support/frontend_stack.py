@@ -5,6 +5,7 @@ serve the agent (tool calls), circuit analysis (structured SQL) and pipeline ste
 
     "plot ..."   -> run_python drawing a figure, then a markdown answer
     "slow ..."   -> run_python that ticks for a minute (for Stop)
+    "steady ..." -> run_python that works ~5 s, then draws the figure (for a reload mid-turn)
     "layer ..."  -> circuit_population_analysis on the sample dataset
     anything else (no tools offered) -> a short markdown answer naming the prompt
 
@@ -46,6 +47,11 @@ for i in range(120):
     time.sleep(0.5)
 """
 
+STEADY_CODE = (
+    "import time\nfor i in range(10):\n    print('step', i, flush=True)\n    time.sleep(0.5)\n"
+    + PLOT_CODE
+)
+
 LAYER_SQL = "SELECT layer, count(*) AS neurons FROM neurons GROUP BY layer ORDER BY neurons DESC"
 
 
@@ -70,6 +76,8 @@ def scripted_assistant(request: RecordedRequest) -> Reply:
                 chunk_size=6,
                 chunk_delay_s=0.01,
             )
+        if "steady" in prompt:  # ~5 s of work, then a figure (a page reloads meanwhile)
+            return Reply(tool_calls=[ToolCall("run_python", {"code": STEADY_CODE})])
         if "slow" in prompt:
             return Reply(tool_calls=[ToolCall("run_python", {"code": SLOW_CODE})])
         if "plot" in prompt or "histogram" in prompt:

@@ -7,7 +7,10 @@ export type paths = {
             path?: never;
             cookie?: never;
         };
-        /** Healthz */
+        /**
+         * Healthz
+         * @description Liveness: the process is up and serving. No auth; for load balancers.
+         */
         get: operations["healthz_api_healthz_get"];
         put?: never;
         post?: never;
@@ -24,7 +27,11 @@ export type paths = {
             path?: never;
             cookie?: never;
         };
-        /** Readyz */
+        /**
+         * Readyz
+         * @description Readiness: Redis, the database and a live worker on every queue (and each worker's sandbox
+         *     capabilities). 503 names what is missing. No auth.
+         */
         get: operations["readyz_api_readyz_get"];
         put?: never;
         post?: never;
@@ -41,7 +48,11 @@ export type paths = {
             path?: never;
             cookie?: never;
         };
-        /** List Tools */
+        /**
+         * List Tools
+         * @description The tools you can invoke, each with its description and the JSON schema of its arguments;
+         *     python_q tools also say what the workers' sandboxes enforce (seccomp, cgroups).
+         */
         get: operations["list_tools_api_tools_get"];
         put?: never;
         post?: never;
@@ -60,7 +71,18 @@ export type paths = {
         };
         get?: never;
         put?: never;
-        /** Invoke Tool */
+        /**
+         * Invoke Tool
+         * @description Send the tool's task to its queue and wait up to `timeout_s` for the outcome. The
+         *     answer is the outcome (`done` with the output, `error`, `cancelled`) or `timeout` with the
+         *     task id to re-attach (`GET /api/tools/results/{task_id}`). Counts against `tools` limits.
+         *
+         *     With an `Idempotency-Key` header, repeating the request (same user, same key, within
+         *     24 h) answers with the first request's task instead of sending another (409 if the key
+         *     was used for another tool).
+         *
+         *     Example: `POST /api/tools/echo/invoke {"arguments": {"payload": "hi", "steps": 3}}`
+         */
         post: operations["invoke_tool_api_tools__name__invoke_post"];
         delete?: never;
         options?: never;
@@ -96,7 +118,11 @@ export type paths = {
             path?: never;
             cookie?: never;
         };
-        /** List Tasks */
+        /**
+         * List Tasks
+         * @description Your tasks, newest first: tool invokes, pipeline steps, chat tool calls. Filter by `state`
+         *     or `thread_id`; `limit` caps the page.
+         */
         get: operations["list_tasks_api_tasks_get"];
         put?: never;
         post?: never;
@@ -113,12 +139,36 @@ export type paths = {
             path?: never;
             cookie?: never;
         };
-        /** Get Task */
+        /**
+         * Get Task
+         * @description One task with its state, timings, outcome and every event of its stream so far.
+         */
         get: operations["get_task_api_tasks__task_id__get"];
         put?: never;
         post?: never;
-        /** Cancel Task */
-        delete: operations["cancel_task_api_tasks__task_id__delete"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/tasks/{task_id}/cancel": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Cancel Task
+         * @description Stop a queued or running task: it is revoked, its sandboxed process killed, and a
+         *     `cancelled` event ends its stream (waiting invokes answer within a second). 409 when it
+         *     has already finished.
+         */
+        post: operations["cancel_task_api_tasks__task_id__cancel_post"];
+        delete?: never;
         options?: never;
         head?: never;
         patch?: never;
@@ -178,7 +228,10 @@ export type paths = {
         get: operations["download_api_storage__key__get"];
         put?: never;
         post?: never;
-        /** Delete */
+        /**
+         * Delete
+         * @description Delete one of your objects. Anyone else's key is a 404, as if it did not exist.
+         */
         delete: operations["delete_api_storage__key__delete"];
         options?: never;
         head?: never;
@@ -195,10 +248,35 @@ export type paths = {
         get?: never;
         put?: never;
         /**
-         * Generate
-         * @description Counts against the caller's `tools` rate limit.
+         * Ask a language model once
+         * @description One model call on llm_q (fallback models, JSON mode with repair, response cache),
+         *     answered when it is done; 202 with the task id when it is still running at `timeout_s`.
+         *     A model that rejects the request or cannot produce JSON is a 422 naming the error.
+         *     Counts against the caller's `tools` rate limit.
+         *
+         *     Example: `{"prompt": "Name three cortical layers", "max_tokens": 64}`
          */
         post: operations["generate_api_llm_generate_post"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/llm/models": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * List Models
+         * @description The configured models (never their URLs or keys), and setup help when there are none.
+         */
+        get: operations["list_models_api_llm_models_get"];
+        put?: never;
+        post?: never;
         delete?: never;
         options?: never;
         head?: never;
@@ -212,7 +290,10 @@ export type paths = {
             path?: never;
             cookie?: never;
         };
-        /** List Runs */
+        /**
+         * List Runs
+         * @description Your pipeline runs, newest first, with their status and usage.
+         */
         get: operations["list_runs_api_pipelines_runs_get"];
         put?: never;
         /**
@@ -235,12 +316,35 @@ export type paths = {
             path?: never;
             cookie?: never;
         };
-        /** Get Run */
+        /**
+         * Get Run
+         * @description One pipeline run: every step's status, output (or reference), usage and error.
+         */
         get: operations["get_run_api_pipelines_runs__run_id__get"];
         put?: never;
         post?: never;
-        /** Cancel Run */
-        delete: operations["cancel_run_api_pipelines_runs__run_id__delete"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/pipelines/runs/{run_id}/cancel": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Cancel Run
+         * @description Stop a running pipeline: running steps are cancelled, pending ones never start. 409
+         *     when the run has already finished.
+         */
+        post: operations["cancel_run_api_pipelines_runs__run_id__cancel_post"];
+        delete?: never;
         options?: never;
         head?: never;
         patch?: never;
@@ -282,6 +386,10 @@ export type paths = {
         /**
          * Upload
          * @description Upload CSV, Parquet or a SONATA nodes file (with `population`). Past the cap: 413.
+         *
+         *     The file is stored and the dataset answered at once with `status: processing`; a circuit_q
+         *     worker then reads it (progress on `GET /api/tasks/{task_id}/events`) and the dataset becomes
+         *     `ready` (columns, rows, populations) or `failed` with a typed `error`.
          */
         post: operations["upload_api_datasets_post"];
         delete?: never;
@@ -299,12 +407,16 @@ export type paths = {
         };
         /**
          * Get Dataset
-         * @description Columns and DuckDB types, row count and the first rows.
+         * @description Status; when ready: columns and DuckDB types, row count and the first rows. 410 when the
+         *     retention policy deleted it.
          */
         get: operations["get_dataset_api_datasets__dataset_id__get"];
         put?: never;
         post?: never;
-        /** Delete Dataset */
+        /**
+         * Delete Dataset
+         * @description Delete one of your datasets and its files. The shared sample is read-only (403).
+         */
         delete: operations["delete_dataset_api_datasets__dataset_id__delete"];
         options?: never;
         head?: never;
@@ -338,7 +450,10 @@ export type paths = {
             path?: never;
             cookie?: never;
         };
-        /** Me */
+        /**
+         * Me
+         * @description Who the token belongs to: user id, token claims, and whether it is an API key.
+         */
         get: operations["me_api_me_get"];
         put?: never;
         post?: never;
@@ -355,7 +470,10 @@ export type paths = {
             path?: never;
             cookie?: never;
         };
-        /** List Keys */
+        /**
+         * List Keys
+         * @description Your API keys (names and ids; the secret is shown only once, when created).
+         */
         get: operations["list_keys_api_api_keys_get"];
         put?: never;
         /**
@@ -402,7 +520,12 @@ export type paths = {
          */
         get: operations["list_threads_api_threads_get"];
         put?: never;
-        /** Create Thread */
+        /**
+         * Create Thread
+         * @description Start a conversation. Optional `title` and `model` (a configured model name).
+         *
+         *     Example: `POST /api/threads {"title": "Layer 5 analysis"}`
+         */
         post: operations["create_thread_api_threads_post"];
         delete?: never;
         options?: never;
@@ -417,7 +540,10 @@ export type paths = {
             path?: never;
             cookie?: never;
         };
-        /** Get Thread */
+        /**
+         * Get Thread
+         * @description One of your conversations: title, model, timestamps and whether a turn is running.
+         */
         get: operations["get_thread_api_threads__thread_id__get"];
         put?: never;
         post?: never;
@@ -428,7 +554,12 @@ export type paths = {
         delete: operations["delete_thread_api_threads__thread_id__delete"];
         options?: never;
         head?: never;
-        /** Update Thread */
+        /**
+         * Update Thread
+         * @description Rename a conversation or change its model.
+         *
+         *     Example: `PATCH /api/threads/{id} {"title": "Renamed"}`
+         */
         patch: operations["update_thread_api_threads__thread_id__patch"];
         trace?: never;
     };
@@ -447,10 +578,92 @@ export type paths = {
         put?: never;
         /**
          * Post Message
-         * @description Send a message; the assistant's turn streams back. Closing the stream stops the turn
-         *     (its running tools are cancelled) and keeps what was said so far.
+         * @description Send a message: the assistant's turn starts and runs on its own — `202 {turn_id,
+         *     message_id, events_url}`; follow `events_url` (SSE, resumable). With
+         *     `Accept: text/event-stream` the same events stream back in this response instead.
+         *     Closing a stream never stops the turn; `POST /api/turns/{id}/cancel` does.
+         *     While a turn runs, another message is refused (409 `turn-in-progress`) or queued after it
+         *     (`CORRAL_CHAT__DOUBLE_TEXTING=enqueue`). No model configured: 503 `no-model-configured`.
          */
         post: operations["post_message_api_threads__thread_id__messages_post"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/turns/{turn_id}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Get Turn
+         * @description A turn's state: `queued`, `running`, `done`, `error` or `cancelled`.
+         */
+        get: operations["get_turn_api_turns__turn_id__get"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/turns/{turn_id}/events": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Turn Events Sse
+         * @description Server-sent events of one turn; each `id` is a stream id (resume with
+         *     `Last-Event-ID`). In order:
+         *
+         *     - `turn_started` {turn_id, thread_id, message_id (the user's), model}
+         *     - `queued` {turn_id, position}: the turn waits for the thread's running turn (enqueue policy)
+         *     - `text` {delta}: the assistant's words (the first at once, then batched: 50 ms / 128 chars)
+         *     - `message_saved` {message_id, role}: the text so far is saved as an assistant message
+         *     - `usage` {model, message_id, prompt_tokens, completion_tokens, cached_tokens, total_tokens}
+         *     - `tool_call_started` {call_id, name, arguments, task_id}: every call of a round is started
+         *       before any result is sent
+         *     - `tool_progress` {call_id, task_id, task_entry, current, total, message, data}
+         *     - `tool_result` {call_id, name, task_id, status, output, error}: as each call finishes
+         *     - `cancel_requested` {}: Stop was pressed; `cancelled` follows
+         *     - `resumed` {resumes, holder}: another app process took the turn over; text sent since the
+         *       last `message_saved` was not saved and is written again by the re-issued model call
+         *     - terminal, one of: `done` {message_id, finish_reason, usage} · `error` {type, message} ·
+         *       `cancelled` {reason}
+         */
+        get: operations["turn_events_sse_api_turns__turn_id__events_get"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/turns/{turn_id}/cancel": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Cancel Turn
+         * @description Stop the turn (the Stop button): its running tool tasks are cancelled and what was said
+         *     so far is kept. Answers once it ended (or after 5 s, still `running` with
+         *     `cancel_requested`). 409 when it already ended.
+         */
+        post: operations["cancel_turn_api_turns__turn_id__cancel_post"];
         delete?: never;
         options?: never;
         head?: never;
@@ -464,7 +677,10 @@ export type paths = {
             path?: never;
             cookie?: never;
         };
-        /** List Artifacts */
+        /**
+         * List Artifacts
+         * @description Files your tools produced (figures, tables), newest first; filter by `thread_id`.
+         */
         get: operations["list_artifacts_api_artifacts_get"];
         put?: never;
         post?: never;
@@ -481,7 +697,10 @@ export type paths = {
             path?: never;
             cookie?: never;
         };
-        /** Get Artifact */
+        /**
+         * Get Artifact
+         * @description One artifact with a fresh short-lived download URL.
+         */
         get: operations["get_artifact_api_artifacts__artifact_id__get"];
         put?: never;
         post?: never;
@@ -498,11 +717,79 @@ export type paths = {
             path?: never;
             cookie?: never;
         };
-        /** Usage */
+        /**
+         * Usage
+         * @description Model token usage per day and model for the last `days` days (optionally one thread).
+         */
         get: operations["usage_api_usage_get"];
         put?: never;
         post?: never;
         delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/sessions": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Create Session
+         * @description A new session; its sandbox starts on the first call (warm: forked from a zygote).
+         */
+        post: operations["create_session_api_sessions_post"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/sessions/{session_id}/run": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Run In Session
+         * @description Run code in the session: globals persist between calls. Calls of one session run one at
+         *     a time, in order. The output is run_python's plus the worker, notes and variables.
+         */
+        post: operations["run_in_session_api_sessions__session_id__run_post"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/sessions/{session_id}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Get Session
+         * @description State (live, suspended, closed), worker and the variables summary of the last call.
+         */
+        get: operations["get_session_api_sessions__session_id__get"];
+        put?: never;
+        post?: never;
+        /**
+         * Delete Session
+         * @description Close the session: its process stops and its snapshot is deleted.
+         */
+        delete: operations["delete_session_api_sessions__session_id__delete"];
         options?: never;
         head?: never;
         patch?: never;
@@ -515,7 +802,10 @@ export type paths = {
             path?: never;
             cookie?: never;
         };
-        /** Rate Limit */
+        /**
+         * Rate Limit
+         * @description Your request-rate limits per group (chat, tools) and what is left in the current window.
+         */
         get: operations["rate_limit_api_rate_limit_get"];
         put?: never;
         post?: never;
@@ -660,7 +950,7 @@ export type components = {
         ChatRequest: {
             /**
              * Content
-             * @description What the user says.
+             * @description What the user says (at most CORRAL_CHAT__MAX_MESSAGE_CHARS characters).
              */
             content: string;
         };
@@ -712,6 +1002,15 @@ export type components = {
              * Format: date-time
              */
             created_at: string;
+            /**
+             * Status
+             * @description processing: the circuit_q worker is reading it (follow GET /api/tasks/{task_id}/events); ready: analysable; failed: see `error`.
+             * @enum {string}
+             */
+            status: "processing" | "ready" | "failed";
+            error?: components["schemas"]["IngestError"] | null;
+            /** Task Id */
+            task_id?: string | null;
             /** Columns */
             columns: components["schemas"]["ResultColumn"][];
             /** Sample Rows */
@@ -744,15 +1043,32 @@ export type components = {
              * Format: date-time
              */
             created_at: string;
-        };
-        /** GenerateError */
-        GenerateError: {
-            /** Error Type */
-            error_type: string;
-            /** Message */
-            message: string;
+            /**
+             * Status
+             * @description processing: the circuit_q worker is reading it (follow GET /api/tasks/{task_id}/events); ready: analysable; failed: see `error`.
+             * @enum {string}
+             */
+            status: "processing" | "ready" | "failed";
+            error?: components["schemas"]["IngestError"] | null;
             /** Task Id */
             task_id?: string | null;
+        };
+        /**
+         * GenerateAccepted
+         * @description Still running when ``timeout_s`` ran out: follow it by task id.
+         */
+        GenerateAccepted: {
+            /** Task Id */
+            task_id: string;
+            /**
+             * Status
+             * @description The task's state, e.g. STARTED
+             */
+            status: string;
+            /** Events Url */
+            events_url: string;
+            /** Detail */
+            detail: string;
         };
         /** GenerateRequest */
         GenerateRequest: {
@@ -804,7 +1120,7 @@ export type components = {
             urgent?: boolean;
             /**
              * Timeout S
-             * @description How long to wait; the task id allows following on.
+             * @description How long to wait (at most the deployment's max_invoke_timeout_s); past it the answer is 202 with the task id to follow.
              * @default 120
              */
             timeout_s?: number;
@@ -879,10 +1195,15 @@ export type components = {
             /** Reset At */
             reset_at: number;
         };
-        /** HTTPValidationError */
-        HTTPValidationError: {
-            /** Detail */
-            detail?: components["schemas"]["ValidationError"][];
+        /** IngestError */
+        IngestError: {
+            /**
+             * Type
+             * @description e.g. DatasetInvalid, DatasetTooLarge, IngestFailed
+             */
+            type: string;
+            /** Message */
+            message: string;
         };
         /** InvokeError */
         InvokeError: {
@@ -899,7 +1220,7 @@ export type components = {
             };
             /**
              * Timeout S
-             * @description How long to wait for the result.
+             * @description How long to wait for the result (at most max_invoke_timeout_s).
              * @default 30
              */
             timeout_s?: number;
@@ -977,6 +1298,36 @@ export type components = {
              */
             next_before: number | null;
         };
+        /** ModelInfo */
+        ModelInfo: {
+            /**
+             * Name
+             * @description What requests, threads and pipelines call it.
+             */
+            name: string;
+            /**
+             * Model
+             * @description The provider's model id.
+             */
+            model: string;
+        };
+        /** ModelsOut */
+        ModelsOut: {
+            /**
+             * Configured
+             * @description False: the chat cannot answer until a model is set.
+             */
+            configured: boolean;
+            /**
+             * Chat Model
+             * @description The model new conversations use.
+             */
+            chat_model: string | null;
+            /** Models */
+            models: components["schemas"]["ModelInfo"][];
+            /** @description How to connect a model; only when none is. */
+            setup: components["schemas"]["SetupHelp"] | null;
+        };
         /**
          * PipelineRun
          * @description The persisted record of one run (also what ``GET /runs/{id}`` returns).
@@ -1048,6 +1399,44 @@ export type components = {
                 [key: string]: "pending" | "queued" | "running" | "done" | "failed" | "skipped" | "cancelled";
             };
         };
+        /**
+         * PythonInputFile
+         * @description An object the caller owns, copied read-only into the sandbox at ``/input/<name>``.
+         */
+        PythonInputFile: {
+            /**
+             * Key
+             * @description Object key from POST /api/storage
+             */
+            key: string;
+            /**
+             * Name
+             * @description File name under /input; default: the key's last part.
+             */
+            name?: string | null;
+        };
+        /**
+         * PythonLimitOverrides
+         * @description Per-call limits; the worker clamps each to its configured ceiling.
+         */
+        PythonLimitOverrides: {
+            /**
+             * Wall S
+             * @description Wall-clock seconds.
+             */
+            wall_s?: number | null;
+            /**
+             * Cpu S
+             * @description CPU seconds.
+             */
+            cpu_s?: number | null;
+            /** Memory Mb */
+            memory_mb?: number | null;
+            /** Max File Mb */
+            max_file_mb?: number | null;
+            /** Stdout Max Bytes */
+            stdout_max_bytes?: number | null;
+        };
         /** RateLimitOut */
         RateLimitOut: {
             /** Enabled */
@@ -1068,6 +1457,180 @@ export type components = {
              * @description DuckDB type, e.g. BIGINT, DOUBLE, VARCHAR.
              */
             type: string;
+        };
+        /**
+         * SandboxCapabilities
+         * @description The isolation layers a python_q worker's sandbox has (found by its start-up self-test).
+         */
+        SandboxCapabilities: {
+            /**
+             * Backend
+             * @description bwrap or wasm.
+             */
+            backend: string;
+            /**
+             * Seccomp
+             * @description bwrap: the seccomp filter is loaded.
+             * @default false
+             */
+            seccomp?: boolean;
+            /**
+             * Cgroups
+             * @description v2, v1, or none (rlimits only) for per-run cgroup limits.
+             * @default none
+             */
+            cgroups?: string;
+            /**
+             * Cgroup Controllers
+             * @description e.g. memory, pids.
+             */
+            cgroup_controllers?: string[];
+            /**
+             * Cgroup Reason
+             * @description Why there are no cgroups, when none.
+             * @default
+             */
+            cgroup_reason?: string;
+            /**
+             * Published At
+             * @description Unix time the worker published this.
+             * @default 0
+             */
+            published_at?: number;
+        };
+        /** SessionCreate */
+        SessionCreate: {
+            /**
+             * Thread Id
+             * @description One session per thread.
+             */
+            thread_id?: string | null;
+            /**
+             * Input Files
+             * @description Your object keys (or {key, name}), read-only at /input/<name>.
+             */
+            input_files?: (string | components["schemas"]["PythonInputFile"])[];
+            /**
+             * Datasets
+             * @description Your dataset ids, read-only at /input/<id>.<format> (csv, parquet, h5).
+             */
+            datasets?: string[];
+            limits?: components["schemas"]["PythonLimitOverrides"];
+        };
+        /** SessionOut */
+        SessionOut: {
+            /** Id */
+            id: string;
+            /** Thread Id */
+            thread_id: string | null;
+            /**
+             * State
+             * @description live: in a worker's memory; suspended: only in its snapshot (the next call restores it); closed.
+             * @enum {string}
+             */
+            state: "live" | "suspended" | "closed";
+            /**
+             * Worker
+             * @description The python_q worker that holds (or last held) it.
+             */
+            worker: string | null;
+            /** Calls */
+            calls: number;
+            /**
+             * Cells
+             * @description Successful cells recorded (replayed if a snapshot fails).
+             */
+            cells: number;
+            /** Variables */
+            variables: components["schemas"]["VariableInfo"][];
+            /**
+             * Input Files
+             * @description Names under /input.
+             */
+            input_files: string[];
+            /** Has Snapshot */
+            has_snapshot: boolean;
+            /** Restores */
+            restores: number;
+            /**
+             * Created At
+             * Format: date-time
+             */
+            created_at: string;
+            /** Last Call At */
+            last_call_at: string | null;
+        };
+        /** SessionRunError */
+        SessionRunError: {
+            /** Type */
+            type: string;
+            /** Message */
+            message: string;
+        };
+        /** SessionRunRequest */
+        SessionRunRequest: {
+            /**
+             * Code
+             * @description Python source to run.
+             */
+            code: string;
+            /**
+             * Want Svg
+             * @description Also save figures as SVG.
+             * @default false
+             */
+            want_svg?: boolean;
+            /**
+             * Restart
+             * @description Start from an empty namespace.
+             * @default false
+             */
+            restart?: boolean;
+            /**
+             * Timeout S
+             * @description How long to wait for the result.
+             * @default 120
+             */
+            timeout_s?: number;
+        };
+        /** SessionRunResponse */
+        SessionRunResponse: {
+            /** Session Id */
+            session_id: string;
+            /** Task Id */
+            task_id: string;
+            /**
+             * Status
+             * @enum {string}
+             */
+            status: "done" | "error" | "timeout";
+            /**
+             * Output
+             * @description As run_python's output plus worker, restored, notes (e.g. 'session restored on <worker>'), variables; figures carry short-lived URLs.
+             */
+            output?: {
+                [key: string]: unknown;
+            } | null;
+            error?: components["schemas"]["SessionRunError"] | null;
+        };
+        /** SetupExample */
+        SetupExample: {
+            /** Provider */
+            provider: string;
+            /**
+             * Env
+             * @description One line to put in the environment (or .env.app/.env.tasks).
+             */
+            env: string;
+        };
+        /** SetupHelp */
+        SetupHelp: {
+            /** Detail */
+            detail: string;
+            /** Settings */
+            settings: string[];
+            /** Examples */
+            examples: components["schemas"]["SetupExample"][];
         };
         /** StepDef */
         StepDef: {
@@ -1286,6 +1849,11 @@ export type components = {
              * Format: date-time
              */
             updated_at: string;
+            /**
+             * Running Turn Id
+             * @description The turn writing a reply now (GET /api/threads/{id} only): follow /api/turns/{running_turn_id}/events to re-attach.
+             */
+            running_turn_id?: string | null;
         };
         /** ThreadUpdate */
         ThreadUpdate: {
@@ -1354,6 +1922,79 @@ export type components = {
             parameters: {
                 [key: string]: unknown;
             };
+            /**
+             * Sandbox
+             * @description Tools running on python_q: each live worker's sandbox layers (backend, seccomp, cgroups v2 / v1 / none = rlimits only), as found by its start-up self-test.
+             */
+            sandbox?: {
+                [key: string]: components["schemas"]["SandboxCapabilities"];
+            } | null;
+        };
+        /**
+         * TurnAccepted
+         * @description ``202`` to a message: the turn runs on its own; follow ``events_url``.
+         */
+        TurnAccepted: {
+            /** Turn Id */
+            turn_id: string;
+            /**
+             * Message Id
+             * @description The user's message (written when a queued turn starts).
+             */
+            message_id: string;
+            /** Thread Id */
+            thread_id: string;
+            /**
+             * Status
+             * @enum {string}
+             */
+            status: "running" | "queued";
+            /** Events Url */
+            events_url: string;
+        };
+        /** TurnOut */
+        TurnOut: {
+            /** Id */
+            id: string;
+            /** Thread Id */
+            thread_id: string;
+            /**
+             * Status
+             * @enum {string}
+             */
+            status: "queued" | "running" | "done" | "error" | "cancelled";
+            /** Model */
+            model: string;
+            /** User Message Id */
+            user_message_id: string;
+            /** Final Message Id */
+            final_message_id?: string | null;
+            /**
+             * Cancel Requested
+             * @default false
+             */
+            cancel_requested?: boolean;
+            /**
+             * Resumes
+             * @description How often another app process took it over.
+             * @default 0
+             */
+            resumes?: number;
+            /** Error Type */
+            error_type?: string | null;
+            /** Error Message */
+            error_message?: string | null;
+            /**
+             * Created At
+             * Format: date-time
+             */
+            created_at: string;
+            /** Started At */
+            started_at?: string | null;
+            /** Finished At */
+            finished_at?: string | null;
+            /** Events Url */
+            events_url: string;
         };
         /** UploadOut */
         UploadOut: {
@@ -1434,18 +2075,19 @@ export type components = {
              */
             total_tokens?: number;
         };
-        /** ValidationError */
-        ValidationError: {
-            /** Location */
-            loc: (string | number)[];
-            /** Message */
-            msg: string;
-            /** Error Type */
+        /** VariableInfo */
+        VariableInfo: {
+            /** Name */
+            name: string;
+            /** Type */
             type: string;
-            /** Input */
-            input?: unknown;
-            /** Context */
-            ctx?: Record<string, never>;
+            /**
+             * Size
+             * @description Bytes, when known.
+             */
+            size?: number | null;
+            /** Shape */
+            shape?: string | null;
         };
         /**
          * Variant
@@ -1457,6 +2099,60 @@ export type components = {
             /** Prompt Template */
             prompt_template?: string | null;
             options?: components["schemas"]["GenerationOptions"] | null;
+        };
+        /**
+         * ValidationItem
+         * @description One invalid value: where it is, what is wrong, and the kind of check that failed.
+         */
+        ValidationItem: {
+            /**
+             * Loc
+             * @description Path to the value, e.g. ['body', 'arguments']
+             */
+            loc: (string | number)[];
+            /** Msg */
+            msg: string;
+            /** Type */
+            type: string;
+        };
+        /**
+         * Problem
+         * @description RFC 9457 problem details; ``errors`` for validation, ``retry_after_s`` on 429/503.
+         */
+        Problem: {
+            /**
+             * Type
+             * @description Stable URI reference per error kind, e.g. /errors/not-found
+             */
+            type: string;
+            /** Title */
+            title: string;
+            /** Status */
+            status: number;
+            /**
+             * Detail
+             * @description What went wrong and what to do about it
+             */
+            detail: string;
+            /**
+             * Instance
+             * @description The request path
+             * @default null
+             */
+            instance?: string | null;
+            /**
+             * Errors
+             * @default null
+             */
+            errors?: components["schemas"]["ValidationItem"][] | null;
+            /**
+             * Retry After S
+             * @description When waiting helps: seconds until a retry may succeed
+             * @default null
+             */
+            retry_after_s?: number | null;
+        } & {
+            [key: string]: unknown;
         };
     };
     responses: never;
@@ -1507,6 +2203,17 @@ export interface operations {
                     "application/json": unknown;
                 };
             };
+            /** @description Service Unavailable */
+            503: {
+                headers: {
+                    /** @description Seconds until a retry may succeed (when waiting helps). */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
         };
     };
     list_tools_api_tools_get: {
@@ -1527,13 +2234,26 @@ export interface operations {
                     "application/json": components["schemas"]["ToolOut"][];
                 };
             };
+            /** @description Missing or invalid bearer token (problem type /errors/unauthorized) */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
         };
     };
     invoke_tool_api_tools__name__invoke_post: {
         parameters: {
             query?: never;
-            header?: never;
+            header?: {
+                /** @description Retry-safe creation: the same key from the same user within 24 h returns what the first request created instead of creating another (printable ASCII, ≤ 200). */
+                "Idempotency-Key"?: string | null;
+            };
             path: {
+                /** @description A tool name from GET /api/tools. */
                 name: string;
             };
             cookie?: never;
@@ -1553,13 +2273,89 @@ export interface operations {
                     "application/json": components["schemas"]["InvokeResponse"];
                 };
             };
+            /** @description The body could not be parsed (not JSON, or not valid UTF-8) */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Missing or invalid bearer token (problem type /errors/unauthorized) */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description No such resource for this user (problem type /errors/not-found) */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Conflict */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Gone */
+            410: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Body over the size limit, refused before parsing (/errors/payload-too-large) */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
             /** @description Validation Error */
             422: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["HTTPValidationError"];
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Rate limited; retry after `retry_after_s` (/errors/rate-limited) */
+            429: {
+                headers: {
+                    /** @description Seconds until a retry may succeed (when waiting helps). */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Service Unavailable */
+            503: {
+                headers: {
+                    /** @description Seconds until a retry may succeed (when waiting helps). */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
                 };
             };
         };
@@ -1572,6 +2368,7 @@ export interface operations {
             };
             header?: never;
             path: {
+                /** @description An id returned by this API. */
                 task_id: string;
             };
             cookie?: never;
@@ -1587,13 +2384,31 @@ export interface operations {
                     "application/json": components["schemas"]["InvokeResponse"];
                 };
             };
+            /** @description Missing or invalid bearer token (problem type /errors/unauthorized) */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description No such resource for this user (problem type /errors/not-found) */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
             /** @description Validation Error */
             422: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["HTTPValidationError"];
+                    "application/problem+json": components["schemas"]["Problem"];
                 };
             };
         };
@@ -1621,13 +2436,22 @@ export interface operations {
                     "application/json": components["schemas"]["TaskRunOut"][];
                 };
             };
+            /** @description Missing or invalid bearer token (problem type /errors/unauthorized) */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
             /** @description Validation Error */
             422: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["HTTPValidationError"];
+                    "application/problem+json": components["schemas"]["Problem"];
                 };
             };
         };
@@ -1637,6 +2461,7 @@ export interface operations {
             query?: never;
             header?: never;
             path: {
+                /** @description An id returned by this API. */
                 task_id: string;
             };
             cookie?: never;
@@ -1652,22 +2477,41 @@ export interface operations {
                     "application/json": components["schemas"]["TaskRunDetail"];
                 };
             };
+            /** @description Missing or invalid bearer token (problem type /errors/unauthorized) */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description No such resource for this user (problem type /errors/not-found) */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
             /** @description Validation Error */
             422: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["HTTPValidationError"];
+                    "application/problem+json": components["schemas"]["Problem"];
                 };
             };
         };
     };
-    cancel_task_api_tasks__task_id__delete: {
+    cancel_task_api_tasks__task_id__cancel_post: {
         parameters: {
             query?: never;
             header?: never;
             path: {
+                /** @description An id returned by this API. */
                 task_id: string;
             };
             cookie?: never;
@@ -1685,13 +2529,40 @@ export interface operations {
                     };
                 };
             };
+            /** @description Missing or invalid bearer token (problem type /errors/unauthorized) */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description No such resource for this user (problem type /errors/not-found) */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Conflict */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
             /** @description Validation Error */
             422: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["HTTPValidationError"];
+                    "application/problem+json": components["schemas"]["Problem"];
                 };
             };
         };
@@ -1699,26 +2570,51 @@ export interface operations {
     task_events_api_tasks__task_id__events_get: {
         parameters: {
             query?: {
-                /** @description Resume after this event id. */
+                /** @description Resume after this event id (a stream id like 1700000000000-0). */
                 after?: string | null;
             };
             header?: {
+                /** @description Resume after this event id (sent by EventSource on reconnect). */
                 "last-event-id"?: string | null;
             };
             path: {
+                /** @description An id returned by this API. */
                 task_id: string;
             };
             cookie?: never;
         };
         requestBody?: never;
         responses: {
-            /** @description Successful Response */
+            /** @description Server-sent events; each `id` is a stream id to resume from. */
             200: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": unknown;
+                    "text/event-stream": {
+                        id?: string;
+                        event?: string;
+                        data?: string;
+                        retry?: number;
+                    };
+                };
+            };
+            /** @description Missing or invalid bearer token (problem type /errors/unauthorized) */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description No such resource for this user (problem type /errors/not-found) */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
                 };
             };
             /** @description Validation Error */
@@ -1727,7 +2623,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["HTTPValidationError"];
+                    "application/problem+json": components["schemas"]["Problem"];
                 };
             };
         };
@@ -1757,6 +2653,44 @@ export interface operations {
                     "application/json": components["schemas"]["UploadOut"];
                 };
             };
+            /** @description Missing or invalid bearer token (problem type /errors/unauthorized) */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Request Entity Too Large */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Unprocessable Entity */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Service Unavailable */
+            503: {
+                headers: {
+                    /** @description Seconds until a retry may succeed (when waiting helps). */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
         };
     };
     download_api_storage__key__get: {
@@ -1764,6 +2698,7 @@ export interface operations {
             query?: never;
             header?: never;
             path: {
+                /** @description An object key returned by POST /api/storage: {user}/{kind}/{id}. */
                 key: string;
             };
             cookie?: never;
@@ -1777,13 +2712,42 @@ export interface operations {
                 };
                 content?: never;
             };
+            /** @description Missing or invalid bearer token (problem type /errors/unauthorized) */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description No such resource for this user (problem type /errors/not-found) */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
             /** @description Validation Error */
             422: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["HTTPValidationError"];
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Service Unavailable */
+            503: {
+                headers: {
+                    /** @description Seconds until a retry may succeed (when waiting helps). */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
                 };
             };
         };
@@ -1793,6 +2757,7 @@ export interface operations {
             query?: never;
             header?: never;
             path: {
+                /** @description An object key returned by POST /api/storage: {user}/{kind}/{id}. */
                 key: string;
             };
             cookie?: never;
@@ -1806,13 +2771,42 @@ export interface operations {
                 };
                 content?: never;
             };
+            /** @description Missing or invalid bearer token (problem type /errors/unauthorized) */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description No such resource for this user (problem type /errors/not-found) */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
             /** @description Validation Error */
             422: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["HTTPValidationError"];
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Service Unavailable */
+            503: {
+                headers: {
+                    /** @description Seconds until a retry may succeed (when waiting helps). */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
                 };
             };
         };
@@ -1839,49 +2833,109 @@ export interface operations {
                     "application/json": components["schemas"]["GenerateResponse"];
                 };
             };
+            /** @description Still running at timeout_s */
+            202: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["GenerateAccepted"];
+                };
+            };
+            /** @description The body could not be parsed (not JSON, or not valid UTF-8) */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Missing or invalid bearer token (problem type /errors/unauthorized) */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
             /** @description Conflict */
             409: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["GenerateError"];
+                    "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description Validation Error */
+            /** @description Body over the size limit, refused before parsing (/errors/payload-too-large) */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Unprocessable Entity */
             422: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["HTTPValidationError"];
+                    "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description Bad Gateway */
-            502: {
+            /** @description Rate limited; retry after `retry_after_s` (/errors/rate-limited) */
+            429: {
                 headers: {
+                    /** @description Seconds until a retry may succeed (when waiting helps). */
+                    "Retry-After"?: number;
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["GenerateError"];
+                    "application/problem+json": components["schemas"]["Problem"];
                 };
             };
             /** @description Service Unavailable */
             503: {
                 headers: {
+                    /** @description Seconds until a retry may succeed (when waiting helps). */
+                    "Retry-After"?: number;
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["GenerateError"];
+                    "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description Gateway Timeout */
-            504: {
+        };
+    };
+    list_models_api_llm_models_get: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["GenerateError"];
+                    "application/json": components["schemas"]["ModelsOut"];
+                };
+            };
+            /** @description Unauthorized */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
                 };
             };
         };
@@ -1906,13 +2960,22 @@ export interface operations {
                     "application/json": components["schemas"]["PipelineRunSummary"][];
                 };
             };
+            /** @description Missing or invalid bearer token (problem type /errors/unauthorized) */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
             /** @description Validation Error */
             422: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["HTTPValidationError"];
+                    "application/problem+json": components["schemas"]["Problem"];
                 };
             };
         };
@@ -1939,13 +3002,62 @@ export interface operations {
                     "application/json": components["schemas"]["PipelineRun"];
                 };
             };
+            /** @description The body could not be parsed (not JSON, or not valid UTF-8) */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Missing or invalid bearer token (problem type /errors/unauthorized) */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Body over the size limit, refused before parsing (/errors/payload-too-large) */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
             /** @description Validation Error */
             422: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["HTTPValidationError"];
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Rate limited; retry after `retry_after_s` (/errors/rate-limited) */
+            429: {
+                headers: {
+                    /** @description Seconds until a retry may succeed (when waiting helps). */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Service Unavailable */
+            503: {
+                headers: {
+                    /** @description Seconds until a retry may succeed (when waiting helps). */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
                 };
             };
         };
@@ -1955,6 +3067,7 @@ export interface operations {
             query?: never;
             header?: never;
             path: {
+                /** @description An id returned by this API. */
                 run_id: string;
             };
             cookie?: never;
@@ -1970,22 +3083,50 @@ export interface operations {
                     "application/json": components["schemas"]["PipelineRun"];
                 };
             };
+            /** @description Missing or invalid bearer token (problem type /errors/unauthorized) */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description No such resource for this user (problem type /errors/not-found) */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Gone */
+            410: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
             /** @description Validation Error */
             422: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["HTTPValidationError"];
+                    "application/problem+json": components["schemas"]["Problem"];
                 };
             };
         };
     };
-    cancel_run_api_pipelines_runs__run_id__delete: {
+    cancel_run_api_pipelines_runs__run_id__cancel_post: {
         parameters: {
             query?: never;
             header?: never;
             path: {
+                /** @description An id returned by this API. */
                 run_id: string;
             };
             cookie?: never;
@@ -2001,13 +3142,49 @@ export interface operations {
                     "application/json": components["schemas"]["CancelOut"];
                 };
             };
+            /** @description Missing or invalid bearer token (problem type /errors/unauthorized) */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description No such resource for this user (problem type /errors/not-found) */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Conflict */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Gone */
+            410: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
             /** @description Validation Error */
             422: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["HTTPValidationError"];
+                    "application/problem+json": components["schemas"]["Problem"];
                 };
             };
         };
@@ -2015,26 +3192,60 @@ export interface operations {
     run_events_api_pipelines_runs__run_id__events_get: {
         parameters: {
             query?: {
-                /** @description Resume after this event id. */
+                /** @description Resume after this event id (a stream id like 1700000000000-0). */
                 after?: string | null;
             };
             header?: {
+                /** @description Resume after this event id (sent by EventSource on reconnect). */
                 "last-event-id"?: string | null;
             };
             path: {
+                /** @description An id returned by this API. */
                 run_id: string;
             };
             cookie?: never;
         };
         requestBody?: never;
         responses: {
-            /** @description Successful Response */
+            /** @description Server-sent events; each `id` is a stream id to resume from. */
             200: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": unknown;
+                    "text/event-stream": {
+                        id?: string;
+                        event?: string;
+                        data?: string;
+                        retry?: number;
+                    };
+                };
+            };
+            /** @description Missing or invalid bearer token (problem type /errors/unauthorized) */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description No such resource for this user (problem type /errors/not-found) */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Gone */
+            410: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
                 };
             };
             /** @description Validation Error */
@@ -2043,7 +3254,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["HTTPValidationError"];
+                    "application/problem+json": components["schemas"]["Problem"];
                 };
             };
         };
@@ -2066,6 +3277,26 @@ export interface operations {
                     "application/json": components["schemas"]["DatasetSummary"][];
                 };
             };
+            /** @description Missing or invalid bearer token (problem type /errors/unauthorized) */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Service Unavailable */
+            503: {
+                headers: {
+                    /** @description Seconds until a retry may succeed (when waiting helps). */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
         };
     };
     upload_api_datasets_post: {
@@ -2080,8 +3311,11 @@ export interface operations {
                 "multipart/form-data": {
                     /** Format: binary */
                     file: string;
-                    /** @enum {string} */
-                    format?: "csv" | "parquet" | "sonata";
+                    /**
+                     * @description Empty or left out: detected from the file.
+                     * @enum {string}
+                     */
+                    format?: "csv" | "parquet" | "sonata" | "";
                     /** @description SONATA: the node population (required). */
                     population?: string;
                     name?: string;
@@ -2098,6 +3332,44 @@ export interface operations {
                     "application/json": components["schemas"]["DatasetOut"];
                 };
             };
+            /** @description Missing or invalid bearer token (problem type /errors/unauthorized) */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Request Entity Too Large */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Unprocessable Entity */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Service Unavailable */
+            503: {
+                headers: {
+                    /** @description Seconds until a retry may succeed (when waiting helps). */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
         };
     };
     get_dataset_api_datasets__dataset_id__get: {
@@ -2105,6 +3377,7 @@ export interface operations {
             query?: never;
             header?: never;
             path: {
+                /** @description An id returned by this API. */
                 dataset_id: string;
             };
             cookie?: never;
@@ -2120,13 +3393,51 @@ export interface operations {
                     "application/json": components["schemas"]["DatasetOut"];
                 };
             };
+            /** @description Missing or invalid bearer token (problem type /errors/unauthorized) */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description No such resource for this user (problem type /errors/not-found) */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Gone */
+            410: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
             /** @description Validation Error */
             422: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["HTTPValidationError"];
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Service Unavailable */
+            503: {
+                headers: {
+                    /** @description Seconds until a retry may succeed (when waiting helps). */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
                 };
             };
         };
@@ -2136,6 +3447,7 @@ export interface operations {
             query?: never;
             header?: never;
             path: {
+                /** @description An id returned by this API. */
                 dataset_id: string;
             };
             cookie?: never;
@@ -2149,13 +3461,60 @@ export interface operations {
                 };
                 content?: never;
             };
+            /** @description Missing or invalid bearer token (problem type /errors/unauthorized) */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Forbidden */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description No such resource for this user (problem type /errors/not-found) */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Gone */
+            410: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
             /** @description Validation Error */
             422: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["HTTPValidationError"];
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Service Unavailable */
+            503: {
+                headers: {
+                    /** @description Seconds until a retry may succeed (when waiting helps). */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
                 };
             };
         };
@@ -2198,6 +3557,15 @@ export interface operations {
                     "application/json": components["schemas"]["MeOut"];
                 };
             };
+            /** @description Missing or invalid bearer token (problem type /errors/unauthorized) */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
         };
     };
     list_keys_api_api_keys_get: {
@@ -2216,6 +3584,15 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["ApiKeyOut"][];
+                };
+            };
+            /** @description Missing or invalid bearer token (problem type /errors/unauthorized) */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
                 };
             };
         };
@@ -2242,13 +3619,58 @@ export interface operations {
                     "application/json": components["schemas"]["ApiKeyCreated"];
                 };
             };
+            /** @description The body could not be parsed (not JSON, or not valid UTF-8) */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Missing or invalid bearer token (problem type /errors/unauthorized) */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Forbidden */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Conflict */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Body over the size limit, refused before parsing (/errors/payload-too-large) */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
             /** @description Validation Error */
             422: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["HTTPValidationError"];
+                    "application/problem+json": components["schemas"]["Problem"];
                 };
             };
         };
@@ -2258,6 +3680,7 @@ export interface operations {
             query?: never;
             header?: never;
             path: {
+                /** @description An id returned by this API. */
                 key_id: string;
             };
             cookie?: never;
@@ -2271,13 +3694,31 @@ export interface operations {
                 };
                 content?: never;
             };
+            /** @description Missing or invalid bearer token (problem type /errors/unauthorized) */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description No such resource for this user (problem type /errors/not-found) */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
             /** @description Validation Error */
             422: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["HTTPValidationError"];
+                    "application/problem+json": components["schemas"]["Problem"];
                 };
             };
         };
@@ -2305,13 +3746,22 @@ export interface operations {
                     "application/json": components["schemas"]["ThreadOut"][];
                 };
             };
+            /** @description Missing or invalid bearer token (problem type /errors/unauthorized) */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
             /** @description Validation Error */
             422: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["HTTPValidationError"];
+                    "application/problem+json": components["schemas"]["Problem"];
                 };
             };
         };
@@ -2338,13 +3788,40 @@ export interface operations {
                     "application/json": components["schemas"]["ThreadOut"];
                 };
             };
+            /** @description The body could not be parsed (not JSON, or not valid UTF-8) */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Missing or invalid bearer token (problem type /errors/unauthorized) */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Body over the size limit, refused before parsing (/errors/payload-too-large) */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
             /** @description Validation Error */
             422: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["HTTPValidationError"];
+                    "application/problem+json": components["schemas"]["Problem"];
                 };
             };
         };
@@ -2354,6 +3831,7 @@ export interface operations {
             query?: never;
             header?: never;
             path: {
+                /** @description An id returned by this API. */
                 thread_id: string;
             };
             cookie?: never;
@@ -2369,13 +3847,31 @@ export interface operations {
                     "application/json": components["schemas"]["ThreadOut"];
                 };
             };
+            /** @description Missing or invalid bearer token (problem type /errors/unauthorized) */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description No such resource for this user (problem type /errors/not-found) */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
             /** @description Validation Error */
             422: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["HTTPValidationError"];
+                    "application/problem+json": components["schemas"]["Problem"];
                 };
             };
         };
@@ -2385,6 +3881,7 @@ export interface operations {
             query?: never;
             header?: never;
             path: {
+                /** @description An id returned by this API. */
                 thread_id: string;
             };
             cookie?: never;
@@ -2398,13 +3895,51 @@ export interface operations {
                 };
                 content?: never;
             };
+            /** @description Missing or invalid bearer token (problem type /errors/unauthorized) */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description No such resource for this user (problem type /errors/not-found) */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Conflict */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
             /** @description Validation Error */
             422: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["HTTPValidationError"];
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Service Unavailable */
+            503: {
+                headers: {
+                    /** @description Seconds until a retry may succeed (when waiting helps). */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
                 };
             };
         };
@@ -2414,6 +3949,7 @@ export interface operations {
             query?: never;
             header?: never;
             path: {
+                /** @description An id returned by this API. */
                 thread_id: string;
             };
             cookie?: never;
@@ -2433,13 +3969,49 @@ export interface operations {
                     "application/json": components["schemas"]["ThreadOut"];
                 };
             };
+            /** @description The body could not be parsed (not JSON, or not valid UTF-8) */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Missing or invalid bearer token (problem type /errors/unauthorized) */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description No such resource for this user (problem type /errors/not-found) */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Body over the size limit, refused before parsing (/errors/payload-too-large) */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
             /** @description Validation Error */
             422: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["HTTPValidationError"];
+                    "application/problem+json": components["schemas"]["Problem"];
                 };
             };
         };
@@ -2453,6 +4025,7 @@ export interface operations {
             };
             header?: never;
             path: {
+                /** @description An id returned by this API. */
                 thread_id: string;
             };
             cookie?: never;
@@ -2468,13 +4041,31 @@ export interface operations {
                     "application/json": components["schemas"]["MessagePage"];
                 };
             };
+            /** @description Missing or invalid bearer token (problem type /errors/unauthorized) */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description No such resource for this user (problem type /errors/not-found) */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
             /** @description Validation Error */
             422: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["HTTPValidationError"];
+                    "application/problem+json": components["schemas"]["Problem"];
                 };
             };
         };
@@ -2482,8 +4073,11 @@ export interface operations {
     post_message_api_threads__thread_id__messages_post: {
         parameters: {
             query?: never;
-            header?: never;
+            header?: {
+                accept?: string | null;
+            };
             path: {
+                /** @description An id returned by this API. */
                 thread_id: string;
             };
             cookie?: never;
@@ -2495,35 +4089,287 @@ export interface operations {
         };
         responses: {
             /**
-             * @description Server-sent events, in order:
+             * @description With `Accept: text/event-stream`: the turn's events.
              *
-             *     - `turn_started` {thread_id, message_id (the user's), model}
-             *     - `text` {delta}: the assistant's words as they arrive
+             *     Server-sent events of one turn; each `id` is a stream id (resume with
+             *     `Last-Event-ID`). In order:
+             *
+             *     - `turn_started` {turn_id, thread_id, message_id (the user's), model}
+             *     - `queued` {turn_id, position}: the turn waits for the thread's running turn (enqueue policy)
+             *     - `text` {delta}: the assistant's words (the first at once, then batched: 50 ms / 128 chars)
+             *     - `message_saved` {message_id, role}: the text so far is saved as an assistant message
              *     - `usage` {model, message_id, prompt_tokens, completion_tokens, cached_tokens, total_tokens}
-             *       after each model call
              *     - `tool_call_started` {call_id, name, arguments, task_id}: every call of a round is started
              *       before any result is sent
-             *     - `tool_progress` {call_id, task_id, current, total, message, data}
+             *     - `tool_progress` {call_id, task_id, task_entry, current, total, message, data}
              *     - `tool_result` {call_id, name, task_id, status, output, error}: as each call finishes
-             *       (figures carry a `url`)
-             *     - `error` {type, message}: the turn stopped early (partial answer saved)
-             *     - `done` {message_id, finish_reason, usage}
+             *     - `cancel_requested` {}: Stop was pressed; `cancelled` follows
+             *     - `resumed` {resumes, holder}: another app process took the turn over; text sent since the
+             *       last `message_saved` was not saved and is written again by the re-issued model call
+             *     - terminal, one of: `done` {message_id, finish_reason, usage} · `error` {type, message} ·
+             *       `cancelled` {reason}
              */
             200: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "text/event-stream": unknown;
+                    "text/event-stream": string;
                 };
             };
-            /** @description Validation Error */
+            /** @description Successful Response */
+            202: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["TurnAccepted"];
+                };
+            };
+            /** @description The body could not be parsed (not JSON, or not valid UTF-8) */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Unauthorized */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Not Found */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Conflict */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Body over the size limit, refused before parsing (/errors/payload-too-large) */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Unprocessable Entity */
             422: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["HTTPValidationError"];
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Too Many Requests */
+            429: {
+                headers: {
+                    /** @description Seconds until a retry may succeed (when waiting helps). */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Service Unavailable */
+            503: {
+                headers: {
+                    /** @description Seconds until a retry may succeed (when waiting helps). */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    get_turn_api_turns__turn_id__get: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description An id returned by this API. */
+                turn_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["TurnOut"];
+                };
+            };
+            /** @description Unauthorized */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Not Found */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Unprocessable Entity */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    turn_events_sse_api_turns__turn_id__events_get: {
+        parameters: {
+            query?: {
+                /** @description Resume after this event id (a stream id like 1700000000000-0). */
+                after?: string | null;
+            };
+            header?: {
+                /** @description Resume after this event id (sent by EventSource on reconnect). */
+                "last-event-id"?: string | null;
+            };
+            path: {
+                /** @description An id returned by this API. */
+                turn_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Server-sent events; each `id` is a stream id to resume from. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "text/event-stream": {
+                        id?: string;
+                        event?: string;
+                        data?: string;
+                        retry?: number;
+                    };
+                };
+            };
+            /** @description Unauthorized */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Not Found */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Unprocessable Entity */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    cancel_turn_api_turns__turn_id__cancel_post: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description An id returned by this API. */
+                turn_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["TurnOut"];
+                };
+            };
+            /** @description Unauthorized */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Not Found */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Conflict */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Unprocessable Entity */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
                 };
             };
         };
@@ -2531,6 +4377,7 @@ export interface operations {
     list_artifacts_api_artifacts_get: {
         parameters: {
             query?: {
+                /** @description Only this thread. */
                 thread_id?: string | null;
                 limit?: number;
             };
@@ -2549,13 +4396,22 @@ export interface operations {
                     "application/json": components["schemas"]["ArtifactOut"][];
                 };
             };
+            /** @description Missing or invalid bearer token (problem type /errors/unauthorized) */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
             /** @description Validation Error */
             422: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["HTTPValidationError"];
+                    "application/problem+json": components["schemas"]["Problem"];
                 };
             };
         };
@@ -2565,6 +4421,7 @@ export interface operations {
             query?: never;
             header?: never;
             path: {
+                /** @description An id returned by this API. */
                 artifact_id: string;
             };
             cookie?: never;
@@ -2580,13 +4437,31 @@ export interface operations {
                     "application/json": components["schemas"]["ArtifactOut"];
                 };
             };
+            /** @description Missing or invalid bearer token (problem type /errors/unauthorized) */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description No such resource for this user (problem type /errors/not-found) */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
             /** @description Validation Error */
             422: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["HTTPValidationError"];
+                    "application/problem+json": components["schemas"]["Problem"];
                 };
             };
         };
@@ -2614,13 +4489,290 @@ export interface operations {
                     "application/json": components["schemas"]["UsageOut"];
                 };
             };
+            /** @description Missing or invalid bearer token (problem type /errors/unauthorized) */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
             /** @description Validation Error */
             422: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["HTTPValidationError"];
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    create_session_api_sessions_post: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["SessionCreate"];
+            };
+        };
+        responses: {
+            /** @description Successful Response */
+            201: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["SessionOut"];
+                };
+            };
+            /** @description The body could not be parsed (not JSON, or not valid UTF-8) */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Unauthorized */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Not Found */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Conflict */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Body over the size limit, refused before parsing (/errors/payload-too-large) */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Unprocessable Entity */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    run_in_session_api_sessions__session_id__run_post: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description An id returned by this API. */
+                session_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["SessionRunRequest"];
+            };
+        };
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["SessionRunResponse"];
+                };
+            };
+            /** @description The body could not be parsed (not JSON, or not valid UTF-8) */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Unauthorized */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Not Found */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Conflict */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Body over the size limit, refused before parsing (/errors/payload-too-large) */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Unprocessable Entity */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Service Unavailable */
+            503: {
+                headers: {
+                    /** @description Seconds until a retry may succeed (when waiting helps). */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    get_session_api_sessions__session_id__get: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description An id returned by this API. */
+                session_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["SessionOut"];
+                };
+            };
+            /** @description Unauthorized */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Not Found */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Validation Error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    delete_session_api_sessions__session_id__delete: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description An id returned by this API. */
+                session_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            204: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description Unauthorized */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Not Found */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Validation Error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
                 };
             };
         };
@@ -2641,6 +4793,15 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["RateLimitOut"];
+                };
+            };
+            /** @description Missing or invalid bearer token (problem type /errors/unauthorized) */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
                 };
             };
         };

@@ -1,4 +1,4 @@
-/** The app's resumable event streams (a task's, a pipeline run's) and the chat turn stream. */
+/** The app's resumable event streams: a task's, a pipeline run's, a chat turn's. */
 import { signOut } from "../api/auth";
 import { authHeaders } from "../api/client";
 import { ApiError } from "../api/errors";
@@ -64,24 +64,27 @@ export function followRunEvents(
   );
 }
 
-/** A chat turn: POSTed once, never re-sent (a dropped turn is stopped by the server). */
-export function streamChatTurn(
-  threadId: string,
-  content: string,
+const TERMINAL_TURN = new Set(["done", "error", "cancelled"]);
+
+/** A chat turn's events (`/api/turns/{id}/events`): from the start, resumable. The turn runs on
+ * the server whatever happens to this connection; only its cancel endpoint stops it. */
+export function followTurnEvents(
+  turnId: string,
   signal: AbortSignal,
   onEvent: (event: SseEvent) => void,
+  onStatus?: (status: StreamStatus, detail?: string) => void,
 ): Promise<StreamEnd> {
   return guarded(() =>
     streamSse({
-      url: `/api/threads/${encodeURIComponent(threadId)}/messages`,
-      method: "POST",
-      body: { content },
+      url: `/api/turns/${encodeURIComponent(turnId)}/events`,
       headers: authHeaders(),
       signal,
       onEvent,
-      resume: false,
+      onStatus,
+      resume: true,
       idleTimeoutMs: IDLE_TIMEOUT_MS,
-      isTerminal: (e) => e.event === "done",
+      maxRetries: 30,
+      isTerminal: (e) => TERMINAL_TURN.has(e.event),
     }),
   );
 }

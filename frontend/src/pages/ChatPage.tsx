@@ -14,7 +14,8 @@ import { ToolCallCard } from "../components/ToolCallCard";
 import type { LiveTurn } from "../lib/chatTurn";
 import { followTaskEvents } from "../lib/streams";
 import { applyTaskEvent, fromHistory, isActive, type TaskStreamEvent, type ToolCallView } from "../lib/toolState";
-import { useChatTurn } from "../lib/useChatTurn";
+import { attachTurn, cancelToolCall, dismissTurn, sendMessage, stopTurn, useLiveTurn } from "../lib/turnStore";
+import { ApiError } from "../api/errors";
 
 type Message = Schemas["MessageOut"];
 
@@ -85,17 +86,40 @@ function SavedMessage({ message }: { message: Message }) {
   );
 }
 
-function LiveMessage({ turn, onCancel }: { turn: LiveTurn; onCancel: (taskId: string) => void }) {
+/** No model is configured: say exactly what to set, with a line to copy per kind of server. */
+function SetupCard({ setup }: { setup: Schemas["SetupHelp"] }) {
+  return (
+    <div className="callout setup-card" data-testid="setup-card">
+      <h2>Connect a language model</h2>
+      <p>{setup.detail}</p>
+      <ul>
+        {setup.settings.map((s) => (
+          <li key={s}>
+            <code>{s}</code>
+          </li>
+        ))}
+      </ul>
+      {setup.examples.map((e) => (
+        <div key={e.provider} className="setup-example" data-testid="setup-example">
+          <div className="muted small">{e.provider}</div>
+          <pre className="mono small">{e.env}</pre>
+        </div>
+      ))}
+    </div>
+  );
+}
+
+function LiveMessage({ turn, showUser, onCancel }: { turn: LiveTurn; showUser: boolean; onCancel: (taskId: string) => void }) {
   const waiting = turn.status === "streaming" && turn.blocks.length === 0;
   return (
     <>
-      {turn.userText ? (
+      {showUser && turn.userText ? (
         <div className="msg msg-user" data-testid="msg-user">
           <div className="bubble">{turn.userText}</div>
         </div>
       ) : null}
-      {turn.userText || turn.error ? (
-        <div className="msg msg-assistant" data-testid="msg-assistant-live">
+      {turn.turnId || turn.userText || turn.error ? (
+        <div className="msg msg-assistant" data-testid="msg-assistant-live" data-status={turn.status}>
           <div className="avatar avatar-bot">C</div>
           <div className="msg-body">
             {waiting ? (
@@ -117,11 +141,18 @@ function LiveMessage({ turn, onCancel }: { turn: LiveTurn; onCancel: (taskId: st
                 </div>
               ),
             )}
+            {turn.queued ? <div className="muted small">waiting for the reply before it…</div> : null}
+            {turn.resumed ? (
+              <div className="muted small" data-testid="turn-resumed">
+                continued by another server
+              </div>
+            ) : null}
             {turn.status === "stopping" ? <div className="muted small">stopping…</div> : null}
             {turn.status === "stopped" ? <div className="muted small">stopped</div> : null}
             {turn.error ? (
               <div className="callout callout-bad" data-testid="turn-error">
-                {turn.error}
+                <div>{turn.error}</div>
+                {turn.hint ? <div className="small">{turn.hint}</div> : null}
               </div>
             ) : null}
           </div>
@@ -137,7 +168,7 @@ export function ChatPage() {
   const qc = useQueryClient();
   const toasts = useToasts();
   const [draft, setDraft] = useState("");
-  const [sendError, setSendError] = useState<string | null>(null);
+  const [sendError, setSendError] = useState<{ message: string; hint?: string } | null>(null);
   const scroller = useRef<HTMLDivElement>(null);
 
   const thread = useQuery({
@@ -159,13 +190,23 @@ export function ChatPage() {
     },
     [qc],
   );
-  const { turn, send, stop, cancelCall, clear } = useChatTurn(onFinished);
+  const models = useQuery({
+    queryKey: ["llm-models"],
+    queryFn: () => call(api.GET("/api/llm/models")),
+    staleTime: 60_000,
+  });
+  const setup = models.data && !models.data.configured ? models.data.setup : null;
+  const turn = useLiveTurn(threadId);
   const busy = turn?.status === "streaming" || turn?.status === "stopping";
+  const runningTurnId = thread.data?.running_turn_id;
 
   useEffect(() => {
     setSendError(null);
-    return clear;
-  }, [threadId, clear]);
+  }, [threadId]);
+  // A reply still being written (after a reload, in another tab): show it live again.
+  useEffect(() => {
+    if (threadId && runningTurnId) void attachTurn(threadId, runningTurnId, onFinished);
+  }, [threadId, runningTurnId, onFinished]);
   useEffect(() => {
     const el = scroller.current;
     if (el) el.scrollTop = el.scrollHeight;
@@ -188,15 +229,29 @@ export function ChatPage() {
     }
     setDraft("");
     setSendError(null);
-    const result = await send(id, content);
+    dismissTurn(id);
+    const result = await sendMessage(id, content, onFinished);
     if (result.unsent) {
       // Not sent (busy thread, rate limit, no model configured): say why and keep the text.
       setDraft(content);
-      setSendError(describeError(result.error));
+      const err = result.error;
+      if (err instanceof ApiError && err.kind === "no-model-configured") void models.refetch();
+      setSendError({
+        message: describeError(err),
+        hint:
+          err instanceof ApiError && err.kind === "turn-in-progress"
+            ? "Wait for the reply above, or press Stop, then send again."
+            : err instanceof ApiError && err.kind === "rate-limited"
+              ? "Wait a moment, then send again."
+              : undefined,
+      });
     }
   }
 
-  const items = messages.data?.items ?? [];
+  const allItems = messages.data?.items ?? [];
+  // While a turn is live, what it saved after the user's message is shown by the live view.
+  const cut = turn?.userMessageId ? allItems.findIndex((m) => m.id === turn.userMessageId) : -1;
+  const items = cut >= 0 ? allItems.slice(0, cut + 1) : allItems;
   const empty = !turn && items.length === 0;
   return (
     <div className="chat">
@@ -216,7 +271,8 @@ export function ChatPage() {
               <Spinner />
             </div>
           ) : null}
-          {empty && !messages.isLoading ? (
+          {setup ? <SetupCard setup={setup} /> : null}
+          {empty && !messages.isLoading && !setup ? (
             <div className="welcome">
               <h2>What should we work out?</h2>
               <p className="muted">The assistant runs Python, analyses circuit datasets and calls other models on Corral's workers — you watch each tool call live.</p>
@@ -232,11 +288,14 @@ export function ChatPage() {
           {items.map((m) => (
             <SavedMessage key={m.id} message={m} />
           ))}
-          {turn ? <LiveMessage turn={turn} onCancel={(id) => void cancelCall(id)} /> : null}
+          {turn ? <LiveMessage turn={turn} showUser={cut < 0} onCancel={(id) => void cancelToolCall(id)} /> : null}
         </div>
         {sendError ? (
           <div className="composer-error" data-testid="send-error">
-            <span className="grow">Not sent: {sendError}</span>
+            <span className="grow">
+              Not sent: {sendError.message}
+              {sendError.hint ? <span className="muted"> — {sendError.hint}</span> : null}
+            </span>
             <button className="icon-btn" onClick={() => setSendError(null)} aria-label="Dismiss">
               ×
             </button>
@@ -263,7 +322,7 @@ export function ChatPage() {
             data-testid="composer"
           />
           {busy ? (
-            <button type="button" className="btn btn-danger" onClick={() => void stop()} disabled={turn?.status === "stopping"} data-testid="stop">
+            <button type="button" className="btn btn-danger" onClick={() => threadId && void stopTurn(threadId)} disabled={turn?.status === "stopping"} data-testid="stop">
               <Square size={13} fill="currentColor" /> Stop
             </button>
           ) : (
