@@ -8,6 +8,7 @@ published, so it is always the first entry of the task's stream.
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from typing import Any, cast
 
@@ -16,6 +17,7 @@ import redis
 import redis.asyncio as aioredis
 from celery import Celery
 from celery.backends.redis import RedisBackend
+from opentelemetry.trace import SpanKind
 from pydantic import BaseModel
 
 from corral.app.settings import AppSettings
@@ -43,6 +45,11 @@ from corral.task_schemas.delivery import (
     urgent_queue,
 )
 from corral.task_schemas.events import TERMINAL_EVENT_TYPES
+from corral.task_schemas.metrics import METRICS_KEY
+from corral.task_schemas.metrics import field as metric_field
+from corral.telemetry import inject_headers, tracer
+
+_TRACER = tracer()
 
 
 class QueueNotAllowed(ValueError):
@@ -221,22 +228,28 @@ class TaskSender:
             routing = urgent_queue(target.value)
 
         def queue_and_publish() -> None:
-            # `queued` first, so it is always the stream's first entry.
-            key = task_events_key(task_id)
-            pipe = self._sync_streams.pipeline(transaction=False)
-            pipe.xadd(key, queued, maxlen=self._stream_settings.maxlen, approximate=True)
-            pipe.expire(key, self._stream_settings.ttl_s)
-            pipe.execute()
-            self.client.send_task(
-                spec.name,
-                kwargs=message_kwargs(task_input, owner_id),
-                task_id=task_id,
-                queue=routing,
-                expires=spec.expires_s,
-                priority=PRIORITY_NORMAL if priority is None else priority,
-                retry=True,
-                retry_policy={"max_retries": 3, "interval_start": 0.2, "interval_step": 0.5},
-            )
+            # One span for the send; its context rides in the message headers (`traceparent`),
+            # so the worker's spans join this trace. `corral_sent` lets it time the queue wait.
+            with _TRACER.start_as_current_span(f"send {spec.name}", kind=SpanKind.PRODUCER):
+                headers = inject_headers({"corral_sent": time.time()})
+                # `queued` first, so it is always the stream's first entry.
+                key = task_events_key(task_id)
+                pipe = self._sync_streams.pipeline(transaction=False)
+                pipe.xadd(key, queued, maxlen=self._stream_settings.maxlen, approximate=True)
+                pipe.expire(key, self._stream_settings.ttl_s)
+                pipe.hincrby(METRICS_KEY, metric_field("sent", spec.name), 1)
+                pipe.execute()
+                self.client.send_task(
+                    spec.name,
+                    kwargs=message_kwargs(task_input, owner_id),
+                    task_id=task_id,
+                    queue=routing,
+                    expires=spec.expires_s,
+                    priority=PRIORITY_NORMAL if priority is None else priority,
+                    headers=headers,
+                    retry=True,
+                    retry_policy={"max_retries": 3, "interval_start": 0.2, "interval_step": 0.5},
+                )
 
         try:
             await anyio.to_thread.run_sync(queue_and_publish, limiter=self._limiter)

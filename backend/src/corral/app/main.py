@@ -23,6 +23,9 @@ from corral.app.health.router import router as health_router
 from corral.app.llm.models_router import router as llm_models_router
 from corral.app.llm.router import router as llm_router
 from corral.app.mcp import CorralMcp
+from corral.app.observability.router import metrics_router
+from corral.app.observability.router import router as ops_router
+from corral.app.observability.tracing import install_tracing
 from corral.app.pipelines.router import router as pipelines_router
 from corral.app.problems import install_problem_handlers
 from corral.app.ratelimit.router import router as ratelimit_router
@@ -122,7 +125,10 @@ def create_app(settings: AppSettings | None = None) -> FastAPI:
     api.include_router(usage_router)
     api.include_router(sessions_router)
     api.include_router(ratelimit_router)
+    api.include_router(ops_router)
     app.include_router(api)
+    app.include_router(metrics_router)
+    install_tracing(app, settings.telemetry)
     install_contract(app)
     app.router.routes.append(mcp.route("/mcp"))  # plain ASGI: not in /openapi.json
 

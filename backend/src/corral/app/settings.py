@@ -21,6 +21,7 @@ from corral.config import (
     reject_placeholder,
 )
 from corral.telemetry import TelemetrySettings
+from corral.telemetry import TelemetrySettings
 
 
 class AuthSettings(BaseModel):
@@ -156,6 +157,14 @@ class AppSettings(BaseSettings):
     rate_limits: RateLimitSettings = Field(default_factory=RateLimitSettings)
     chat: ChatSettings = Field(default_factory=ChatSettings)
     task_runs: TaskRunSettings = Field(default_factory=TaskRunSettings)
+    telemetry: TelemetrySettings = Field(
+        default_factory=TelemetrySettings, description="Traces: CORRAL_TELEMETRY__EXPORTER etc."
+    )
+    admin_user_ids: list[str] = Field(
+        default_factory=list,
+        max_length=1000,
+        description="Users who may see the Operations page (/api/ops/*), by user id.",
+    )
     telemetry: TelemetrySettings = Field(
         default_factory=TelemetrySettings, description="Traces: CORRAL_TELEMETRY__EXPORTER etc."
     )

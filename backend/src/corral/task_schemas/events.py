@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from enum import StrEnum
 from typing import Annotated, Literal
 
@@ -28,6 +29,18 @@ TERMINAL_EVENT_TYPES = frozenset({EventType.DONE, EventType.ERROR, EventType.CAN
 
 class _Event(BaseModel):
     model_config = ConfigDict(frozen=True)
+
+    trace_id: str | None = Field(
+        default=None, description="The trace (OpenTelemetry, 32 hex) of the call that wrote it."
+    )
+
+
+# Set by corral.telemetry.setup_tracing: the current trace id, stamped on events written in it.
+_trace_id_source: list[Callable[[], str | None]] = []
+
+
+def set_trace_id_source(source: Callable[[], str | None]) -> None:
+    _trace_id_source[:] = [source]
 
 
 class QueuedEvent(_Event):
@@ -99,6 +112,10 @@ def encode_event(event: _Event) -> dict[str, str]:
     out: dict[str, str] = {}
     for key, value in event.model_dump(mode="json", exclude_none=True).items():
         out[key] = value if isinstance(value, str) else json.dumps(value)
+    if "trace_id" not in out and _trace_id_source:
+        trace_id = _trace_id_source[0]()
+        if trace_id:
+            out["trace_id"] = trace_id
     return out
 
 

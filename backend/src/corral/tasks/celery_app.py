@@ -70,6 +70,8 @@ def build_celery_app(tasks_settings: TasksSettings) -> Celery:
         celery_app.conf.task_queues = amqp_queues([q.value for q in ALL_QUEUES])
         celery_app.conf.broker_transport_options = {"confirm_publish": True}
     celery_app.conf.result_expires = tasks_settings.result_expires_s
+    # Task events for Flower / `celery events` (TASKS_TASK_EVENTS=false turns them off).
+    celery_app.conf.worker_send_task_events = tasks_settings.task_events
     celery_app.conf.update(tasks_settings.celery)
     return celery_app
 

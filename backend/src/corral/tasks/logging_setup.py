@@ -12,10 +12,13 @@ from typing import Any
 
 import structlog
 
+from corral.telemetry import add_trace_id
+
 
 def configure_logging(level: str = "INFO", *, json_logs: bool = True) -> None:
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
+        add_trace_id,
         structlog.stdlib.add_log_level,
         structlog.stdlib.add_logger_name,
         structlog.processors.TimeStamper(fmt="iso", utc=True),

@@ -12,6 +12,7 @@ from corral.tasks import (  # noqa: F401  (imported for registration)
     circuit_sample_task,
     lifecycle,
     llm_generate_task,
+    observability,
     purge_scratch_task,
     python_tool_task,
     session_close_task,  # after python_tool_task: its start-up check runs first

@@ -40,6 +40,7 @@ from corral.tasks.sandbox import (
 from corral.tasks.sandbox import publish as sandbox_publish
 from corral.tasks.sandbox._common import content_type_of, new_run_dir
 from corral.tasks.sandbox.selection import build_backend, select_backend
+from corral.telemetry import tracer
 
 log = structlog.get_logger(__name__)
 
@@ -219,16 +220,19 @@ def python_run(ctx: TaskContext, params: PythonRunInput) -> PythonRunOutput:
         _fetch_inputs(ctx, params, input_dir)
         ctx.progress(message="running code")
         try:
-            result = sandbox.run(
-                params.code,
-                input_dir=input_dir,
-                output_dir=output_dir,
-                limits=limits,
-                figure_formats=tuple(params.figure_formats),
-            )
+            with tracer().start_as_current_span("sandbox run") as span:
+                span.set_attribute("sandbox.backend", type(sandbox).__name__)
+                result = sandbox.run(
+                    params.code,
+                    input_dir=input_dir,
+                    output_dir=output_dir,
+                    limits=limits,
+                    figure_formats=tuple(params.figure_formats),
+                )
         except (SandboxFailure, SandboxUnavailable) as exc:
             raise SandboxError(f"the Python sandbox failed: {exc}") from exc
-        figures, notes = _upload_figures(ctx, result)
+        with tracer().start_as_current_span("upload figures"):
+            figures, notes = _upload_figures(ctx, result)
     finally:
         shutil.rmtree(run_dir, ignore_errors=True)
     error = result.error

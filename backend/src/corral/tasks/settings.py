@@ -18,6 +18,7 @@ from corral.config import (
 from corral.tasks.circuit.settings import CircuitSettings
 from corral.tasks.sandbox.settings import SandboxSettings
 from corral.tasks.sessions.settings import SessionSettings
+from corral.telemetry import TelemetrySettings
 
 
 class CeleryOptionError(ValueError):
@@ -108,6 +109,13 @@ class TasksSettings(BaseSettings):
         default_factory=CircuitSettings, description="circuit_q: TASKS_CIRCUIT__* limits."
     )
     maintenance: MaintenanceSettings = Field(default_factory=MaintenanceSettings)
+    telemetry: TelemetrySettings = Field(
+        default_factory=TelemetrySettings, description="Traces: TASKS_TELEMETRY__EXPORTER etc."
+    )
+    task_events: bool = Field(
+        default=True,
+        description="Send Celery task events (Flower, `celery events`); false turns them off.",
+    )
     celery: dict[str, Any] = Field(
         default_factory=dict, description="Any Celery option, e.g. TASKS_CELERY__worker_concurrency"
     )

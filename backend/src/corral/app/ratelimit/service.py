@@ -21,6 +21,7 @@ from limits.aio.strategies import (
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from corral.app.observability.counters import rate_limit_refused
 from corral.app.ratelimit.settings import RateLimitSettings
 
 T = TypeVar("T")
@@ -101,6 +102,8 @@ class RateLimits:
         """Count one request; ``allowed`` is False (and nothing is counted) past the limit."""
         item = self._items[group]
         allowed = await _reconnecting(lambda: self._limiter.hit(item, group, user_id))
+        if not allowed:
+            rate_limit_refused(group)
         return await _reconnecting(lambda: self._state(group, user_id, allowed))
 
     async def peek(self, group: Group, user_id: str) -> LimitState:

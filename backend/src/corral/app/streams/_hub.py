@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 import uuid
 from collections.abc import AsyncIterator
 from types import TracebackType
@@ -119,6 +120,7 @@ class StreamHub:
         self._wake_pending = False
         self._task: asyncio.Task[None] | None = None
         self._closed = False
+        self.lag_s = 0.0  # seconds from an entry's write to its delivery, last read
 
     @property
     def waiting_keys(self) -> int:
@@ -203,6 +205,8 @@ class StreamHub:
                 # A subscription that joined during this read with an earlier cursor would miss
                 # the entries between its cursor and the read's: it is served by the next read
                 # (which starts from the smallest cursor) instead.
+                if entries:  # how far behind the newest entry this read delivers
+                    self.lag_s = max(0.0, time.time() - _parse_id(entries[-1][0])[0] / 1000)
                 read_from = _parse_id(cursors.get(key, "0-0"))
                 subs = [sub for sub in self._subs.get(key, ()) if sub._last >= read_from]
                 for sub in subs:

@@ -15,6 +15,7 @@ from typing import Annotated, Any
 from fastapi import Header, HTTPException, status
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
+from corral.app.observability.counters import SSE_CLIENTS
 from corral.app.streams._hub import StreamHub
 from corral.task_schemas import TaskEvent, is_terminal
 
@@ -85,14 +86,18 @@ def stream_response(
     async def events() -> AsyncIterator[ServerSentEvent]:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + max_s
-        async with hub.subscribe(key, cursor) as sub:
-            while (remaining := deadline - loop.time()) > 0:
-                try:
-                    entry_id, event = await asyncio.wait_for(sub.get(), remaining)
-                except TimeoutError:
-                    return
-                yield render(entry_id, event)
-                if is_terminal(event):
-                    return
+        SSE_CLIENTS.inc()
+        try:
+            async with hub.subscribe(key, cursor) as sub:
+                while (remaining := deadline - loop.time()) > 0:
+                    try:
+                        entry_id, event = await asyncio.wait_for(sub.get(), remaining)
+                    except TimeoutError:
+                        return
+                    yield render(entry_id, event)
+                    if is_terminal(event):
+                        return
+        finally:
+            SSE_CLIENTS.dec()
 
     return EventSourceResponse(events(), ping=int(ping_s))

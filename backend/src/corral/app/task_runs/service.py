@@ -29,6 +29,7 @@ from corral.app.task_runs.schemas import (
     TaskState,
 )
 from corral.task_schemas import CancelledEvent, Queue, TaskSpec
+from corral.telemetry import tracer
 
 
 class TaskNotFound(LookupError):
@@ -43,6 +44,9 @@ class TaskAlreadyFinished(RuntimeError):
 def watch_timeout_s(services: Services, spec: TaskSpec[Any, Any]) -> float:
     """How long a run may legitimately take: queued until expiry, then its hard limit."""
     return spec.expires_s + spec.time_limit_s + services.settings.task_runs.grace_s
+
+
+_TRACER = tracer()
 
 
 async def submit(
@@ -72,22 +76,23 @@ async def submit(
         if earlier is not None:
             return earlier.id
     try:
-        async with services.db.session() as session:
-            await session.execute(
-                insert(TaskRun).values(
-                    id=task_id,
-                    owner_id=owner_id,
-                    thread_id=thread_id,
-                    task_name=spec.name,
-                    queue=target.value,
-                    tool=tool,
-                    state="queued",
-                    created_at=utcnow(),
-                    attempts=0,
-                    usage_recorded=False,
-                    idempotency_key=idempotency_key,
+        with _TRACER.start_as_current_span("task_runs insert"):  # the row and its commit
+            async with services.db.session() as session:
+                await session.execute(
+                    insert(TaskRun).values(
+                        id=task_id,
+                        owner_id=owner_id,
+                        thread_id=thread_id,
+                        task_name=spec.name,
+                        queue=target.value,
+                        tool=tool,
+                        state="queued",
+                        created_at=utcnow(),
+                        attempts=0,
+                        usage_recorded=False,
+                        idempotency_key=idempotency_key,
+                    )
                 )
-            )
     except IntegrityError as exc:
         if idempotency_key is None or not idempotency.is_key_conflict(exc):
             raise

@@ -42,6 +42,7 @@ from corral.tasks.llm.errors import (
 )
 from corral.tasks.llm.jsonfix import NotJSON, parse_answer, repair_messages
 from corral.tasks.llm.streaming import TextBatcher
+from corral.telemetry import tracer
 
 log = structlog.get_logger(__name__)
 
@@ -253,7 +254,17 @@ class Generation:
         for attempt in retrying:
             with attempt:
                 self.attempts += 1
-                return self._call_once(config, messages)
+                with tracer().start_as_current_span("model call") as span:
+                    span.set_attribute("llm.model", config.model)
+                    completion = self._call_once(config, messages)
+                    usage = completion.usage
+                    span.set_attribute("llm.prompt_tokens", usage.prompt_tokens)
+                    span.set_attribute("llm.completion_tokens", usage.completion_tokens)
+                    span.set_attribute("llm.cached_tokens", usage.cached_tokens)
+                from corral.tasks.observability import record_tokens
+
+                record_tokens(config.name, usage.prompt_tokens, usage.completion_tokens)
+                return completion
         raise AssertionError("unreachable: tenacity reraises the last error")
 
     def _call_once(self, config: ModelConfig, messages: list[dict[str, Any]]) -> Completion:
