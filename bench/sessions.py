@@ -29,6 +29,8 @@ from pathlib import Path
 from typing import Any
 
 BACKEND_DIR = Path(__file__).resolve().parents[1] / "backend"
+# bench/mcp.py would shadow the mcp package the app imports: drop this folder from the path.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 sys.path.insert(0, str(BACKEND_DIR))
 
 PLOT = (
@@ -56,6 +58,9 @@ async def timed(client: Any, method: str, url: str, body: dict[str, Any]) -> tup
     if isinstance(output, dict) and output.get("error"):
         raise SystemExit(f"{url}: code error {output['error']}")
     return took, data
+
+
+HOST = " (in the session host)"
 
 
 async def measure(stack: Any, runs: int, restore_runs: int) -> dict[str, list[float]]:
@@ -90,12 +95,14 @@ async def measure(stack: Any, runs: int, restore_runs: int) -> dict[str, list[fl
         sid = made["id"]
         await timed(c, "POST", f"/api/sessions/{sid}/run", {"code": "x = 41"})
         for _ in range(runs):
-            took, _ = await timed(c, "POST", f"/api/sessions/{sid}/run", {"code": "x + 1"})
+            took, done = await timed(c, "POST", f"/api/sessions/{sid}/run", {"code": "x + 1"})
             out["warm x + 1"].append(took)
+            out.setdefault("warm x + 1" + HOST, []).append(done["output"]["duration_s"])
         await timed(c, "POST", f"/api/sessions/{sid}/run", {"code": PLOT})
         for _ in range(runs):
-            took, _ = await timed(c, "POST", f"/api/sessions/{sid}/run", {"code": PLOT})
+            took, done = await timed(c, "POST", f"/api/sessions/{sid}/run", {"code": PLOT})
             out["warm plot"].append(took)
+            out.setdefault("warm plot" + HOST, []).append(done["output"]["duration_s"])
         for _ in range(restore_runs):
             _, made = await timed(c, "POST", "/api/sessions", {})
             sid = made["id"]
@@ -108,6 +115,8 @@ async def measure(stack: Any, runs: int, restore_runs: int) -> dict[str, list[fl
             if not any(n.startswith("session restored on") for n in notes):
                 raise SystemExit(f"not restored: {notes}")
             out["restore after worker loss (100 MB)"].append(took)
+            key = "restore after worker loss (100 MB)" + HOST
+            out.setdefault(key, []).append(again["output"]["duration_s"])
             stack.restart(holder)
     return out
 
@@ -138,6 +147,7 @@ class Stack:
             "CORRAL_RATE_LIMITS__TOOLS": "100000/minute",
             "TASKS_SESSIONS__HEARTBEAT_S": "0.25",
             "TASKS_SESSIONS__LEASE_TTL_S": str(LEASE_TTL_S),
+            "TASKS_SESSIONS__START_TIMEOUT_S": "300",  # a busy machine warms slowly
         }
         self.workers: dict[str, Any] = {}
         self.url = ""
@@ -206,7 +216,7 @@ def main() -> int:
     print("| --- | ---: | ---: | --- | --- |")
     for name, values in out.items():
         p50, p95 = pct(values, 0.5) * 1000, pct(values, 0.95) * 1000
-        goal, limit = goals.get(name, ("baseline", None))
+        goal, limit = goals.get(name, ("breakdown" if name.endswith(HOST) else "baseline", None))
         met = "" if limit is None else ("yes" if p50 <= limit else "NO")
         print(f"| {name} | {p50:.1f} | {p95:.1f} | {goal} | {met} |")
     return 0

@@ -135,23 +135,36 @@ class LiveSession:
         self.last_used = time.monotonic()
         return outcome
 
+    def _answer(self, frame: tuple[dict[str, Any], bytes] | None, want: str,
+                what: str) -> tuple[dict[str, Any], bytes]:  # fmt: skip
+        """The kernel's answer, or an explicit error saying how the kernel ended."""
+        if frame is None:
+            raise SandboxFailure(f"the session did not answer the {what} request in time")
+        header = frame[0]
+        if header.get("op") == want:
+            return frame
+        if header.get("op") in ("exited", "nokernel"):
+            self.zygote.kernel_pid = None
+            status = int(header.get("status") or 0)
+            raise KernelLost(f"the session's process ended during the {what} ({_ended(status)})")
+        raise SandboxFailure(f"unexpected answer to the {what} request: {header.get('op')!r}")
+
     def take_snapshot(self, timeout_s: float) -> tuple[dict[str, Any], bytes]:
-        self.zygote.send({"op": "snapshot"})
-        frame = self.zygote.receive(time.monotonic() + timeout_s)
-        if frame is None or frame[0].get("op") != "snapshot":
-            raise SandboxFailure("the session did not answer the snapshot request")
-        return frame
+        with self.zygote.wide_pipes():
+            self.zygote.send({"op": "snapshot"})
+            frame = self.zygote.receive(time.monotonic() + timeout_s)
+        return self._answer(frame, "snapshot", "snapshot")
 
     def restore(self, snapshot: Snapshot, timeout_s: float) -> dict[str, Any]:
-        self.zygote.send({"op": "restore", "cells": snapshot.cells}, snapshot.blob)
-        frame = self.zygote.receive(time.monotonic() + timeout_s, lambda _b: None)
-        if frame is None or frame[0].get("op") != "restored":
-            raise SandboxFailure("the session did not answer the restore request")
+        with self.zygote.wide_pipes():
+            self.zygote.send({"op": "restore", "cells": snapshot.cells}, snapshot.blob)
+            frame = self.zygote.receive(time.monotonic() + timeout_s, lambda _b: None)
+        header, _ = self._answer(frame, "restored", "restore")
         self.seq = snapshot.seq
         self.cells = list(snapshot.cells)
         self.cells_bytes = sum(len(c.encode()) for c in self.cells)
         self.unpicklable = list(snapshot.unpicklable)
-        return frame[0]
+        return header
 
     def kill_kernel(self) -> None:
         """Stop the kernel (the zygote stays): the next call forks a fresh namespace."""
@@ -165,6 +178,21 @@ class LiveSession:
 
     def close(self) -> None:
         self.zygote.kill()
+
+
+class KernelLost(SandboxFailure):
+    """The kernel died outside a call (snapshot, restore); the sandbox and zygote remain."""
+
+
+def _ended(status: int) -> str:
+    if os.WIFSIGNALED(status):
+        sig = os.WTERMSIG(status)
+        if sig == signal.SIGXCPU:
+            return "CPU time limit"
+        return f"signal {signal.Signals(sig).name}" if sig in signal.valid_signals() else "signal"
+    if os.WIFEXITED(status) and os.WEXITSTATUS(status):
+        return f"exit status {os.WEXITSTATUS(status)}"
+    return "likely out of memory"
 
 
 def _exit_reason(status: int) -> Any:

@@ -30,6 +30,7 @@ OUT_FD = -1
 HEAD = struct.Struct(">IQ")
 VARIABLES_MAX = 200
 SKIP_TYPES = ("module", "function", "builtin_function_or_method", "type")
+_NO_MEMORY_SNAPSHOT = "the session ran out of memory while saving its state (memory limit)"
 
 
 def _read_exact(fd: int, n: int) -> bytes:
@@ -43,17 +44,92 @@ def _read_exact(fd: int, n: int) -> bytes:
     return b"".join(chunks)
 
 
-def read_frame(fd: int) -> tuple[dict[str, Any], bytes]:
+def _read_into(fd: int, buf: memoryview) -> None:
+    """Fill ``buf`` from the pipe without intermediate copies (a 100 MB snapshot stays 100 MB)."""
+    got = 0
+    while got < len(buf):
+        n = os.readv(fd, [buf[got : got + (1 << 20)]])
+        if not n:
+            raise EOFError
+        got += n
+
+
+def _skip(fd: int, n: int) -> None:
+    while n:
+        data = os.read(fd, min(n, 1 << 20))
+        if not data:
+            raise EOFError
+        n -= len(data)
+
+
+def read_frame(fd: int) -> tuple[dict[str, Any], Any]:
+    """The next command; its payload in one buffer, or ``None`` if it did not fit in memory.
+
+    An oversized payload is read and dropped, so the pipe stays in step with the host.
+    """
     hlen, plen = HEAD.unpack(_read_exact(fd, HEAD.size))
     header = json.loads(_read_exact(fd, hlen))
-    return header, _read_exact(fd, plen) if plen else b""
+    if not plen:
+        return header, b""
+    try:
+        payload = bytearray(plen)
+    except MemoryError:
+        _skip(fd, plen)
+        return header, None
+    _read_into(fd, memoryview(payload))
+    return header, payload
 
 
-def write_frame(fd: int, header: dict[str, Any], payload: bytes = b"") -> None:
+def write_frame(fd: int, header: dict[str, Any], *payload: Any) -> None:
+    """Header then each payload part written as is (no concatenated copy of large buffers)."""
+    parts = [memoryview(p).cast("B") for p in payload]
     raw = json.dumps(header).encode()
-    data = memoryview(HEAD.pack(len(raw), len(payload)) + raw + payload)
-    while data:
-        data = data[os.write(fd, data) :]
+    head = memoryview(HEAD.pack(len(raw), sum(len(p) for p in parts)) + raw)
+    for data in (head, *parts):
+        while data:
+            data = data[os.write(fd, data) :]
+
+
+# Snapshot blobs: pickle protocol 5 with out-of-band buffers (numpy/pandas data is sent from
+# where it lies and, on restore, used in place): MAGIC, ``>I`` count, ``>Q`` lengths (pickle
+# first, then each buffer), then the parts.
+MAGIC = b"CPB1"
+
+
+def dump_state(state: dict[str, Any]) -> list[Any]:
+    import pickle
+
+    import cloudpickle  # type: ignore[import-not-found,import-untyped,unused-ignore]
+
+    buffers: list[memoryview] = []
+
+    def out_of_band(buf: pickle.PickleBuffer) -> bool:
+        try:
+            buffers.append(buf.raw())
+        except BufferError:  # not contiguous: keep it in the pickle
+            return True
+        return False
+
+    data = cloudpickle.dumps(state, protocol=5, buffer_callback=out_of_band)
+    lengths = [len(data), *(b.nbytes for b in buffers)]
+    head = MAGIC + struct.pack(f">I{len(lengths)}Q", len(lengths), *lengths)
+    return [head, data, *buffers]
+
+
+def load_state(blob: bytearray) -> Any:
+    import pickle
+
+    view = memoryview(blob)
+    if bytes(view[:4]) != MAGIC:
+        return pickle.loads(view)  # noqa: S301 - this session's own state, in its sandbox
+    (count,) = struct.unpack_from(">I", view, 4)
+    lengths = struct.unpack_from(f">{count}Q", view, 8)
+    offset = 8 + 8 * count
+    parts = []
+    for length in lengths:
+        parts.append(view[offset : offset + length])
+        offset += length
+    return pickle.loads(parts[0], buffers=parts[1:])  # noqa: S301 - as above
 
 
 # -- the kernel --------------------------------------------------------------------------------
@@ -172,35 +248,43 @@ class Kernel:
         result["run_s"] = time.monotonic() - started
         return result, payload
 
-    def snapshot(self) -> tuple[dict[str, Any], bytes]:
+    def snapshot(self) -> tuple[dict[str, Any], list[Any]]:
         import cloudpickle  # type: ignore[import-not-found,import-untyped,unused-ignore]
 
         state = {n: v for n, v in self.namespace.items() if not n.startswith("__")}
         unpicklable: list[str] = []
         try:
-            blob = cloudpickle.dumps(state, protocol=5)
+            parts = dump_state(state)
+        except MemoryError:
+            return {"ok": False, "unpicklable": [], "reason": _NO_MEMORY_SNAPSHOT}, []
         except Exception:
             for name in list(state):
                 try:
-                    cloudpickle.dumps(state[name], protocol=5)
+                    cloudpickle.dumps(state[name], protocol=5, buffer_callback=lambda _b: False)
+                except MemoryError:
+                    return {"ok": False, "unpicklable": [], "reason": _NO_MEMORY_SNAPSHOT}, []
                 except Exception:
                     unpicklable.append(name)
                     del state[name]
             try:
-                blob = cloudpickle.dumps(state, protocol=5)
+                parts = dump_state(state)
             except Exception as exc:  # e.g. two names fine alone but not together
-                return {"ok": False, "unpicklable": sorted(state), "reason": str(exc)[:500]}, b""
-        return {"ok": True, "unpicklable": unpicklable, "names": sorted(state)}, blob
+                return {"ok": False, "unpicklable": sorted(state), "reason": str(exc)[:500]}, []
+        return {"ok": True, "unpicklable": unpicklable, "names": sorted(state)}, parts
 
-    def restore(self, cmd: dict[str, Any], blob: bytes) -> dict[str, Any]:
-        import pickle
-
-        try:
-            state = pickle.loads(blob)  # noqa: S301 - this session's own state, in its sandbox
-            self.namespace.update(state)
-            return {"ok": True, "replayed": 0, "names": sorted(state)}
-        except Exception as exc:
-            reason = f"{type(exc).__name__}: {exc}"[:500]
+    def restore(self, cmd: dict[str, Any], blob: Any) -> dict[str, Any]:
+        if blob is None:
+            reason = "the snapshot does not fit in the session's memory limit"
+        else:
+            try:
+                state = load_state(blob)
+                self.namespace.update(state)
+                return {"ok": True, "replayed": 0, "names": sorted(state)}
+            except MemoryError:
+                reason = "the snapshot does not fit in the session's memory limit"
+            except Exception as exc:
+                reason = f"{type(exc).__name__}: {exc}"[:500]
+            blob = None
         replayed = 0
         devnull = io.StringIO()
         for cell in cmd.get("cells") or []:
@@ -225,8 +309,9 @@ class Kernel:
                 header, blob = self.run(cmd)
                 write_frame(OUT_FD, {"op": "ran", **header}, blob)
             elif op == "snapshot":
-                header, blob = self.snapshot()
-                write_frame(OUT_FD, {"op": "snapshot", **header}, blob)
+                header, parts = self.snapshot()
+                write_frame(OUT_FD, {"op": "snapshot", **header}, *parts)
+                del parts
             elif op == "restore":
                 write_frame(OUT_FD, {"op": "restored", **self.restore(cmd, payload)})
             elif op == "exit":
@@ -293,25 +378,49 @@ def main() -> None:
     CMD_FD, OUT_FD = int(conf["cmd_fd"]), int(conf["out_fd"])
     sys.argv = ["main.py"]
     sys.stdin = io.StringIO()
-    write_frame(OUT_FD, {"op": "ready", "warm_s": _warm(conf), "pid": os.getpid()})
+    warm_s = _warm(conf)
+    if conf.get("max_processes"):
+        # Inside the sandbox's user namespace RLIMIT_NPROC counts only this sandbox's
+        # processes (and its cgroup's pids limit, when there is one, bounds them as well).
+        nproc = int(conf["max_processes"])
+        resource.setrlimit(resource.RLIMIT_NPROC, (nproc, nproc))
+    write_frame(OUT_FD, {"op": "ready", "warm_s": warm_s, "pid": os.getpid()})
     while True:
         try:
             cmd, _ = read_frame(CMD_FD)
         except EOFError:
             return
-        if cmd.get("op") != "fork":
-            return
+        if cmd.get("op") != "fork":  # meant for a kernel that has just died: say there is none
+            write_frame(OUT_FD, {"op": "nokernel", "for": str(cmd.get("op"))[:40]})
+            continue
         pid = os.fork()
         if pid == 0:
             try:
-                mem = int(cmd.get("memory_mb") or 0) << 20
-                if mem:
-                    resource.setrlimit(resource.RLIMIT_AS, (mem, mem))
+                _limit_memory(int(cmd.get("memory_mb") or 0))
                 Kernel().serve()
             finally:
                 os._exit(0)
         _, status = os.waitpid(pid, 0)
         write_frame(OUT_FD, {"op": "exited", "pid": pid, "status": status})
+
+
+def _limit_memory(memory_mb: int) -> None:
+    """The session's memory limit counts what its code adds to the warm stack.
+
+    RLIMIT_AS covers the address space; the imported stack (shared copy-on-write with the
+    zygote) already takes several hundred MB of it, so the kernel gets that plus ``memory_mb``,
+    within the zygote's own hard limit. The sandbox's cgroup, when there is one, bounds the
+    real memory of the whole sandbox.
+    """
+    if memory_mb <= 0:
+        return
+    with open("/proc/self/statm") as fh:
+        base = int(fh.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+    _, hard = resource.getrlimit(resource.RLIMIT_AS)
+    limit = base + (memory_mb << 20)
+    if hard != resource.RLIM_INFINITY:
+        limit = min(limit, hard)
+    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
 
 
 if __name__ == "__main__":
