@@ -6,6 +6,7 @@ Each test has its own redis-server, SQLite database and workers (tests/support/f
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -17,6 +18,7 @@ from corral.task_schemas import SYSTEM_ECHO, EchoInput, ErrorEvent, Queue
 from tests.support.bus import running_services
 from tests.support.faults import events, fault_stack, kill, started_pids, wait_for_event
 from tests.support.procs import wait_until
+from tests.support.rabbitmq import rabbitmq_url
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -40,11 +42,22 @@ async def _wait_row(services: Any, task_id: str, state: str, timeout: float = 15
         await asyncio.sleep(0.1)
 
 
+@pytest.fixture(scope="module")
+def rabbitmq() -> Iterator[str]:
+    with rabbitmq_url() as url:
+        yield url
+
+
+@pytest.mark.parametrize("broker", ["redis", "rabbitmq"])
 async def test_poison_task_fails_worker_lost_after_three_deliveries(
-    stack_env: dict[str, str],
+    broker: str, stack_env: dict[str, str], request: pytest.FixtureRequest
 ) -> None:
     """The child is SIGKILLed every time it starts the task: 3 starts, then WorkerLost."""
-    with fault_stack(stack_env) as stack:
+    extra = {}
+    if broker == "rabbitmq":
+        url = request.getfixturevalue("rabbitmq")
+        extra = {"TASKS_BROKER__URL": url, "CORRAL_BROKER__URL": url}
+    with fault_stack(stack_env, **extra) as stack:
         stack.worker("llm_q", name="poison-llm@test")
         client = stack.streams()
         async with running_services(stack.env) as services:
