@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import tempfile
 import time
@@ -97,6 +98,7 @@ def fault_stack(stack_env: dict[str, str], **extra: str) -> Iterator[FaultStack]
         yield stack
     finally:
         stack.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def events(client: redis.Redis, task_id: str) -> list[tuple[str, Any]]:
@@ -225,6 +227,7 @@ def persistent_fault_stack(stack_env: dict[str, str], **extra: str) -> Iterator[
     finally:
         stack.stop()
         server.stop(signal.SIGKILL)
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 @dataclass
