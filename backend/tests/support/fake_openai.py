@@ -96,6 +96,8 @@ class RecordedRequest:
     received_at: float
     finished_at: float | None = None
     status: int | None = None
+    first_content_at: float | None = None
+    """``time.perf_counter()`` when the first text chunk of a streamed answer was sent."""
 
     @property
     def stream(self) -> bool:
@@ -319,6 +321,8 @@ class FakeOpenAI:
                     raise ConnectionAbortedError("fake_openai: scripted cut mid-stream")
                 if reply.chunk_delay_s:
                     await asyncio.sleep(reply.chunk_delay_s)
+                if recorded.first_content_at is None:
+                    recorded.first_content_at = time.perf_counter()
                 yield chunk({"content": piece})
             for index, call in enumerate(reply.tool_calls):
                 yield chunk({"tool_calls": [call.as_openai(index)]})
