@@ -38,6 +38,18 @@ export function PythonOutput({ output }: { output: Obj }) {
       ) : null}
       <Figures figures={figures} />
       {!stdout && !stderr && !error && !figures.length && output.last_expr == null ? <p className="muted small">No output.</p> : null}
+      {typeof output.session_id === "string" ? (
+        <p className="muted small" data-testid="python-session">
+          session {output.session_id.slice(0, 8)}
+          {typeof output.worker === "string" ? ` on ${output.worker}` : ""}
+          {output.restored ? (
+            <span className="badge" data-testid="session-restored" title={notes.find((n) => n.startsWith("session restored on")) ?? "restored from its snapshot"}>
+              {" "}
+              restored
+            </span>
+          ) : null}
+        </p>
+      ) : null}
       {notes.length ? <p className="muted small">{notes.join(" · ")}</p> : null}
       {typeof output.duration_s === "number" ? (
         <p className="muted small">

@@ -2,6 +2,7 @@ import { Play, Square } from "lucide-react";
 import { useEffect, useRef, useState } from "react";
 import { describeError } from "../api/errors";
 import { PageHeader } from "../components/Layout";
+import { SessionView, useCodeSession } from "../components/SessionRunner";
 import { ProgressBar, StatusBadge } from "../components/StatusBadge";
 import { PythonOutput } from "../components/ToolOutput";
 import { TERMINAL } from "../lib/toolState";
@@ -44,11 +45,15 @@ const FIRST = Object.values(EXAMPLES)[0] as string;
 /** Write Python, run it on python_q (sandboxed), see stdout, errors and figures — no model involved. */
 export function CodePage() {
   const [code, setCode] = useState(() => localStorage.getItem("corral.code") ?? FIRST);
-  const { view, error, connection, busy, run, cancel } = useToolRun();
+  const { view, error, connection, busy: toolBusy, run, cancel } = useToolRun();
+  const [sessionMode, setSessionMode] = useState(() => localStorage.getItem("corral.codeMode") === "session");
+  const session = useCodeSession();
+  const busy = sessionMode ? session.busy : toolBusy;
   const gutter = useRef<HTMLDivElement>(null);
   const lines = code.split("\n").length;
-  const active = view && !TERMINAL.has(view.state);
-  const output = view?.output && typeof view.output === "object" ? (view.output as Record<string, unknown>) : null;
+  const active = !sessionMode && view && !TERMINAL.has(view.state);
+  const lastCell = session.cells[session.cells.length - 1]?.response.output as Record<string, unknown> | undefined;
+  const output = sessionMode ? (lastCell ?? null) : view?.output && typeof view.output === "object" ? (view.output as Record<string, unknown>) : null;
   const errorLine = output && output.error && typeof (output.error as { line?: unknown }).line === "number" ? (output.error as { line: number }).line : null;
 
   useEffect(() => {
@@ -56,7 +61,11 @@ export function CodePage() {
     return () => clearTimeout(t);
   }, [code]);
 
-  const start = () => void run("run_python", { code, timeout_s: 120 });
+  const start = () => void (sessionMode ? session.run(code) : run("run_python", { code, timeout_s: 120 }));
+  const toggleMode = (on: boolean) => {
+    setSessionMode(on);
+    localStorage.setItem("corral.codeMode", on ? "session" : "single");
+  };
 
   return (
     <div className="page page-wide">
@@ -65,6 +74,9 @@ export function CodePage() {
         subtitle="Python with numpy, pandas, scipy and matplotlib, run in a sandbox on the python_q workers. Figures left open are shown below."
         actions={
           <>
+            <label className="small row" title="Runs share one Python session: variables, imports and loaded data stay between runs">
+              <input type="checkbox" checked={sessionMode} onChange={(e) => toggleMode(e.target.checked)} data-testid="session-mode" /> Session
+            </label>
             <select aria-label="Examples" onChange={(e) => e.target.value && setCode(EXAMPLES[e.target.value] ?? code)} value="" data-testid="examples">
               <option value="">Examples…</option>
               {Object.keys(EXAMPLES).map((k) => (
@@ -76,7 +88,7 @@ export function CodePage() {
                 <Square size={13} fill="currentColor" /> Stop
               </button>
             ) : (
-              <button className="btn btn-primary" onClick={start} disabled={busy || !code.trim()} data-testid="code-run">
+              <button className="btn btn-primary" onClick={start} disabled={Boolean(busy) || !code.trim()} data-testid="code-run">
                 <Play size={14} fill="currentColor" /> Run <kbd>Ctrl ↵</kbd>
               </button>
             )}
@@ -119,28 +131,29 @@ export function CodePage() {
         <div className="card output-pane" data-testid="code-output">
           <div className="row">
             <h2 className="grow">Output</h2>
-            {view ? <StatusBadge state={view.state} testId="code-state" /> : null}
+            {view && !sessionMode ? <StatusBadge state={view.state} testId="code-state" /> : null}
           </div>
-          {connection ? <div className="callout callout-warn small">{connection}</div> : null}
-          {error ? (
+          {sessionMode ? <SessionView state={session} /> : null}
+          {connection && !sessionMode ? <div className="callout callout-warn small">{connection}</div> : null}
+          {error && !sessionMode ? (
             <div className="callout callout-bad" data-testid="code-error">
               {describeError(error)}
             </div>
           ) : null}
-          {!view && !error ? <p className="muted">Run the code to see its output here.</p> : null}
+          {!sessionMode && !view && !error ? <p className="muted">Run the code to see its output here.</p> : null}
           {active ? (
             <div className="tool-live">
               <ProgressBar current={view.progress?.current ?? null} total={view.progress?.total ?? null} label="run progress" />
               <span className="muted small">{view.state === "running" ? `running${view.worker ? ` on ${view.worker}` : ""}…` : view.state === "queued" ? "waiting for a python_q worker…" : "sending…"}</span>
             </div>
           ) : null}
-          {view?.error && view.state !== "done" ? (
+          {!sessionMode && view?.error && view.state !== "done" ? (
             <div className={`callout ${view.state === "cancelled" ? "callout-warn" : "callout-bad"}`} data-testid="run-error">
               <strong>{view.error.type}</strong>: {view.error.message}
             </div>
           ) : null}
-          {output ? <PythonOutput output={output} /> : null}
-          {view?.taskId ? <p className="muted small mono">task {view.taskId}</p> : null}
+          {output && !sessionMode ? <PythonOutput output={output} /> : null}
+          {!sessionMode && view?.taskId ? <p className="muted small mono">task {view.taskId}</p> : null}
         </div>
       </div>
     </div>
