@@ -7,6 +7,9 @@ In one run, against one private redis-server and real workers (one per queue):
   2. the same through Celery's own ``AsyncResult.get()`` (the baseline),
   3. a status-polling loop every 2 s (what many apps do),
   4. N concurrent waits in one process: wall time, Redis connections used for waiting, RSS.
+  5. tracing off vs on (100% sampling, every span exported): the round trip of 1. inside a
+     request span, against a second Redis whose llm_q worker exports its spans too;
+     interleaved batches, so both see the same machine load.
 Prints a table with ratios against the Celery baseline.
 """
 
@@ -38,6 +41,7 @@ from corral.task_schemas import (  # noqa: E402
     Queue,
     task_events_key,
 )
+from corral.telemetry import TelemetrySettings, setup_tracing, tracer  # noqa: E402
 from tests.support.db import new_sqlite_database  # noqa: E402
 from tests.support.procs import (  # noqa: E402
     env_vars,
@@ -67,6 +71,32 @@ async def bench_long_poll(services: Services, n: int) -> list[float]:
         assert isinstance(outcome, TaskDone)
         times.append(time.perf_counter() - t0)
     return times
+
+
+async def bench_tracing(
+    off: Services, on: Services, spans_file: Path, n: int, rounds: int = 5
+) -> tuple[list[float], list[float]]:
+    """The long-poll round trip inside a request span: exporting off vs on, interleaved."""
+    quiet = TelemetrySettings()
+    loud = TelemetrySettings(exporter="file", file_path=spans_file, sample_ratio=1.0)
+    times: dict[bool, list[float]] = {False: [], True: []}
+
+    async def batch(services: Services, traced: bool, k: int) -> list[float]:
+        setup_tracing(loud if traced else quiet, "corral-app")
+        out = []
+        for _ in range(k):
+            t0 = time.perf_counter()
+            with tracer().start_as_current_span("POST /api/tools/echo/invoke"):
+                await bench_long_poll(services, 1)
+            out.append(time.perf_counter() - t0)
+        return out
+
+    await batch(on, True, 10)  # warm-up
+    for _ in range(rounds):
+        for traced in (False, True):
+            times[traced] += await batch(on if traced else off, traced, max(1, n // rounds))
+    setup_tracing(quiet, "corral-app")
+    return times[False], times[True]
 
 
 def bench_celery_get(services: Services, n: int) -> list[float]:
@@ -153,6 +183,7 @@ async def main() -> None:
     parser.add_argument("--n", type=int, default=200, help="round trips per method")
     parser.add_argument("--poll-n", type=int, default=5)
     parser.add_argument("--waits", type=int, default=10_000)
+    parser.add_argument("--trace-n", type=int, default=200, help="round trips per tracing mode")
     args = parser.parse_args()
 
     server = start_redis()
@@ -165,8 +196,20 @@ async def main() -> None:
         "CORRAL_DATABASE__URL": new_sqlite_database(Path(tempfile.mkdtemp(prefix="bench-db-"))),
     }
     workers = [start_worker((q.value,), env, name=f"{q.value}@bench") for q in ALL_QUEUES]
+    # Tracing on: a second Redis with an llm_q worker that exports every span to a file.
+    traced_server = start_redis()
+    spans_file = Path(tempfile.mkdtemp(prefix="bench-spans-")) / "spans.jsonl"
+    traced_env = {
+        **env,
+        "TASKS_REDIS__URL": traced_server.url,
+        "CORRAL_REDIS__URL": traced_server.url,
+        "TASKS_TELEMETRY__EXPORTER": "file",
+        "TASKS_TELEMETRY__FILE_PATH": str(spans_file),
+    }
+    traced_worker = start_worker((Queue.LLM.value,), traced_env, name="llm_q@bench-traced")
     try:
         wait_workers_ready(server.url + "/0", workers)
+        wait_workers_ready(traced_server.url + "/0", [traced_worker])
         with env_vars(env):
             settings = AppSettings()
         services = await Services.start(settings)
@@ -177,12 +220,21 @@ async def main() -> None:
             cg = await asyncio.to_thread(bench_celery_get, services, args.n)
             po = await asyncio.to_thread(bench_polling, services, args.poll_n)
             fan = await bench_fan_in(services, server.url, args.waits)
+            with env_vars(traced_env):
+                traced_settings = AppSettings()
+            traced = await Services.start(traced_settings)
+            try:
+                tr_off, tr_on = await bench_tracing(services, traced, spans_file, args.trace_n)
+            finally:
+                await traced.aclose()
         finally:
             await services.aclose()
     finally:
-        for w in workers:
+        for w in [*workers, traced_worker]:
             w.stop()
         server.stop()
+        traced_server.stop()
+    spans = sum(1 for _ in spans_file.open()) if spans_file.exists() else 0
 
     base50 = statistics.median(cg)
     print(
@@ -206,6 +258,18 @@ async def main() -> None:
     print(
         f"| {fan['wall_s']:.1f} | {fan['connections']:.0f} | {fan['rss_mb']:.0f} | "
         f"{fan['rss_growth_mb']:.0f} | {fan['correct']:.0f}/{args.waits} |"
+    )
+    off50, on50 = statistics.median(tr_off), statistics.median(tr_on)
+    print(f"\nTracing (round trip in a request span), n={len(tr_off)} each, interleaved")
+    print("| tracing | p50 ms | p99 ms | p50 vs off |")
+    print("|---|---|---|---|")
+    for name, values in [("off (ids only, default)", tr_off), ("on (100%, exported)", tr_on)]:
+        p50 = statistics.median(values)
+        p99 = pct(values, 0.99)
+        print(f"| {name} | {p50 * 1000:.1f} | {p99 * 1000:.1f} | {p50 / off50:.2f}x |")
+    print(
+        f"spans exported: {spans}; added at p50: {(on50 / off50 - 1) * 100:+.1f}% "
+        f"(goal <= +10%: {'met' if on50 <= off50 * 1.10 else 'NOT met'})"
     )
     verdict = statistics.median(lp) <= base50 and fan["connections"] <= 4 and fan["rss_mb"] < 300
     print(

@@ -85,3 +85,15 @@ def test_env_examples_leave_secrets_empty() -> None:
         for line in (REPO / name).read_text().splitlines():
             if re.match(r"^\w*(SECRET|PASSWORD)\w*=", line):
                 assert line.split("=", 1)[1] == "", f"{name}: {line} must not ship a value"
+
+
+def test_observability_profile_mounts_files_that_exist() -> None:
+    services = compose()["services"]
+    profile = {n for n, s in services.items() if "observability" in s.get("profiles", [])}
+    assert profile == {"otel-collector", "jaeger", "prometheus", "grafana"}
+    for name in profile:
+        for volume in services[name].get("volumes", []):
+            source = volume.split(":")[0]
+            assert (REPO / source).exists(), (name, source)
+    # Without the profile nothing of it starts.
+    assert all("profiles" not in s for n, s in services.items() if n not in profile)

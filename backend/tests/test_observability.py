@@ -75,7 +75,7 @@ def traced_stack(stack_env: dict[str, str], database_url: str) -> Iterator[Trace
         "circuit_q": start_worker(("circuit_q",), env, name="circuit_q@obs", log_dir=log_dir),
     }
     try:
-        wait_workers_ready(redis.url + "/0", list(workers.values()))
+        wait_workers_ready(redis.url + "/0", list(workers.values()), timeout=150)
         with env_vars(env):
             settings = AppSettings()  # type: ignore[call-arg]
         with UvicornThread(create_app(settings)) as server:
@@ -276,3 +276,49 @@ async def test_flower_lists_the_tasks(
     finally:
         flower.terminate()
         flower.wait(10)
+
+
+def _metric_names_used(text: str) -> set[str]:
+    return set(re.findall(r"\b(corral_[a-z_]+)\b", text))
+
+
+def test_dashboard_and_prometheus_files_use_only_real_metrics(traced_stack: TracedStack) -> None:
+    """Every metric the Grafana dashboard and the Prometheus rules use exists in /metrics."""
+    import yaml
+
+    deploy = Path(__file__).resolve().parents[2] / "deploy" / "observability"
+    prometheus = yaml.safe_load((deploy / "prometheus.yml").read_text())
+    job = prometheus["scrape_configs"][0]
+    assert job["metrics_path"] == "/metrics"
+    assert job["static_configs"][0]["targets"] == ["app:8078"]
+    alerts = yaml.safe_load((deploy / "alerts.yml").read_text())
+    dashboard = json.loads((deploy / "grafana" / "dashboards" / "corral.json").read_text())
+    exprs = [r["expr"] for g in alerts["groups"] for r in g["rules"]]
+    exprs += [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+    used = set().union(*(_metric_names_used(e) for e in exprs))
+    assert len(used) >= 15, used
+
+    text = httpx.get(f"{traced_stack.url}/metrics", timeout=10).text
+    families = dict(re.findall(r"^# TYPE (\S+) (\S+)$", text, re.M))
+    samples = {line.split("{")[0].split(" ")[0] for line in text.splitlines() if line[:1] != "#"}
+
+    def exists(name: str) -> bool:
+        # A family without samples yet (no refusal so far) still has its TYPE line.
+        if name in samples or name in families:
+            return True
+        for suffix in ("_bucket", "_sum", "_count"):
+            if name.endswith(suffix) and families.get(name.removesuffix(suffix)) == "histogram":
+                return True
+        return False
+
+    missing = sorted(n for n in used if not exists(n))
+    assert not missing, f"used by the dashboard/rules but not in /metrics: {missing}"
+    # Provisioning points Grafana at the dashboards folder and at Prometheus.
+    provider = yaml.safe_load(
+        (deploy / "grafana" / "provisioning" / "dashboards" / "dashboards.yaml").read_text()
+    )
+    assert provider["providers"][0]["options"]["path"] == "/var/lib/grafana/dashboards"
+    sources = yaml.safe_load(
+        (deploy / "grafana" / "provisioning" / "datasources" / "datasources.yaml").read_text()
+    )
+    assert {s["uid"] for s in sources["datasources"]} >= {"prometheus", "jaeger"}

@@ -11,6 +11,7 @@ import { ChatPage } from "./pages/ChatPage";
 import { CodePage } from "./pages/CodePage";
 import { DatasetsPage } from "./pages/DatasetsPage";
 import { OidcCallback } from "./pages/OidcCallback";
+import { OpsPage } from "./pages/OpsPage";
 import { PipelinesPage } from "./pages/PipelinesPage";
 import { SignInPage } from "./pages/SignInPage";
 import { TasksPage } from "./pages/TasksPage";
@@ -32,6 +33,7 @@ const router = createHashRouter([
       { path: "tasks", element: <TasksPage /> },
       { path: "tasks/:taskId", element: <TasksPage /> },
       { path: "account", element: <AccountPage /> },
+      { path: "ops", element: <OpsPage /> },
       { path: "*", element: <Navigate to="/chat" replace /> },
     ],
   },

@@ -141,7 +141,8 @@ export type paths = {
         };
         /**
          * Get Task
-         * @description One task with its state, timings, outcome and every event of its stream so far.
+         * @description One task with its state, timings, outcome and every event of its stream so far. 410
+         *     when the retention policy deleted it.
          */
         get: operations["get_task_api_tasks__task_id__get"];
         put?: never;
@@ -815,6 +816,27 @@ export type paths = {
         patch?: never;
         trace?: never;
     };
+    "/api/ops/overview": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Overview
+         * @description Queues (depth, workers), per-task counters, workers' health and recent failures with
+         *     their trace ids. Admins only (``CORRAL_ADMIN_USER_IDS``).
+         */
+        get: operations["overview_api_ops_overview_get"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
 };
 export type webhooks = Record<string, never>;
 export type components = {
@@ -1053,6 +1075,29 @@ export type components = {
             /** Task Id */
             task_id?: string | null;
         };
+        /** FailureOut */
+        FailureOut: {
+            /** Task Id */
+            task_id: string;
+            /** Task Name */
+            task_name: string;
+            /** Error Type */
+            error_type: string;
+            /** Message */
+            message: string;
+            /**
+             * Trace Id
+             * @default
+             */
+            trace_id?: string;
+            /**
+             * Worker
+             * @default
+             */
+            worker?: string;
+            /** At */
+            at: number;
+        };
         /**
          * GenerateAccepted
          * @description Still running when ``timeout_s`` ran out: follow it by task id.
@@ -1257,6 +1302,12 @@ export type components = {
              * @enum {string}
              */
             auth: "token" | "api_key";
+            /**
+             * Admin
+             * @description May see the Operations page (CORRAL_ADMIN_USER_IDS).
+             * @default false
+             */
+            admin?: boolean;
         };
         /** MessageOut */
         MessageOut: {
@@ -1327,6 +1378,22 @@ export type components = {
             models: components["schemas"]["ModelInfo"][];
             /** @description How to connect a model; only when none is. */
             setup: components["schemas"]["SetupHelp"] | null;
+        };
+        /** OpsOverview */
+        OpsOverview: {
+            /**
+             * At
+             * @description Server time (epoch seconds); rates are counter deltas / time.
+             */
+            at: number;
+            /** Queues */
+            queues: components["schemas"]["QueueOut"][];
+            /** Tasks */
+            tasks: components["schemas"]["TaskCounts"][];
+            /** Workers */
+            workers: components["schemas"]["WorkerOut"][];
+            /** Failures */
+            failures: components["schemas"]["FailureOut"][];
         };
         /**
          * PipelineRun
@@ -1436,6 +1503,21 @@ export type components = {
             max_file_mb?: number | null;
             /** Stdout Max Bytes */
             stdout_max_bytes?: number | null;
+        };
+        /** QueueOut */
+        QueueOut: {
+            /** Name */
+            name: string;
+            /**
+             * Depth
+             * @description Messages waiting; null on a RabbitMQ broker.
+             */
+            depth: number | null;
+            /**
+             * Workers
+             * @description Workers consuming it with a fresh heartbeat.
+             */
+            workers: number;
         };
         /** RateLimitOut */
         RateLimitOut: {
@@ -1722,6 +1804,56 @@ export type components = {
             started_at?: string | null;
             /** Finished At */
             finished_at?: string | null;
+        };
+        /** TaskCounts */
+        TaskCounts: {
+            /** Task */
+            task: string;
+            /**
+             * Sent
+             * @default 0
+             */
+            sent?: number;
+            /**
+             * Started
+             * @default 0
+             */
+            started?: number;
+            /**
+             * Succeeded
+             * @default 0
+             */
+            succeeded?: number;
+            /**
+             * Failed
+             * @default 0
+             */
+            failed?: number;
+            /**
+             * Lost
+             * @default 0
+             */
+            lost?: number;
+            /**
+             * Wait Count
+             * @default 0
+             */
+            wait_count?: number;
+            /**
+             * Wait Sum S
+             * @default 0
+             */
+            wait_sum_s?: number;
+            /**
+             * Run Count
+             * @default 0
+             */
+            run_count?: number;
+            /**
+             * Run Sum S
+             * @default 0
+             */
+            run_sum_s?: number;
         };
         /** TaskEventOut */
         TaskEventOut: {
@@ -2099,6 +2231,21 @@ export type components = {
             /** Prompt Template */
             prompt_template?: string | null;
             options?: components["schemas"]["GenerationOptions"] | null;
+        };
+        /** WorkerOut */
+        WorkerOut: {
+            /** Name */
+            name: string;
+            /** Queues */
+            queues: string[];
+            /** Active */
+            active: number;
+            /** Processed */
+            processed: number;
+            /** Heartbeat Age S */
+            heartbeat_age_s: number;
+            /** Healthy */
+            healthy: boolean;
         };
         /**
          * ValidationItem
@@ -2488,6 +2635,15 @@ export interface operations {
             };
             /** @description No such resource for this user (problem type /errors/not-found) */
             404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Gone */
+            410: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -4797,6 +4953,56 @@ export interface operations {
             };
             /** @description Missing or invalid bearer token (problem type /errors/unauthorized) */
             401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    overview_api_ops_overview_get: {
+        parameters: {
+            query?: {
+                /** @description Recent failures to list. */
+                failures?: number;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["OpsOverview"];
+                };
+            };
+            /** @description Unauthorized */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Forbidden */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Unprocessable Entity */
+            422: {
                 headers: {
                     [name: string]: unknown;
                 };

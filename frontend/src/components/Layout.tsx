@@ -1,5 +1,5 @@
 import { useQuery } from "@tanstack/react-query";
-import { Boxes, Database, KeyRound, ListChecks, LogOut, MessageSquare, SquareTerminal, Workflow } from "lucide-react";
+import { Activity, Boxes, Database, KeyRound, ListChecks, LogOut, MessageSquare, SquareTerminal, Workflow } from "lucide-react";
 import { NavLink, Outlet } from "react-router-dom";
 import { signOut } from "../api/auth";
 import { api, call } from "../api/client";
@@ -16,6 +16,8 @@ const NAV = [
 export function Layout() {
   const me = useQuery({ queryKey: ["me"], queryFn: () => call(api.GET("/api/me")), staleTime: 60_000 });
   const who = me.data?.name || me.data?.email || me.data?.id || "…";
+  // Admins (CORRAL_ADMIN_USER_IDS) also get the Operations page.
+  const nav = me.data?.admin ? [...NAV, { to: "/ops", label: "Operations", icon: Activity }] : NAV;
   return (
     <div className="shell">
       <nav className="rail" aria-label="Main">
@@ -23,7 +25,7 @@ export function Layout() {
           <span className="logo"><Boxes size={18} /></span>
           <span>Corral</span>
         </div>
-        {NAV.map((n) => (
+        {nav.map((n) => (
           <NavLink key={n.to} to={n.to} className={({ isActive }) => `rail-link ${isActive ? "active" : ""}`} data-testid={`nav-${n.label.toLowerCase().replace(" ", "-")}`}>
             <n.icon className="rail-icon" size={18} aria-hidden />
             <span>{n.label}</span>

@@ -2,6 +2,7 @@ import { Brain, ChevronDown, ChevronRight, Code2, Sparkles, Wrench } from "lucid
 import { useState } from "react";
 import { TERMINAL, type ToolCallView } from "../lib/toolState";
 import { ProgressBar, StatusBadge } from "./StatusBadge";
+import { TraceId } from "./TraceId";
 import { Section, ToolOutput } from "./ToolOutput";
 
 const TITLES: Record<string, string> = {
@@ -65,6 +66,7 @@ export function ToolCallCard({ view, onCancel }: { view: ToolCallView; onCancel?
         </button>
         <span className="grow" />
         {view.taskId ? <span className="mono muted small" title={view.taskId}>task {view.taskId.slice(0, 8)}</span> : null}
+        <TraceId id={view.traceId} />
         <StatusBadge state={view.state} testId="tool-state" />
         {active && onCancel && view.taskId ? (
           <button className="btn btn-ghost btn-sm" onClick={onCancel} title="Cancel this tool call">

@@ -24,6 +24,8 @@ export interface ToolCallView {
   output: unknown;
   error: { type: string; message: string } | null;
   worker: string | null;
+  /** The trace id its task events carry (OpenTelemetry), for finding the call in a trace view. */
+  traceId?: string | null;
 }
 
 export function newToolCall(callId: string, name: string, args: unknown, taskId: string | null): ToolCallView {
@@ -57,6 +59,9 @@ export interface TaskStreamEvent {
 }
 
 export function applyTaskEvent(view: ToolCallView, event: TaskStreamEvent): ToolCallView {
+  if (typeof event.trace_id === "string" && event.trace_id && view.traceId !== event.trace_id) {
+    view = { ...view, traceId: event.trace_id };
+  }
   switch (event.type) {
     case "queued":
       return moveTo(view, "queued");

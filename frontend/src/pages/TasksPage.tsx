@@ -6,6 +6,7 @@ import { api, call, fetchWithDeadline, type Schemas } from "../api/client";
 import { describeError } from "../api/errors";
 import { eventData, type SseEvent } from "../api/sse";
 import { PageHeader } from "../components/Layout";
+import { TraceId, traceOf } from "../components/TraceId";
 import { Spinner, StatusBadge } from "../components/StatusBadge";
 import { useToasts } from "../components/Toasts";
 import { ago, duration } from "../lib/format";
@@ -124,6 +125,10 @@ function TaskDetail({ taskId, onClose }: { taskId: string; onClose: () => void }
             <dd>{duration(t.started_at, t.finished_at)}</dd>
             <dt>attempts</dt>
             <dd>{t.attempts}</dd>
+            <dt>trace</dt>
+            <dd>
+              <TraceId id={traceOf(events)} />
+            </dd>
           </dl>
           {t.error_message ? (
             <div className="callout callout-bad">

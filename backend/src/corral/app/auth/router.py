@@ -41,7 +41,7 @@ async def auth_config(services: ServicesDep) -> AuthConfigOut:
 
 
 @router.get("/me", response_model=MeOut)
-async def me(user: CurrentUser, session: SessionDep) -> MeOut:
+async def me(user: CurrentUser, session: SessionDep, services: ServicesDep) -> MeOut:
     """Who the token belongs to: user id, token claims, and whether it is an API key."""
     row = await session.get(UserRow, user.id)
     if row is None:  # deleted while the request ran
@@ -52,6 +52,7 @@ async def me(user: CurrentUser, session: SessionDep) -> MeOut:
         name=row.name,
         created_at=row.created_at,
         auth="api_key" if user.api_key_id else "token",
+        admin=row.id in services.settings.admin_user_ids,
     )
 
 

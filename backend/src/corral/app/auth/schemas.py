@@ -14,6 +14,9 @@ class MeOut(BaseModel):
     name: str | None
     created_at: datetime
     auth: Literal["token", "api_key"]
+    admin: bool = Field(
+        default=False, description="May see the Operations page (CORRAL_ADMIN_USER_IDS)."
+    )
 
 
 class AuthConfigOut(BaseModel):

@@ -21,6 +21,7 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 @metrics_router.get(
     "/metrics",
     response_class=Response,
+    include_in_schema=False,  # for Prometheus, not API clients
     responses={200: {"content": {CONTENT_TYPE: {"schema": {"type": "string"}}}}},
 )
 async def prometheus_metrics(services: ServicesDep) -> Response:
@@ -83,7 +84,7 @@ def require_admin(user_id: str, admins: list[str]) -> None:
         )
 
 
-@router.get("/overview", response_model=OpsOverview, responses=problem_responses(401, 403))
+@router.get("/overview", response_model=OpsOverview, responses=problem_responses(401, 403, 422))
 async def overview(
     user: CurrentUser,
     services: ServicesDep,
