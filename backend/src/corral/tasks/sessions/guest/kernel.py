@@ -376,6 +376,9 @@ def main() -> None:
     global CMD_FD, OUT_FD
     conf: dict[str, Any] = json.loads(sys.argv[1])
     CMD_FD, OUT_FD = int(conf["cmd_fd"]), int(conf["out_fd"])
+    # Arrow's own allocator (jemalloc/mimalloc) set up in the zygote fails after the kernel's
+    # RLIMIT_AS is lowered ("malloc of size 64 failed"); the system allocator does not.
+    os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "system")
     sys.argv = ["main.py"]
     sys.stdin = io.StringIO()
     warm_s = _warm(conf)
