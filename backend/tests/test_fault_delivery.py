@@ -20,7 +20,7 @@ from tests.support.faults import events, fault_stack, kill, started_pids, wait_f
 from tests.support.procs import wait_until
 from tests.support.rabbitmq import rabbitmq_url
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = pytest.mark.timeout(300)  # real processes; slow on a loaded 2-core box
 
 
 async def _row(services: Any, task_id: str) -> TaskRun:
