@@ -24,6 +24,7 @@ import duckdb
 import pyarrow as pa
 
 from corral.task_schemas import ResultColumn
+from corral.telemetry import tracer
 
 T = TypeVar("T")
 
@@ -96,8 +97,11 @@ def run_select(
     con: duckdb.DuckDBPyConnection, sql: str, *, max_rows: int, timeout_s: float
 ) -> QueryResult:
     """Run ``sql`` (already checked by ``sql_guard``) and keep at most ``max_rows`` rows."""
+    span = tracer().start_as_current_span(
+        "duckdb query", attributes={"db.system": "duckdb", "db.statement": sql[:1000]}
+    )
     try:
-        with time_limit(con, timeout_s):
+        with span, time_limit(con, timeout_s):
             relation = con.sql(sql)
             if relation is None:
                 raise QueryFailed("the statement returned no result set")
