@@ -34,7 +34,7 @@ async def list_tools(user: CurrentUser, services: ServicesDep) -> list[ToolOut]:
             name=t.name,
             description=t.description,
             parameters=t.parameters_schema(),
-            sandbox=layers if Queue.PYTHON in t.task.queues else None,
+            sandbox=layers if tuple(t.task.queues) == (Queue.PYTHON,) else None,
         )
         for t in TOOLS.values()
     ]
