@@ -163,7 +163,22 @@ def live_app(stack_env: dict[str, str], workers: dict[str, Worker]) -> Iterator[
         settings = AppSettings()  # type: ignore[call-arg]
     port = int(stack_env["CORRAL_DATASETS__WORKER_BASE_URL"].rsplit(":", 1)[1])
     with UvicornThread(create_app(settings), port=port) as server:
-        yield LiveApp(server.url, issue_dev_token(settings.auth), server)
+        live = LiveApp(server.url, issue_dev_token(settings.auth), server)
+        wait_sample_ready(live)
+        yield live
+
+
+def wait_sample_ready(live: LiveApp, timeout_s: float = 90) -> None:
+    """The shared sample is built by a circuit_q task the app sends at start-up."""
+    from tests.support.procs import wait_until
+
+    def ready() -> bool:
+        resp = httpx.get(
+            f"{live.url}/api/datasets/sample-cortical-column", headers=live.headers, timeout=5
+        )
+        return resp.status_code == 200 and resp.json()["status"] == "ready"
+
+    wait_until(ready, timeout_s, "the sample dataset to be built on circuit_q", interval=0.2)
 
 
 @pytest.fixture

@@ -9,6 +9,7 @@ import { ProgressBar, Spinner, StatusBadge } from "../components/StatusBadge";
 import { useToasts } from "../components/Toasts";
 import { AnalysisOutput } from "../components/ToolOutput";
 import { ago, bytes } from "../lib/format";
+import { followTaskEvents } from "../lib/streams";
 import { TERMINAL } from "../lib/toolState";
 import { uploadWithProgress } from "../lib/upload";
 import { useToolRun } from "../lib/useToolRun";
@@ -130,7 +131,7 @@ function UploadCard({ onUploaded }: { onUploaded: (d: Detail) => void }) {
         <div data-testid="upload-progress">
           <ProgressBar current={progress.loaded} total={progress.total} label="upload progress" />
           <span className="muted small">
-            {progress.loaded >= progress.total ? "checking the file…" : `${bytes(progress.loaded)} of ${bytes(progress.total)} (${Math.round((progress.loaded / Math.max(1, progress.total)) * 100)}%)`}
+            {progress.loaded >= progress.total ? "storing the file…" : `${bytes(progress.loaded)} of ${bytes(progress.total)} (${Math.round((progress.loaded / Math.max(1, progress.total)) * 100)}%)`}
           </span>
         </div>
       ) : null}
@@ -227,12 +228,55 @@ function AskCard({ dataset }: { dataset: Detail }) {
   );
 }
 
+/** A dataset a circuit_q worker is still reading: its ingest task's progress, live. */
+function IngestProgress({ dataset }: { dataset: Detail }) {
+  const qc = useQueryClient();
+  const [step, setStep] = useState<{ current: number | null; total: number | null; message: string }>({
+    current: null,
+    total: null,
+    message: "queued for a circuit_q worker",
+  });
+  useEffect(() => {
+    if (!dataset.task_id) return;
+    const ctrl = new AbortController();
+    const refresh = () => {
+      void qc.invalidateQueries({ queryKey: ["dataset", dataset.id] });
+      void qc.invalidateQueries({ queryKey: ["datasets"] });
+    };
+    followTaskEvents(dataset.task_id, ctrl.signal, (event) => {
+      if (event.event === "progress") {
+        try {
+          const data = JSON.parse(event.data) as { current?: number; total?: number; message?: string };
+          setStep({ current: data.current ?? null, total: data.total ?? null, message: data.message ?? "" });
+        } catch {
+          /* a progress event without JSON data: keep the last one */
+        }
+      } else if (event.event === "started") {
+        setStep((s) => ({ ...s, message: "a worker is reading the file" }));
+      } else if (["done", "error", "cancelled"].includes(event.event)) {
+        refresh();
+      }
+    })
+      .then(refresh)
+      .catch(() => undefined);
+    return () => ctrl.abort();
+  }, [dataset.id, dataset.task_id, qc]);
+  return (
+    <div data-testid="dataset-processing">
+      <ProgressBar current={step.current} total={step.total} label="ingest progress" />
+      <span className="muted small">Reading the file on a worker: {step.message}</span>
+    </div>
+  );
+}
+
 function DatasetDetail({ id, onDeleted }: { id: string; onDeleted: () => void }) {
   const toasts = useToasts();
   const qc = useQueryClient();
   const detail = useQuery({
     queryKey: ["dataset", id],
     queryFn: () => call(api.GET("/api/datasets/{dataset_id}", { params: { path: { dataset_id: id } } })),
+    // While a worker reads it, poll too (the task stream is the fast path).
+    refetchInterval: (q) => (q.state.data?.status === "processing" ? 2000 : false),
   });
   const remove = useMutation({
     mutationFn: () => call(api.DELETE("/api/datasets/{dataset_id}", { params: { path: { dataset_id: id } } })),
@@ -258,25 +302,35 @@ function DatasetDetail({ id, onDeleted }: { id: string; onDeleted: () => void })
           )}
         </div>
         {d.description ? <p className="muted">{d.description}</p> : null}
-        <div className="stats">
-          <div className="stat"><div className="stat-value" data-testid="dataset-rows">{d.row_count.toLocaleString()}</div><div className="stat-label">rows</div></div>
-          <div className="stat"><div className="stat-value">{d.columns.length}</div><div className="stat-label">columns</div></div>
-          <div className="stat"><div className="stat-value">{d.format.toUpperCase()}</div><div className="stat-label">format</div></div>
-          <div className="stat"><div className="stat-value">{bytes(d.size)}</div><div className="stat-label">size</div></div>
-          {d.population ? <div className="stat"><div className="stat-value">{d.population}</div><div className="stat-label">population</div></div> : null}
-        </div>
-        <h3>Schema</h3>
-        <div className="schema" data-testid="dataset-schema">
-          {d.columns.map((c) => (
-            <span key={c.name} className="schema-col">
-              <span className="mono">{c.name}</span> <span className="col-type">{c.type}</span>
-            </span>
-          ))}
-        </div>
-        <h3>Sample rows</h3>
-        <DataTable columns={d.columns} rows={d.sample_rows as unknown[][]} totalRows={d.sample_rows.length} noDownload testId="sample-table" />
+        {d.status === "processing" ? <IngestProgress dataset={d} /> : null}
+        {d.status === "failed" ? (
+          <div className="callout callout-bad" data-testid="dataset-error">
+            <strong>{d.error?.type ?? "IngestFailed"}</strong>: {d.error?.message ?? "the file could not be read"}
+          </div>
+        ) : null}
+        {d.status === "ready" ? (
+          <>
+            <div className="stats">
+              <div className="stat"><div className="stat-value" data-testid="dataset-rows">{d.row_count.toLocaleString()}</div><div className="stat-label">rows</div></div>
+              <div className="stat"><div className="stat-value">{d.columns.length}</div><div className="stat-label">columns</div></div>
+              <div className="stat"><div className="stat-value">{d.format.toUpperCase()}</div><div className="stat-label">format</div></div>
+              <div className="stat"><div className="stat-value">{bytes(d.size)}</div><div className="stat-label">size</div></div>
+              {d.population ? <div className="stat"><div className="stat-value">{d.population}</div><div className="stat-label">population</div></div> : null}
+            </div>
+            <h3>Schema</h3>
+            <div className="schema" data-testid="dataset-schema">
+              {d.columns.map((c) => (
+                <span key={c.name} className="schema-col">
+                  <span className="mono">{c.name}</span> <span className="col-type">{c.type}</span>
+                </span>
+              ))}
+            </div>
+            <h3>Sample rows</h3>
+            <DataTable columns={d.columns} rows={d.sample_rows as unknown[][]} totalRows={d.sample_rows.length} noDownload testId="sample-table" />
+          </>
+        ) : null}
       </section>
-      <AskCard dataset={d} />
+      {d.status === "ready" ? <AskCard dataset={d} /> : null}
     </div>
   );
 }
@@ -303,10 +357,12 @@ export function DatasetsPage() {
                   <button className={`list-button ${d.id === selected ? "active" : ""}`} onClick={() => navigate(`/datasets/${d.id}`)} data-testid="dataset-item">
                     <div className="row">
                       <strong className="grow ellipsis">{d.name}</strong>
+                      {d.status !== "ready" ? <StatusBadge state={d.status === "failed" ? "error" : "running"} /> : null}
                       {d.read_only ? <span className="chip chip-accent">sample</span> : <span className="chip">{d.format}</span>}
                     </div>
                     <div className="muted small">
-                      {d.row_count.toLocaleString()} rows · {bytes(d.size)} · {ago(d.created_at)}
+                      {d.status === "ready" ? `${d.row_count.toLocaleString()} rows · ` : d.status === "failed" ? "could not be read · " : "reading… · "}
+                      {bytes(d.size)} · {ago(d.created_at)}
                     </div>
                   </button>
                 </li>
@@ -315,7 +371,7 @@ export function DatasetsPage() {
           </section>
           <UploadCard
             onUploaded={(d) => {
-              toasts.push(`Uploaded ${d.name}: ${d.row_count.toLocaleString()} rows`, "ok");
+              toasts.push(`Uploaded ${d.name}: a worker is reading it`, "ok");
               qc.setQueryData(["dataset", d.id], d);
               void qc.invalidateQueries({ queryKey: ["datasets"] });
               navigate(`/datasets/${d.id}`);

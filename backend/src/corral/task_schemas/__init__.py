@@ -6,7 +6,7 @@ A package with one module per domain; every public name is re-exported here, so
 - ``registry``: ``Queue``, ``TaskSpec``, ``REGISTRY``, the message format and priorities;
 - ``events``: the event stream of a task (``task:{task_id}:events``);
 - ``delivery``: first-outcome-wins and delivery counting (Lua), broker queue rules;
-- ``system``: ``system.echo``, ``system.fail``, ``system.purge_scratch``;
+- ``system``: ``system.echo``, ``system.fail``, ``system.purge_scratch``, ``system.purge``;
 - ``llm``: ``llm.generate``;  ``python``: ``python.run``;
 - ``circuit``: ``circuit.analyze``, ``circuit.ingest``, ``circuit.build_sample``;
 - ``sessions``: research sessions on python_q (``session.*``).
@@ -106,14 +106,19 @@ from corral.task_schemas.sessions import (
     worker_lease_key,
 )
 from corral.task_schemas.system import (
+    RETENTION_KINDS,
     SCRATCH_KIND,
     SYSTEM_ECHO,
     SYSTEM_FAIL,
+    SYSTEM_PURGE,
     SYSTEM_PURGE_SCRATCH,
     EchoInput,
     EchoOutput,
     FailInput,
     FailOutput,
+    PurgeInput,
+    PurgeKindResult,
+    PurgeOutput,
     PurgeScratchInput,
     PurgeScratchOutput,
 )
@@ -135,6 +140,7 @@ __all__ = [
     "PRIORITY_URGENT",
     "PYTHON_RUN",
     "REGISTRY",
+    "RETENTION_KINDS",
     "SAMPLE_DATASET_ID",
     "SAMPLE_DATASET_KEY",
     "SAMPLE_OWNER",
@@ -143,6 +149,7 @@ __all__ = [
     "SESSION_RUN",
     "SYSTEM_ECHO",
     "SYSTEM_FAIL",
+    "SYSTEM_PURGE",
     "SYSTEM_PURGE_SCRATCH",
     "TERMINAL_EVENT_TYPES",
     "WORKER_LOST",
@@ -172,6 +179,9 @@ __all__ = [
     "LLMGenerateOutput",
     "OutputT",
     "ProgressEvent",
+    "PurgeInput",
+    "PurgeKindResult",
+    "PurgeOutput",
     "PurgeScratchInput",
     "PurgeScratchOutput",
     "PythonError",

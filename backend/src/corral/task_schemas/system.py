@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, JsonValue
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, JsonValue
 
 from corral.task_schemas.registry import ALL_QUEUES, Queue, TaskSpec, register
 
@@ -106,3 +106,52 @@ SYSTEM_PURGE_SCRATCH: TaskSpec[PurgeScratchInput, PurgeScratchOutput] = TaskSpec
 )
 
 register(SYSTEM_PURGE_SCRATCH)
+
+
+# ---------------------------------------------------------------------------------------------
+# Retention, scheduled by Celery beat: ``system.purge``
+# ---------------------------------------------------------------------------------------------
+
+RETENTION_KINDS = ("dataset", "pipeline_run", "task_run")
+"""Record kinds with a retention setting (``TASKS_RETENTION__<KIND>_DAYS``, default: keep)."""
+
+
+class PurgeInput(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    now: AwareDatetime | None = Field(
+        default=None, description="Purge as if it were this time (tests move the clock)."
+    )
+    dry_run: bool = Field(default=False, description="Count what would go; delete nothing.")
+
+
+class PurgeKindResult(BaseModel):
+    kind: str
+    keep_days: float | None = Field(description="None: kept forever (the default).")
+    deleted: int = 0
+    objects_deleted: int = 0
+    errors: int = 0
+
+
+class PurgeOutput(BaseModel):
+    kinds: list[PurgeKindResult]
+    complete: bool = Field(default=True, description="False: stopped at its time budget.")
+    skipped: str | None = Field(
+        default=None, description="Why nothing was looked at (no database configured)."
+    )
+
+
+SYSTEM_PURGE: TaskSpec[PurgeInput, PurgeOutput] = TaskSpec(
+    name="system.purge",
+    queues=(Queue.CIRCUIT, Queue.LLM, Queue.PYTHON),
+    input_model=PurgeInput,
+    output_model=PurgeOutput,
+    description="Delete user records older than their kind's retention (default: keep) together "
+    "with their objects, leaving a tombstone so the API answers 410 purged.",
+    # Short, like purge_scratch: a time budget below the soft limit, the next run continues.
+    soft_time_limit_s=240.0,
+    time_limit_s=270.0,
+    expires_s=3600.0,
+)
+
+register(SYSTEM_PURGE)

@@ -14,6 +14,7 @@ from corral.tasks import (  # noqa: F401  (imported for registration)
     llm_generate_task,
     observability,
     purge_scratch_task,
+    purge_task,
     python_tool_task,
     session_close_task,  # after python_tool_task: its start-up check runs first
     session_run_task,

@@ -69,6 +69,26 @@ class MaintenanceSettings(BaseModel):
     )
 
 
+class RetentionSettings(BaseModel):
+    """How long user records are kept (``TASKS_RETENTION__...``); ``system.purge`` on beat.
+
+    Every kind is kept forever unless its ``*_days`` is set. The purge needs the app's database
+    (``database_url``, the same URL as ``CORRAL_DATABASE__URL``); without it, it skips."""
+
+    database_url: str | None = Field(
+        default=None, description="sqlite+aiosqlite:///... or postgresql+asyncpg://..."
+    )
+    dataset_days: float | None = Field(default=None, gt=0, description="Datasets (and files).")
+    pipeline_run_days: float | None = Field(
+        default=None, gt=0, description="Finished pipeline runs and their steps."
+    )
+    task_run_days: float | None = Field(
+        default=None, gt=0, description="Finished task runs, their artifacts and objects."
+    )
+    batch: int = Field(default=200, ge=1, le=10_000, description="Records per transaction.")
+    interval_s: float = Field(default=3600.0, gt=0, description="How often beat sends it.")
+
+
 class DeliverySettings(BaseModel):
     """Redelivery bounds (``TASKS_DELIVERY__...``); see ``corral.tasks.delivery``."""
 
@@ -109,6 +129,9 @@ class TasksSettings(BaseSettings):
         default_factory=CircuitSettings, description="circuit_q: TASKS_CIRCUIT__* limits."
     )
     maintenance: MaintenanceSettings = Field(default_factory=MaintenanceSettings)
+    retention: RetentionSettings = Field(
+        default_factory=RetentionSettings, description="TASKS_RETENTION__*: system.purge."
+    )
     telemetry: TelemetrySettings = Field(
         default_factory=TelemetrySettings, description="Traces: TASKS_TELEMETRY__EXPORTER etc."
     )

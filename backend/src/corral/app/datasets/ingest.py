@@ -192,8 +192,6 @@ async def check_once(services: Services) -> int:
         if task_id is None:
             resent += await send(services, record, previous_task=None)
             continue
-        if services.background.running(_watch_key(record.id)):
-            continue
         if await _stream_exists(services, task_id):
             watch(services, record.id, task_id)
             continue
@@ -201,9 +199,14 @@ async def check_once(services: Services) -> int:
         if isinstance(outcome, TaskDone | TaskFailed | TaskCancelled):
             await apply(services, record.id, task_id, outcome)
             continue
-        # No stream, no result: lost with Redis (or never sent). Give a fresh send a moment.
+        # No stream (the app writes `queued` when it sends), no result: lost with Redis, or
+        # never sent. Give a fresh send a moment, then stop waiting for it and send again.
         changed = record.updated_at or record.created_at
         if utcnow() - changed >= timedelta(seconds=settings.ingest_lost_after_s):
+            waiter = services.background.get(_watch_key(record.id))
+            if waiter is not None:
+                waiter.cancel()
+                await asyncio.wait({waiter}, timeout=5)
             log.warning("dataset ingest lost; sending again", dataset_id=record.id)
             resent += await send(services, record, previous_task=task_id)
     return resent

@@ -10,6 +10,7 @@ from sse_starlette import EventSourceResponse
 from corral.app.deps import CurrentUser, ServicesDep
 from corral.app.params import ID_PATTERN, EventCursor, ResourceId
 from corral.app.problems import problem_responses
+from corral.app.records import retention
 from corral.app.streams.sse import SSE_RESPONSES, LastEventId, resume_cursor, stream_response
 from corral.app.task_runs import service
 from corral.app.task_runs.schemas import TaskRunDetail, TaskRunOut, TaskState
@@ -34,12 +35,14 @@ async def list_tasks(
     return await service.list_runs(services, user.id, state=state, limit=limit, thread_id=thread_id)
 
 
-@router.get("/{task_id}", response_model=TaskRunDetail)
+@router.get("/{task_id}", response_model=TaskRunDetail, responses=problem_responses(410))
 async def get_task(task_id: ResourceId, user: CurrentUser, services: ServicesDep) -> TaskRunDetail:
-    """One task with its state, timings, outcome and every event of its stream so far."""
+    """One task with its state, timings, outcome and every event of its stream so far. 410
+    when the retention policy deleted it."""
     try:
         return await service.detail(services, task_id, user.id)
     except service.TaskNotFound as exc:
+        await retention.raise_if_purged(services, "task_run", task_id, user.id, f"task {task_id}")
         raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from exc
 
 

@@ -1,0 +1,1 @@
+"""Retention: deleting user records (and their objects) older than their kind's setting."""
