@@ -17,7 +17,10 @@ EXCLUDED_URLS = "/metrics,/api/healthz,/api/readyz"
 def install_tracing(app: FastAPI, settings: TelemetrySettings) -> None:
     setup_tracing(settings, SERVICE)
     set_trace_id_source(current_trace_id)  # task events written here carry the trace id
-    FastAPIInstrumentor.instrument_app(app, excluded_urls=EXCLUDED_URLS)
+    # No span per ASGI message: an SSE stream would make one per event.
+    FastAPIInstrumentor.instrument_app(
+        app, excluded_urls=EXCLUDED_URLS, exclude_spans=["receive", "send"]
+    )
     config = structlog.get_config()
     processors = list(config.get("processors", []))
     if add_trace_id not in processors:
