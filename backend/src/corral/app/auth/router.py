@@ -9,6 +9,7 @@ from corral.app.auth.schemas import ApiKeyCreate, ApiKeyCreated, ApiKeyOut, Auth
 from corral.app.db.models import ApiKey
 from corral.app.db.models import User as UserRow
 from corral.app.deps import CurrentUser, ServicesDep, SessionDep
+from corral.app.observability.router import is_admin
 from corral.app.params import ResourceId
 from corral.app.problems import problem_responses
 
@@ -52,7 +53,7 @@ async def me(user: CurrentUser, session: SessionDep, services: ServicesDep) -> M
         name=row.name,
         created_at=row.created_at,
         auth="api_key" if user.api_key_id else "token",
-        admin=row.id in services.settings.admin_user_ids,
+        admin=is_admin(services.settings, row.id),
     )
 
 

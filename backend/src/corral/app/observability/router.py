@@ -11,6 +11,7 @@ from starlette.responses import Response
 from corral.app.deps import CurrentUser, ServicesDep
 from corral.app.observability import metrics
 from corral.app.problems import ProblemError, problem_responses
+from corral.app.settings import AppSettings
 
 metrics_router = APIRouter(tags=["operations"])
 router = APIRouter(prefix="/ops", tags=["operations"])
@@ -75,8 +76,15 @@ class OpsOverview(BaseModel):
     failures: list[FailureOut]
 
 
-def require_admin(user_id: str, admins: list[str]) -> None:
-    if user_id not in admins:
+def is_admin(settings: AppSettings, user_id: str) -> bool:
+    """Listed in ``admin_user_ids``; with none listed, the dev mode's one local user is."""
+    if settings.admin_user_ids:
+        return user_id in settings.admin_user_ids
+    return settings.auth.mode == "dev" and user_id == settings.auth.dev_user_id
+
+
+def require_admin(settings: AppSettings, user_id: str) -> None:
+    if not is_admin(settings, user_id):
         raise ProblemError(
             403,
             "forbidden",
@@ -92,7 +100,7 @@ async def overview(
 ) -> OpsOverview:
     """Queues (depth, workers), per-task counters, workers' health and recent failures with
     their trace ids. Admins only (``CORRAL_ADMIN_USER_IDS``)."""
-    require_admin(user.id, services.settings.admin_user_ids)
+    require_admin(services.settings, user.id)
     snap = await metrics.snapshot(services, failures=failures)
     queue_names = sorted({*(snap.depth or {}), *(q for w in snap.workers for q in w.queues)})
     queues = [
