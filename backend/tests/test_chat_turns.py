@@ -390,3 +390,18 @@ async def test_configured_models_are_listed_without_secrets(app: AssistantApp) -
     assert body["configured"] is True and body["setup"] is None
     assert body["chat_model"] == "primary" and "primary" in {m["name"] for m in body["models"]}
     assert "api_key" not in json.dumps(body) and "base_url" not in json.dumps(body)
+
+
+async def test_a_finished_turn_whose_stream_expired_still_ends_from_its_record(
+    app: AssistantApp, fake_llm: FakeOpenAI
+) -> None:
+    import redis as redis_lib
+
+    fake_llm.script(AGENT, Reply(text="short"))
+    async with app.client(new_user()) as client:
+        turn = await send(client, await new_thread(client), "hi")
+        assert kinds(await follow(client, turn["turn_id"]))[-1] == "done"
+        with redis_lib.Redis.from_url(app.services.settings.redis.streams_url) as admin:
+            assert admin.delete(f"turn:{turn['turn_id']}:events") == 1  # as if its TTL passed
+        again = await follow(client, turn["turn_id"], timeout=10)
+    assert [e.event for e in again] == ["done"] and again[0].data["expired"] is True
