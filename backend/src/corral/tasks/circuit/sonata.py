@@ -11,7 +11,10 @@ holds indices into that list of strings, and its values are the strings (libsona
 The table has ``node_id`` (0..n-1), ``population``, ``node_type_id``, every attribute of any
 group (null for nodes whose group lacks it), then every dynamics parameter as
 ``dynamics_params_<name>`` (libsonata's ``get_dynamics_attribute``). Only this module touches
-h5py; ``tests/test_sonata_libsonata.py`` compares its answers with libsonata's.
+h5py; ``tests/test_sonata_libsonata.py`` compares its answers with libsonata's. libsonata
+itself refuses populations with several groups and reads row i for node i (it ignores
+``node_group_index``); there the test compares each group's nodes with libsonata reading them
+laid out as a single-group population.
 """
 
 from __future__ import annotations
