@@ -212,8 +212,11 @@ class SessionHost:
             self._drop(session_id)
             session = None
         if session is not None and req.get("restart"):
-            session.kill_kernel()
-            session.cells, session.cells_bytes, session.snapshot_key = [], 0, None
+            if session.kill_kernel():
+                session.cells, session.cells_bytes, session.snapshot_key = [], 0, None
+            else:  # the sandbox had to go: a new one (restart never restores)
+                self._drop(session_id)
+                session = None
         key = req.get("snapshot_key")
         if key and not snapshots.key_belongs(key, req["owner_id"], session_id):
             key = None

@@ -9,7 +9,6 @@ snapshot. ``snapshot``/``restore`` move the picklable globals in and out of the 
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import threading
@@ -166,15 +165,29 @@ class LiveSession:
         self.unpicklable = list(snapshot.unpicklable)
         return header
 
-    def kill_kernel(self) -> None:
-        """Stop the kernel (the zygote stays): the next call forks a fresh namespace."""
+    def kill_kernel(self, timeout_s: float = 30.0) -> bool:
+        """Stop the kernel (the zygote stays): the next call forks a fresh namespace.
+
+        Waits for the zygote's report that it ended, so no stale frame is left for the next
+        fork. ``False`` if that did not come: the whole sandbox is killed instead."""
         pid = self.zygote.kernel_pid
         if pid is None or not self.zygote.alive:
-            return
-        self.zygote.send({"op": "exit"})
-        with contextlib.suppress(SandboxGone):
-            self.zygote.receive(time.monotonic() + 5)
+            return self.zygote.alive
+        deadline = time.monotonic() + timeout_s
+        try:
+            self.zygote.send({"op": "exit"})
+            while True:
+                frame = self.zygote.receive(deadline)
+                if frame is None:
+                    break
+                if frame[0].get("op") == "exited":
+                    self.zygote.kernel_pid = None
+                    return True
+        except SandboxGone:
+            pass
+        self.zygote.kill()
         self.zygote.kernel_pid = None
+        return False
 
     def close(self) -> None:
         self.zygote.kill()

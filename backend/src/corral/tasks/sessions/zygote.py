@@ -217,6 +217,8 @@ class ZygoteSandbox:
     def fork_kernel(self, memory_mb: int, deadline: float) -> int:
         self.send({"op": "fork", "memory_mb": memory_mb})
         frame = self.receive(deadline)
+        while frame is not None and frame[0].get("op") in ("exited", "nokernel"):
+            frame = self.receive(deadline)  # late news of an earlier kernel
         if frame is None or frame[0].get("op") != "kernel":
             raise SandboxGone(f"the zygote did not fork a kernel: {frame and frame[0]}")
         self.kernel_pid = int(frame[0]["pid"])
