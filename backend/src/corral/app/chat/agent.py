@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -99,6 +100,8 @@ class ChatTurn:
     final_message_id: str | None = None
     progress_seen: dict[str, str] = field(default_factory=dict)
     """Per task id, the newest task-stream entry already relayed (a resumed turn skips them)."""
+    still_holder: Callable[[], Awaitable[bool]] | None = None
+    """Asked before the end is written: a process that lost the lease leaves it to the new one."""
     _partial: str = ""
     _calls: list[PendingCall] = field(default_factory=list)
     _waiters: set[asyncio.Task[Any]] = field(default_factory=set)
@@ -167,8 +170,11 @@ class ChatTurn:
         """The record first (so a client that sees the event finds the turn over), then the
         terminal event; bounded and shielded."""
         with anyio.move_on_after(_CLEANUP_S, shield=True):
+            if self.still_holder is not None and not await self.still_holder():
+                log.warning("lease lost before the turn's end was written", turn_id=self.turn_id)
+                return
             async with self.services.db.session() as session:
-                await turns_repository.finish(
+                ended = await turns_repository.finish(
                     session,
                     self.turn_id,
                     status,
@@ -176,7 +182,8 @@ class ChatTurn:
                     error_type=data.get("type") if status == "error" else None,
                     error_message=data.get("message") if status == "error" else None,
                 )
-            await self.events.emit(kind, data)
+            if ended:  # else another holder already ended it (and streamed its end)
+                await self.events.emit(kind, data)
 
     async def _loop(self) -> str:
         tools = offered_tools(self.settings)

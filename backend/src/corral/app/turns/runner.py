@@ -154,6 +154,7 @@ class TurnManager:
                 events=events,
                 timeout_s=(deadline - utcnow()).total_seconds(),
                 stop_reason=entry.stop_reason,
+                still_holder=lambda: self.leases.renew(turn_id),
             )
             entry.chat = chat
             if resumed:
