@@ -178,12 +178,30 @@ async def bench_fan_in(services: Services, redis_url: str, waits: int) -> dict[s
     }
 
 
+def print_tracing(tr_off: list[float], tr_on: list[float], spans: int) -> None:
+    off50, on50 = statistics.median(tr_off), statistics.median(tr_on)
+    print(f"\nTracing (round trip in a request span), n={len(tr_off)} each, interleaved")
+    print("| tracing | p50 ms | p99 ms | p50 vs off |")
+    print("|---|---|---|---|")
+    for name, values in [("off (ids only, default)", tr_off), ("on (100%, exported)", tr_on)]:
+        p50 = statistics.median(values)
+        p99 = pct(values, 0.99)
+        print(f"| {name} | {p50 * 1000:.1f} | {p99 * 1000:.1f} | {p50 / off50:.2f}x |")
+    print(
+        f"spans exported: {spans}; added at p50: {(on50 / off50 - 1) * 100:+.1f}% "
+        f"(goal <= +10%: {'met' if on50 <= off50 * 1.10 else 'NOT met'})"
+    )
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--n", type=int, default=200, help="round trips per method")
     parser.add_argument("--poll-n", type=int, default=5)
     parser.add_argument("--waits", type=int, default=10_000)
     parser.add_argument("--trace-n", type=int, default=200, help="round trips per tracing mode")
+    parser.add_argument(
+        "--tracing-only", action="store_true", help="only 5. (llm_q workers only; quick)"
+    )
     args = parser.parse_args()
 
     server = start_redis()
@@ -195,7 +213,8 @@ async def main() -> None:
         "CORRAL_STORAGE__SIGNING_SECRET": "bench-" + uuid.uuid4().hex + uuid.uuid4().hex,
         "CORRAL_DATABASE__URL": new_sqlite_database(Path(tempfile.mkdtemp(prefix="bench-db-"))),
     }
-    workers = [start_worker((q.value,), env, name=f"{q.value}@bench") for q in ALL_QUEUES]
+    queues = [Queue.LLM] if args.tracing_only else ALL_QUEUES
+    workers = [start_worker((q.value,), env, name=f"{q.value}@bench") for q in queues]
     # Tracing on: a second Redis with an llm_q worker that exports every span to a file.
     traced_server = start_redis()
     spans_file = Path(tempfile.mkdtemp(prefix="bench-spans-")) / "spans.jsonl"
@@ -214,12 +233,13 @@ async def main() -> None:
             settings = AppSettings()
         services = await Services.start(settings)
         try:
-            await bench_long_poll(services, 20)  # warm-up
-            await asyncio.to_thread(bench_celery_get, services, 20)
-            lp = await bench_long_poll(services, args.n)
-            cg = await asyncio.to_thread(bench_celery_get, services, args.n)
-            po = await asyncio.to_thread(bench_polling, services, args.poll_n)
-            fan = await bench_fan_in(services, server.url, args.waits)
+            if not args.tracing_only:
+                await bench_long_poll(services, 20)  # warm-up
+                await asyncio.to_thread(bench_celery_get, services, 20)
+                lp = await bench_long_poll(services, args.n)
+                cg = await asyncio.to_thread(bench_celery_get, services, args.n)
+                po = await asyncio.to_thread(bench_polling, services, args.poll_n)
+                fan = await bench_fan_in(services, server.url, args.waits)
             with env_vars(traced_env):
                 traced_settings = AppSettings()
             traced = await Services.start(traced_settings)
@@ -235,6 +255,9 @@ async def main() -> None:
         server.stop()
         traced_server.stop()
     spans = sum(1 for _ in spans_file.open()) if spans_file.exists() else 0
+    print_tracing(tr_off, tr_on, spans)
+    if args.tracing_only:
+        return
 
     base50 = statistics.median(cg)
     print(
@@ -258,18 +281,6 @@ async def main() -> None:
     print(
         f"| {fan['wall_s']:.1f} | {fan['connections']:.0f} | {fan['rss_mb']:.0f} | "
         f"{fan['rss_growth_mb']:.0f} | {fan['correct']:.0f}/{args.waits} |"
-    )
-    off50, on50 = statistics.median(tr_off), statistics.median(tr_on)
-    print(f"\nTracing (round trip in a request span), n={len(tr_off)} each, interleaved")
-    print("| tracing | p50 ms | p99 ms | p50 vs off |")
-    print("|---|---|---|---|")
-    for name, values in [("off (ids only, default)", tr_off), ("on (100%, exported)", tr_on)]:
-        p50 = statistics.median(values)
-        p99 = pct(values, 0.99)
-        print(f"| {name} | {p50 * 1000:.1f} | {p99 * 1000:.1f} | {p50 / off50:.2f}x |")
-    print(
-        f"spans exported: {spans}; added at p50: {(on50 / off50 - 1) * 100:+.1f}% "
-        f"(goal <= +10%: {'met' if on50 <= off50 * 1.10 else 'NOT met'})"
     )
     verdict = statistics.median(lp) <= base50 and fan["connections"] <= 4 and fan["rss_mb"] < 300
     print(
