@@ -25,7 +25,7 @@ from corral.app.llm.router import router as llm_router
 from corral.app.mcp import CorralMcp
 from corral.app.observability.router import metrics_router
 from corral.app.observability.router import router as ops_router
-from corral.app.observability.tracing import install_tracing
+from corral.app.observability.tracing import install_tracing, instrument_database
 from corral.app.pipelines.router import router as pipelines_router
 from corral.app.problems import install_problem_handlers
 from corral.app.ratelimit.router import router as ratelimit_router
@@ -88,6 +88,7 @@ def create_app(settings: AppSettings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         services = await Services.start(settings)
+        instrument_database(services.db.engine)  # SQL statements as spans
         app.state.services = services
         try:
             await services.start_background()
