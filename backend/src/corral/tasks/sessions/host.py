@@ -95,12 +95,16 @@ class SessionHost:
             pipe.pexpire(live_sessions_key(self.worker), ttl_ms)
         pipe.execute()
 
-    def housekeeping(self) -> None:
+    def keep_lease(self) -> None:
+        """Its own thread: nothing else (an eviction killing a sandbox) may delay the lease."""
         while not self.stopped.wait(self.conf.heartbeat_s):
             try:
                 self.heartbeat()
             except redis.RedisError as exc:
                 log.warning("session lease refresh failed", error=str(exc))
+
+    def housekeeping(self) -> None:
+        while not self.stopped.wait(self.conf.heartbeat_s):
             now = time.monotonic()
             with self.guard:
                 idle = [
@@ -370,6 +374,7 @@ class SessionHost:
         server.bind(str(path))
         server.listen(64)
         self.heartbeat()
+        threading.Thread(target=self.keep_lease, name="lease", daemon=True).start()
         threading.Thread(target=self.housekeeping, name="housekeeping", daemon=True).start()
         log.info("session host ready", worker=self.worker, socket=str(path))
         while True:
