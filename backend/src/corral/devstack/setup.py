@@ -68,6 +68,8 @@ def build_env(data_dir: Path, redis_url: str, secret: str) -> dict[str, str]:
             "PYTHONUNBUFFERED": "1",
         }
     )
+    # system.purge (retention) deletes expired records in the app's database.
+    env.setdefault("TASKS_RETENTION__DATABASE_URL", env["CORRAL_DATABASE__URL"])
     return env
 
 
