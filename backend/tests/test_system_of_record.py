@@ -8,6 +8,7 @@ object store), because FLUSHALL would wreck the shared session stack.
 from __future__ import annotations
 
 import asyncio
+import json
 import subprocess
 import tempfile
 from collections.abc import AsyncIterator, Iterator
@@ -335,3 +336,66 @@ def test_retention_defaults_to_keep() -> None:
         None,
         None,
     )
+
+
+@pytest.mark.timeout(200)
+async def test_upgrade_imports_legacy_redis_records_once(
+    api: httpx.AsyncClient, stack: Stack
+) -> None:
+    """Records an earlier version kept only in Redis are in SQL after the app starts."""
+    import uuid
+
+    from corral.app.main import create_app
+    from corral.app.settings import AppSettings
+    from corral.tasks.object_store import LocalObjectStore
+
+    dataset_id = uuid.uuid4().hex
+    key = f"dev-user/datasets/{uuid.uuid4()}"
+    LocalObjectStore(stack.objects).put_bytes(key, CSV, "text/csv")
+    legacy_dataset = {
+        "id": dataset_id, "owner_id": "dev-user", "name": "from-redis.csv", "format": "csv",
+        "key": key, "size": len(CSV), "population": None, "populations": [], "row_count": 3,
+        "columns": [{"name": "node_id", "type": "BIGINT"}], "sample_rows": [[0]],
+        "description": None, "read_only": False, "created_at": "2026-11-01T10:00:00Z",
+    }  # fmt: skip
+    run_id = str(uuid.uuid4())
+    legacy_run = {
+        "run_id": run_id, "owner_id": "dev-user", "status": "succeeded",
+        "created_at": "2026-11-30T09:00:00Z", "finished_at": "2026-11-30T09:00:05Z",
+        "error": None, "usage": {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7},
+        "definition": {"steps": [{"name": "a", "prompt_template": "A"}]},
+        "steps": [{"name": "a", "kind": "generate", "status": "done", "task_ids": ["t-1"],
+                   "output": {"response": "<A>"}, "model": "primary"}],
+    }  # fmt: skip
+    client = redis_sync.Redis(port=stack.redis.port, db=1)
+
+    def write_legacy() -> None:
+        client.set(f"dataset:{dataset_id}", json.dumps(legacy_dataset))
+        client.zadd("owner:dev-user:datasets", {dataset_id: 1})
+        client.set(f"pipeline:{run_id}:run", json.dumps(legacy_run))
+        client.zadd("owner:dev-user:pipelines", {run_id: 1})
+
+    def restart_app() -> None:  # an upgraded app starting on the same Redis and database
+        with env_vars(stack.env):
+            settings = AppSettings()  # type: ignore[call-arg]
+        with UvicornThread(create_app(settings)):
+            pass
+
+    try:
+        write_legacy()
+        await asyncio.to_thread(restart_app)
+        assert not client.exists(f"dataset:{dataset_id}", f"pipeline:{run_id}:run")
+        write_legacy()  # the same records again (e.g. a second app imported concurrently)
+        await asyncio.to_thread(restart_app)
+    finally:
+        client.close()
+
+    datasets = [d for d in (await api.get("/api/datasets")).json() if d["id"] == dataset_id]
+    assert len(datasets) == 1 and datasets[0]["name"] == "from-redis.csv"
+    ready = await wait_dataset(api, dataset_id, timeout_s=60)  # re-ingested: a Parquet copy
+    assert ready["status"] == "ready" and ready["row_count"] == 3
+    assert await sql_count(api, dataset_id) == 3
+    runs = [r for r in (await api.get("/api/pipelines/runs")).json() if r["run_id"] == run_id]
+    assert len(runs) == 1 and runs[0]["steps"] == {"a": "done"}
+    run = (await api.get(f"/api/pipelines/runs/{run_id}")).json()
+    assert run["steps"][0]["output"] == {"response": "<A>"} and run["usage"]["total_tokens"] == 7
