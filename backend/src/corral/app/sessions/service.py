@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -222,8 +223,12 @@ async def prepare_call(
     formats: list[FigureFormat],
     restart: bool = False,
     extra_files: list[PythonInputFile] | None = None,
+    remember_code: bool = False,
 ) -> tuple[SessionRunInput, str | None]:
-    """The task input of the next call and its route (the holder's queue, or None: python_q)."""
+    """The task input of the next call and its route (the holder's queue, or None: python_q).
+
+    ``remember_code``: keep the code in Redis until ``finish_call`` records it (the chat's
+    ``run_python`` presents the output without its arguments at hand)."""
     if row.state != "active":
         raise ProblemError(409, "session-closed", f"session {row.id} is closed; create a new one")
     files = [PythonInputFile.model_validate(f) for f in row.input_files]
@@ -251,6 +256,8 @@ async def prepare_call(
         snapshot_key=None if restart else row.snapshot_key,
         restart=restart,
     )
+    if remember_code:
+        await services.redis.set(_cell_key(row.id, seq), code, ex=ROUTE_TTL_S)
     alive = row.worker is not None and await _holder_alive(services, row.worker)
     route = session_queue(row.worker) if alive and row.worker else None
     return task_input, route
@@ -260,6 +267,10 @@ async def finish_call(
     services: Services, user: User, output: dict[str, Any], code: str | None
 ) -> dict[str, Any]:
     """Record a call's outcome in SQL and turn figure keys into URLs."""
+    if code is None:  # the chat's run_python: the code kept by ``prepare_call``
+        key = _cell_key(str(output["session_id"]), int(output["seq"]))
+        kept = await services.redis.getdel(key)
+        code = kept.decode() if isinstance(kept, bytes) else kept
     async with services.db.session() as session:
         await repository.record_call(
             session, str(output["session_id"]), int(output["seq"]), output, code
@@ -271,35 +282,81 @@ async def finish_call(
     return {**output, "figures": figures}
 
 
+ROUTE_TTL_S = 86_400
+
+
+def _route_key(task_id: str) -> str:
+    return f"corral:sessions:route:{task_id}"
+
+
+def _cell_key(session_id: str, seq: int) -> str:
+    return f"corral:sessions:cell:{session_id}:{seq}"
+
+
+async def remember_route(services: Services, task_id: str, route: str | None) -> None:
+    """Note which one worker a task was routed to, so any waiter can watch that worker."""
+    if route is None or not route.startswith(f"{session_queue('')}"):
+        return
+    worker = route[len(session_queue("")) :]
+    await services.redis.set(_route_key(task_id), worker, ex=ROUTE_TTL_S)
+
+
+async def routed_worker(services: Services, task_id: str) -> str | None:
+    worker = await services.redis.get(_route_key(task_id))
+    if worker is None:
+        return None
+    return worker.decode() if isinstance(worker, bytes) else str(worker)
+
+
+async def watch_holder(
+    services: Services, task_id: str, worker: str | None, waiter: Awaitable[Any]
+) -> Any:
+    """``waiter``'s outcome; ``None`` if ``worker`` (the task's holder) died meanwhile.
+
+    While waiting, the holder's lease is checked every ``LEASE_CHECK_S``: when it lapses the
+    wait ends at once and the task is revoked (it cannot run elsewhere: it was on that
+    worker's own queue), rather than waiting for a timeout.
+    """
+    if worker is None:
+        return await waiter
+    task = asyncio.ensure_future(waiter)
+    try:
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=LEASE_CHECK_S)
+            if done:
+                return task.result()
+            if not await _holder_alive(services, worker):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+                with contextlib.suppress(Exception):
+                    await services.sender.revoke(task_id)
+                return None
+    finally:
+        if not task.done():
+            task.cancel()
+
+
+def worker_lost_message(worker: str | None) -> str:
+    return (
+        f"the worker holding this session ({worker}) stopped during the call, which did not "
+        "complete; run it again: the session is restored from its last snapshot"
+    )
+
+
 async def _wait(
     services: Services, task_id: str, route: str | None, worker: str | None, timeout_s: float,
     subscription: Any,
 ) -> Any:  # fmt: skip
     """The task's outcome; ``None`` if the holder died while we waited (the call is revoked)."""
-    waiter = asyncio.create_task(
-        long_poll_celery_result(
-            task_id,
-            timeout_s=timeout_s,
-            hub=services.hub,
-            backend=services.results,
-            subscription=subscription,
-        )
+    poll = long_poll_celery_result(
+        task_id,
+        timeout_s=timeout_s,
+        hub=services.hub,
+        backend=services.results,
+        subscription=subscription,
     )
-    try:
-        while True:
-            done, _ = await asyncio.wait({waiter}, timeout=LEASE_CHECK_S)
-            if done:
-                return waiter.result()
-            if route is not None and not await _holder_alive(services, worker):
-                waiter.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await waiter
-                with contextlib.suppress(Exception):
-                    await services.sender.revoke(task_id)
-                return None
-    finally:
-        if not waiter.done():
-            waiter.cancel()
+    return await watch_holder(services, task_id, worker if route is not None else None, poll)
 
 
 async def run(
@@ -330,6 +387,7 @@ async def run(
                 thread_id=row.thread_id,
                 route=route,
             )
+            await remember_route(services, task_id, route)
             outcome = await _wait(services, task_id, route, row.worker, timeout_s, subscription)
         return await _respond(services, user, session_id, task_id, outcome, code, row.worker)
 
@@ -348,11 +406,7 @@ async def _respond(
 
     match outcome:
         case None:
-            return error(
-                "SessionWorkerLost",
-                f"the worker holding this session ({worker}) stopped during the call, which "
-                "did not complete; run it again: the session is restored from its last snapshot",
-            )
+            return error("SessionWorkerLost", worker_lost_message(worker))
         case TaskDone(output=output):
             presented = await finish_call(services, user, output, code)
             return SessionRunResponse(

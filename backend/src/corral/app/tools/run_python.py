@@ -83,6 +83,7 @@ async def _build_input(
             args.code,
             formats=task_input.figure_formats,
             extra_files=files,
+            remember_code=True,
         )
         return Dispatch(SESSION_RUN, session_input, route), None
     return task_input, None

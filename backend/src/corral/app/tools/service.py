@@ -11,6 +11,7 @@ from corral.app import idempotency
 from corral.app.auth.service import User
 from corral.app.db.models import TaskRun
 from corral.app.services import Services
+from corral.app.sessions import service as sessions
 from corral.app.streams import (
     Subscription,
     TaskCancelled,
@@ -96,6 +97,7 @@ async def start(
         idempotency_key=idempotency_key,
         route=route,
     )
+    await sessions.remember_route(services, task_id, route)
     return tool, task_id
 
 
@@ -108,7 +110,9 @@ async def wait(
     on_event: OnEvent | None = None,
     subscription: Subscription | None = None,
 ) -> InvokeResponse:
-    outcome = await long_poll_celery_result(
+    # A task on one worker's own queue (a session's holder) fails at once if that worker dies.
+    holder = await sessions.routed_worker(services, task_id)
+    poll = long_poll_celery_result(
         task_id,
         timeout_s=timeout_s,
         hub=services.hub,
@@ -116,7 +120,16 @@ async def wait(
         on_event=on_event,
         subscription=subscription,
     )
+    outcome = await sessions.watch_holder(services, task_id, holder, poll)
     match outcome:
+        case None:
+            return InvokeResponse(
+                task_id=task_id,
+                status="error",
+                error=InvokeError(
+                    type="SessionWorkerLost", message=sessions.worker_lost_message(holder)
+                ),
+            )
         case TaskDone(output=output):
             presented = await tool.present(output, ToolCall(user=user, services=services))
             return InvokeResponse(task_id=task_id, status="done", output=presented)
