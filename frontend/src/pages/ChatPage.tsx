@@ -215,6 +215,14 @@ export function ChatPage() {
   async function submit(text: string) {
     const content = text.trim();
     if (!content || busy) return;
+    if (setup) {
+      // No model yet: say so (the setup card shows what to set) instead of saving a message.
+      const fresh = await models.refetch();
+      if (fresh.data && !fresh.data.configured) {
+        setSendError({ message: fresh.data.setup?.detail ?? "No language model is configured." });
+        return;
+      }
+    }
     let id = threadId;
     if (!id) {
       try {
