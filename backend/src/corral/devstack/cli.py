@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from corral.devstack import console
+from corral.devstack.models import configure as configure_models
 from corral.devstack.setup import (
     QUEUES,
     REPO_ROOT,
@@ -108,6 +109,7 @@ def run(args: argparse.Namespace, data_dir: Path, supervisor: Supervisor) -> Non
     )
     redis_url = f"redis://127.0.0.1:{redis_port}"
     env = build_env(data_dir, redis_url, dev_secret(data_dir))
+    console.say(configure_models(env))  # OPENAI_API_KEY or a local Ollama, when none is set
     # Workers download datasets from the app's signed local-store URLs.
     env.setdefault("CORRAL_DATASETS__WORKER_BASE_URL", f"http://127.0.0.1:{args.port}")
     py = sys.executable
