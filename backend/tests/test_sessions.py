@@ -1,10 +1,15 @@
 """Research sessions through the HTTP API with real workers: two python_q workers (short leases,
-a cap of 2 live sessions each, short idle eviction) and their own app, Redis databases 8/9.
+a cap of 2 live sessions each, short idle eviction, one warm sandbox each) and their own app,
+Redis databases 8/9.
 
 Proves: state persists; users are isolated; calls run one at a time in order; unpicklable names
-are reported; Parquet at /input; eviction (LRU and idle) then restore; a killed sandbox and a
-killed worker (also mid-call: an explicit error, no hang) restore on the next call with the
-note; the escape checks hold inside a kernel forked from the zygote.
+are reported; Parquet and a dataset (by id) at /input; ``restart`` empties the namespace; the
+escape checks and a fork bomb stay inside a kernel forked from the zygote; eviction (LRU and
+idle) then restore; a killed sandbox, a killed session host (the worker restarts it) and a
+killed worker (mid-call: an explicit error, no hang) restore on the next call with the note.
+
+Speed: starting a sandbox (the zygote's imports) is what costs, so the tests share one session
+(``shared``) where a property allows, in file order, and the worker kill comes last.
 """
 
 from __future__ import annotations
@@ -45,8 +50,11 @@ from tests.support.sandbox import (
     python_worker_env,
 )
 
+# Starting two python_q workers (self-test, session host, warm sandbox) is most of the first
+# test's time on a busy machine.
+pytestmark = pytest.mark.timeout(300)
 BROKER_DB, RESULTS_DB = 8, 9
-LEASE_TTL_S = 1.2
+LEASE_TTL_S = 2.0
 IDLE_EVICT_S = 6.0
 
 
@@ -126,6 +134,16 @@ async def api(stack: Stack) -> AsyncIterator[httpx.AsyncClient]:
         yield client
 
 
+_shared: dict[str, str] = {}
+
+
+async def shared(api: httpx.AsyncClient) -> str:
+    """One session used by several tests in turn (each leaves it usable)."""
+    if "id" not in _shared:
+        _shared["id"] = await new_session(api)
+    return _shared["id"]
+
+
 async def new_session(api: httpx.AsyncClient, **body: Any) -> str:
     r = await api.post("/api/sessions", json=body)
     assert r.status_code == 201, r.text
@@ -147,6 +165,14 @@ async def ok(api: httpx.AsyncClient, sid: str, code: str) -> dict[str, Any]:
     return output
 
 
+def host_process(worker: str) -> psutil.Process:
+    for proc in psutil.process_iter(["cmdline"]):
+        cmd = proc.info.get("cmdline") or []
+        if "corral.tasks.sessions.host" in cmd and worker in cmd:
+            return proc
+    raise AssertionError(f"no session host for {worker}")
+
+
 def host_status(worker: str) -> dict[str, Any]:
     """Ask a worker's session host (found by its command line) what it holds."""
     for proc in psutil.process_iter(["cmdline"]):
@@ -162,7 +188,7 @@ def host_status(worker: str) -> dict[str, Any]:
 
 
 async def test_state_persists_and_variables_are_summarised(api: httpx.AsyncClient) -> None:
-    sid = await new_session(api)
+    sid = await shared(api)
     first = await ok(api, sid, "import pandas as pd\ndf = pd.DataFrame({'a': range(5)})\nx = 41")
     assert first["worker"] in {"sess-a@test", "sess-b@test"}
     assert first["restored"] is False
@@ -182,77 +208,35 @@ async def test_state_persists_and_variables_are_summarised(api: httpx.AsyncClien
     assert kinds["df"] == "DataFrame" and kinds["x"] == "int"
 
 
-async def test_two_users_cannot_see_each_other(stack: Stack, api: httpx.AsyncClient) -> None:
-    sid = await new_session(api)
-    await ok(api, sid, "secret = 'alice-only'")
-    async with stack.client(other_user_headers("mallory")) as mallory:
-        for r in (
-            await mallory.get(f"/api/sessions/{sid}"),
-            await mallory.post(f"/api/sessions/{sid}/run", json={"code": "secret"}),
-            await mallory.delete(f"/api/sessions/{sid}"),
-        ):
-            assert r.status_code == 404, r.text
-            assert r.headers["content-type"].startswith("application/problem+json")
-        own = await new_session(mallory)
-        body = await run(mallory, own, "secret")
-        assert body["output"]["error"]["type"] == "NameError"
-    assert (await ok(api, sid, "secret"))["last_expr"] == "'alice-only'"
+async def test_unpicklable_names_are_reported(api: httpx.AsyncClient) -> None:
+    sid = await shared(api)
+    out = await ok(api, sid, "import threading\nlock = threading.Lock()\ny = 5")
+    assert out["unpicklable"] == ["lock"]
+    assert any("could not be pickled): lock" in n for n in out["notes"]), out["notes"]
+    assert (await ok(api, sid, "del lock\ny"))["unpicklable"] == []
 
 
 async def test_calls_to_one_session_run_one_at_a_time_in_order(api: httpx.AsyncClient) -> None:
-    sid = await new_session(api)
+    sid = await shared(api)
     await ok(api, sid, "import time\nlog = []")
     code = (
-        "log.append(({i}, time.monotonic())); time.sleep(0.15); log.append(({i}, time.monotonic()))"
+        "log.append(({i}, time.monotonic())); time.sleep(0.1); log.append(({i}, time.monotonic()))"
     )
 
     async def call(i: int) -> dict[str, Any]:
-        await asyncio.sleep(0.03 * i)  # arrival order 0..4
+        await asyncio.sleep(0.03 * i)  # arrival order 0..3
         return await run(api, sid, code.format(i=i))
 
-    results = await asyncio.gather(*(call(i) for i in range(5)))
+    results = await asyncio.gather(*(call(i) for i in range(4)))
     assert all(r["status"] == "done" for r in results), results
     out = await ok(api, sid, "[i for i, _ in log]")
-    assert out["last_expr"] == repr([0, 0, 1, 1, 2, 2, 3, 3, 4, 4])  # never interleaved
+    assert out["last_expr"] == repr([0, 0, 1, 1, 2, 2, 3, 3])  # never interleaved
     times = await ok(api, sid, "all(a[1] <= b[1] for a, b in zip(log, log[1:]))")
     assert times["last_expr"] == "True"
 
 
-async def test_unpicklable_names_are_reported(api: httpx.AsyncClient) -> None:
-    sid = await new_session(api)
-    out = await ok(api, sid, "import threading\nlock = threading.Lock()\ny = 5")
-    assert out["unpicklable"] == ["lock"]
-    assert any("could not be pickled): lock" in n for n in out["notes"]), out["notes"]
-
-
-async def test_parquet_input_and_bounded_inputs(api: httpx.AsyncClient, tmp_path: Path) -> None:
-    import duckdb
-
-    path = tmp_path / "cells.parquet"
-    duckdb.sql(f"COPY (SELECT range AS id, range * 2 AS v FROM range(10)) TO '{path}'")
-    r = await api.post(
-        "/api/storage",
-        files={"file": ("cells.parquet", path.read_bytes(), "application/octet-stream")},
-    )
-    assert r.status_code == 201, r.text
-    key = r.json()["key"]
-    sid = await new_session(api, input_files=[{"key": key, "name": "cells.parquet"}])
-    out = await ok(
-        api,
-        sid,
-        "import pandas as pd\ndf = pd.read_parquet('/input/cells.parquet')\nint(df.v.sum())",
-    )
-    assert out["last_expr"] == "90"
-    denied = await run(api, sid, "open('/input/cells.parquet', 'ab')")
-    assert denied["output"]["error"]["type"] in {"OSError", "PermissionError"}
-    r = await api.post("/api/sessions", json={"input_files": ["alice/nope/x"]})
-    assert r.status_code == 422 and r.headers["content-type"].startswith("application/problem")
-    r = await api.post("/api/sessions", json={"input_files": ["k"] * 21})
-    assert r.status_code == 422
-
-
 async def test_escape_checks_inside_a_forked_kernel(api: httpx.AsyncClient) -> None:
-    sid = await new_session(api)
+    sid = await shared(api)
     seccomp = await ok(api, sid, "'Seccomp:\\t2' in open('/proc/self/status').read()")
     assert seccomp["last_expr"] == "True"
     body = await run(api, sid, "print(open('/etc/passwd').read())")
@@ -286,14 +270,107 @@ async def test_escape_checks_inside_a_forked_kernel(api: httpx.AsyncClient) -> N
         with pytest.raises(BlockingIOError):
             listener.accept()
     assert net["output"]["error"] is not None
-    mem = await run(api, sid, "blocks = [bytearray(256 << 20) for _ in range(16)]")
+    # Past the session's limit (the warm stack plus memory_mb): refused at once, state kept.
+    mem = await run(api, sid, "blocks = [bytearray(2 << 30) for _ in range(4)]")
     assert mem["output"]["error"]["type"] in {"MemoryError", "MemoryLimitExceeded"}
+    assert (await ok(api, sid, "x"))["last_expr"] == "41"
+
+
+async def test_fork_bomb_stays_in_its_session(api: httpx.AsyncClient) -> None:
+    """RLIMIT_NPROC inside the sandbox's user namespace and its own pids cgroup stop the bomb;
+    the session and the others on the worker go on."""
+    sid = await shared(api)
+    other = await new_session(api)
+    await ok(api, other, "w = 7")
+    bomb = (
+        "import os\nforked = 0\nfor _ in range(100_000):\n    try:\n        pid = os.fork()\n"
+        "    except OSError as exc:\n        stopped = type(exc).__name__\n        break\n"
+        "    forked += 1\n"
+    )
+    body = await run(api, sid, bomb)
+    assert body["status"] == "done", body
+    out = await ok(api, sid, "stopped, forked < 200")
+    assert out["last_expr"] == "('BlockingIOError', True)", out
+    assert (await ok(api, other, "w + 1"))["last_expr"] == "8"
+    _shared["other"] = other
+
+
+async def test_restart_empties_the_namespace(api: httpx.AsyncClient) -> None:
+    sid = await shared(api)
+    body = await run(api, sid, "'x' in globals()", restart=True)
+    assert body["status"] == "done", body["error"]
+    assert body["output"]["last_expr"] == "False", body
+    assert not any("restored" in n for n in body["output"]["notes"])
+    await ok(api, sid, "x = 41")
+    info = (await api.get(f"/api/sessions/{sid}")).json()
+    assert [v["name"] for v in info["variables"]] == ["x"]
+    assert info["cells"] == 2  # the restarting call and the one after it
+
+
+async def test_two_users_cannot_see_each_other(stack: Stack, api: httpx.AsyncClient) -> None:
+    sid = await shared(api)
+    async with stack.client(other_user_headers("mallory")) as mallory:
+        for r in (
+            await mallory.get(f"/api/sessions/{sid}"),
+            await mallory.post(f"/api/sessions/{sid}/run", json={"code": "x"}),
+            await mallory.delete(f"/api/sessions/{sid}"),
+        ):
+            assert r.status_code == 404, r.text
+            assert r.headers["content-type"].startswith("application/problem+json")
+        own = await new_session(mallory)
+        body = await run(mallory, own, "x")
+        assert body["output"]["error"]["type"] == "NameError"
+    assert (await ok(api, sid, "x"))["last_expr"] == "41"
+
+
+async def test_parquet_and_a_dataset_at_input(api: httpx.AsyncClient, tmp_path: Path) -> None:
+    import duckdb
+
+    path = tmp_path / "cells.parquet"
+    duckdb.sql(f"COPY (SELECT range AS id, range * 2 AS v FROM range(10)) TO '{path}'")
+    r = await api.post(
+        "/api/storage",
+        files={"file": ("cells.parquet", path.read_bytes(), "application/octet-stream")},
+    )
+    assert r.status_code == 201, r.text
+    key = r.json()["key"]
+    r = await api.post(
+        "/api/datasets",
+        data={"format": "csv", "name": "rates"},
+        files={"file": ("rates.csv", b"cell,rate\n1,2.5\n2,3.5\n", "text/csv")},
+    )
+    assert r.status_code == 201, r.text
+    dataset = r.json()["id"]
+    sid = await new_session(
+        api, input_files=[{"key": key, "name": "cells.parquet"}], datasets=[dataset]
+    )
+    info = (await api.get(f"/api/sessions/{sid}")).json()
+    assert sorted(info["input_files"]) == sorted(["cells.parquet", f"{dataset}.csv"])
+    out = await ok(
+        api,
+        sid,
+        "import pandas as pd\ndf = pd.read_parquet('/input/cells.parquet')\n"
+        f"rates = pd.read_csv('/input/{dataset}.csv')\n(int(df.v.sum()), float(rates.rate.sum()))",
+    )
+    assert out["last_expr"] == "(90, 6.0)"
+    denied = await run(api, sid, "open('/input/cells.parquet', 'ab')")
+    assert denied["output"]["error"]["type"] in {"OSError", "PermissionError"}
+    r = await api.post("/api/sessions", json={"input_files": ["alice/nope/x"]})
+    assert r.status_code == 422 and r.headers["content-type"].startswith("application/problem")
+    r = await api.post("/api/sessions", json={"datasets": ["nope-nope-nope"]})
+    assert r.status_code == 422
+    r = await api.post("/api/sessions", json={"input_files": ["k"] * 21})
+    assert r.status_code == 422
+    # Closing: the session stops taking calls.
+    assert (await api.delete(f"/api/sessions/{sid}")).status_code == 204
+    assert (await api.get(f"/api/sessions/{sid}")).json()["state"] == "closed"
+    r = await api.post(f"/api/sessions/{sid}/run", json={"code": "df"})
+    assert r.status_code == 409 and r.json()["type"].endswith("session-closed")
 
 
 async def test_killed_sandbox_restores_on_next_call(stack: Stack, api: httpx.AsyncClient) -> None:
-    sid = await new_session(api)
-    first = await ok(api, sid, "x = 41")
-    worker = first["worker"]
+    sid = await shared(api)
+    worker = (await ok(api, sid, "x"))["worker"]
     pid = host_status(worker)["sandbox_pids"][sid]
     os.kill(pid, signal.SIGKILL)
     wait_until(lambda: not psutil.pid_exists(pid) or psutil.Process(pid).status() == "zombie",
@@ -303,19 +380,49 @@ async def test_killed_sandbox_restores_on_next_call(stack: Stack, api: httpx.Asy
     assert f"session restored on {out['worker']}" in out["notes"], out["notes"]
 
 
+async def test_killed_session_host_is_restarted_and_restores(
+    stack: Stack, api: httpx.AsyncClient
+) -> None:
+    sid = await shared(api)
+    worker = (await ok(api, sid, "x"))["worker"]
+    host = host_process(worker)
+    host.kill()
+    host.wait(10)
+
+    def restarted() -> bool:
+        try:
+            return host_process(worker).pid != host.pid and "ok" in host_status(worker)
+        except (AssertionError, OSError):
+            return False
+
+    # The worker restarts its host (a call meanwhile waits for the socket, or, if the lease
+    # lapsed, is answered SessionWorkerLost at once); then the session comes back.
+    wait_until(restarted, 30, "the session host to be restarted", interval=0.2)
+    wait_until(lambda: stack.redis.exists(worker_lease_key(worker)), 10, "the lease again")
+    body = await run(api, sid, "x + 1")
+    assert body["status"] == "done", body["error"]
+    out = body["output"]
+    assert out["last_expr"] == "42" and out["worker"] == worker
+    assert f"session restored on {worker}" in out["notes"], out["notes"]
+
+
 async def test_idle_and_lru_eviction_then_restore(stack: Stack, api: httpx.AsyncClient) -> None:
-    sids = [await new_session(api) for _ in range(5)]
+    sids = [await new_session(api) for _ in range(3)]
     holders = {}
     for i, sid in enumerate(sids):
         holders[sid] = (await ok(api, sid, f"v = {i}"))["worker"]
-    # 5 sessions on 2 workers holding at most 2 each: at least one was evicted (LRU).
-    states = {sid: (await api.get(f"/api/sessions/{sid}")).json()["state"] for sid in sids}
+    # With the earlier tests' sessions, more than 2 per worker were made: the least recently
+    # used left memory (LRU); each host holds at most 2.
+    every = [_shared["id"], _shared["other"], *sids]
+    states = {sid: (await api.get(f"/api/sessions/{sid}")).json()["state"] for sid in every}
     assert list(states.values()).count("suspended") >= 1, states
-    for worker in set(holders.values()):
+    for worker in stack.workers:
         assert len(host_status(worker)["live"]) <= 2
     evicted = next(sid for sid, state in states.items() if state == "suspended")
-    out = await ok(api, evicted, "v")
-    assert out["last_expr"] == str(sids.index(evicted))
+    check = {_shared["id"]: ("x", "41"), _shared["other"]: ("w", "7")}
+    code, want = check.get(evicted) or ("v", str(sids.index(evicted)))
+    out = await ok(api, evicted, code)
+    assert out["last_expr"] == want
     assert any(n.startswith("session restored on") for n in out["notes"])
     # Idle: untouched for IDLE_EVICT_S, the session leaves memory; its snapshot stays.
     keep = sids[-1]
@@ -323,23 +430,15 @@ async def test_idle_and_lru_eviction_then_restore(stack: Stack, api: httpx.Async
                "idle eviction", interval=0.5)  # fmt: skip
     await asyncio.sleep(1.0)  # the live set in Redis follows at the next heartbeat
     assert (await api.get(f"/api/sessions/{keep}")).json()["state"] == "suspended"
-    assert (await ok(api, keep, "v"))["last_expr"] == "4"
-
-
-async def test_delete_closes_the_session(api: httpx.AsyncClient) -> None:
-    sid = await new_session(api)
-    await ok(api, sid, "z = 1")
-    assert (await api.delete(f"/api/sessions/{sid}")).status_code == 204
-    assert (await api.get(f"/api/sessions/{sid}")).json()["state"] == "closed"
-    r = await api.post(f"/api/sessions/{sid}/run", json={"code": "z"})
-    assert r.status_code == 409 and r.json()["type"].endswith("session-closed")
+    assert (await ok(api, keep, "v"))["last_expr"] == "2"
 
 
 async def test_worker_killed_mid_call_then_restored_elsewhere(
     stack: Stack, api: httpx.AsyncClient
 ) -> None:
-    sid = await new_session(api)
-    first = await ok(api, sid, "import numpy as np\nbig = np.arange(1_000_000)\nx = 41")
+    """Last: it leaves one worker down."""
+    sid = await shared(api)
+    first = await ok(api, sid, "import numpy as np\nbig = np.arange(1_000_000)")
     holder = first["worker"]
     other = next(n for n in stack.workers if n != holder)
     call = asyncio.create_task(run(api, sid, "import time\ntime.sleep(30)"))
@@ -356,9 +455,11 @@ async def test_worker_killed_mid_call_then_restored_elsewhere(
     assert out["last_expr"] == str(499999500000 + 41)
     assert out["worker"] == other
     assert f"session restored on {other}" in out["notes"], out["notes"]
-    assert took < 10, took
-    info = (await api.get(f"/api/sessions/{sid}")).json()
+    assert took < 20, took
+    for _ in range(50):  # the live set in Redis follows at the host's next heartbeat
+        info = (await api.get(f"/api/sessions/{sid}")).json()
+        if info["state"] == "live":
+            break
+        await asyncio.sleep(0.1)
     assert info["worker"] == other and info["state"] == "live" and info["restores"] >= 1
     stack.workers[holder].proc.wait(10)
-    stack.start_worker(holder)  # leave the stack as we found it
-    stack.wait_ready([holder])
