@@ -405,3 +405,34 @@ async def test_a_finished_turn_whose_stream_expired_still_ends_from_its_record(
             assert admin.delete(f"turn:{turn['turn_id']}:events") == 1  # as if its TTL passed
         again = await follow(client, turn["turn_id"], timeout=10)
     assert [e.event for e in again] == ["done"] and again[0].data["expired"] is True
+
+
+async def test_a_graceful_shutdown_hands_the_turn_over_at_once(
+    stack_env: dict[str, str], tmp_path: Path, fake_llm: FakeOpenAI
+) -> None:
+    """SIGTERM (a deploy): the leaving process releases the lease; another resumes the turn
+    within a sweep, long before the lease would have expired."""
+    database = new_sqlite_database(tmp_path)
+    env = TURN_ENV | {"CORRAL_CHAT__LEASE_TTL_S": "30", "CORRAL_CHAT__LEASE_RENEW_S": "5"}
+    fake_llm.respond_with(two_tools_then_answer(3))
+    sub = new_user()
+    with assistant_app(stack_env, database, "sqlite", **env) as b:
+        with assistant_app(stack_env, database, "sqlite", **env) as a:
+            async with a.client(sub) as client:
+                thread_id = await new_thread(client)
+                turn = await send(client, thread_id, "run two tools")
+                before = await follow(
+                    client,
+                    turn["turn_id"],
+                    stop_when=lambda ev: kinds(ev).count("tool_call_started") == 2,
+                )
+            stopped_at = time.monotonic()
+        async with b.client(sub) as client:
+            after = await follow(client, turn["turn_id"], last_event_id=before[-1].id)
+            resumed = first(after, "resumed")
+            state = (await client.get(f"/api/turns/{turn['turn_id']}")).json()
+            tasks = (await client.get("/api/tasks", params={"thread_id": thread_id})).json()
+    assert resumed.at - stopped_at < 10  # released, not waited out (TTL 30 s)
+    assert kinds(after)[-1] == "done" and "tool_call_started" not in kinds(after)
+    assert state["status"] == "done" and state["resumes"] == 1
+    assert len(tasks) == 2 and all(t["state"] == "done" for t in tasks)
