@@ -15,6 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.support.fake_openai import FakeOpenAI, Reply
 from tests.support.procs import (
     UvicornThread,
     Worker,
@@ -73,6 +74,7 @@ def traced_stack(stack_env: dict[str, str], database_url: str) -> Iterator[Trace
             wrap=as_sandbox_user(),
         ),
         "circuit_q": start_worker(("circuit_q",), env, name="circuit_q@obs", log_dir=log_dir),
+        "llm_q": start_worker(("llm_q",), env, name="llm_q@obs", log_dir=log_dir),
     }
     try:
         wait_workers_ready(redis.url + "/0", list(workers.values()), timeout=150)
@@ -143,6 +145,11 @@ async def test_a_tool_invoke_is_one_trace_from_request_to_sandbox(
         "upload figures",
     } <= names, names
     assert any(n.startswith("POST /api/tools/") for n in names), names
+    # SQL statements (SQLAlchemy instrumentation) under the row's span.
+    row = by_name["task_runs insert"]
+    assert any(
+        str(s["name"]).startswith("INSERT") and s["parent_id"] == row["span_id"] for s in spans
+    ), names
     assert {str(s["service"]) for s in spans} == {"corral-app", "corral-worker"}
     # The worker's span hangs off the app's send span: one tree, not two traces.
     send = by_name["send python.run"]
@@ -155,7 +162,7 @@ async def test_a_tool_invoke_is_one_trace_from_request_to_sandbox(
 
 
 def _sample(text: str, name: str, **labels: str) -> float:
-    want = ",".join(f'{k}="{v}"' for k, v in labels.items())
+    want = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))  # exposition sorts them
     for line in text.splitlines():
         if line.startswith(f"{name}{{{want}}} ") or (not labels and line.startswith(name + " ")):
             return float(line.rsplit(" ", 1)[1])
@@ -322,3 +329,29 @@ def test_dashboard_and_prometheus_files_use_only_real_metrics(traced_stack: Trac
         (deploy / "grafana" / "provisioning" / "datasources" / "datasources.yaml").read_text()
     )
     assert {s["uid"] for s in sources["datasources"]} >= {"prometheus", "jaeger"}
+
+
+async def test_the_model_call_span_has_token_counts(
+    traced_stack: TracedStack, client: httpx.AsyncClient, fake_llm: FakeOpenAI
+) -> None:
+    fake_llm.script("fake-primary", Reply(text="hi", prompt_tokens=12, completion_tokens=3))
+    resp = await client.post(
+        "/api/llm/generate", json={"prompt": "Say hi", "model": "primary", "timeout_s": 30}
+    )
+    assert resp.status_code == 200, resp.text
+    detail = (await client.get(f"/api/tasks/{resp.json()['task_id']}")).json()
+    trace_id = detail["events"][0]["data"]["trace_id"]
+
+    def model_span() -> dict[str, object] | None:
+        spans = [s for s in traced_stack.spans() if s["trace_id"] == trace_id]
+        return next((s for s in spans if s["name"] == "model call"), None)
+
+    span = wait_until(model_span, 10, "the model call span")
+    attributes = span["attributes"]
+    assert isinstance(attributes, dict)
+    assert attributes["llm.prompt_tokens"] == 12 and attributes["llm.completion_tokens"] == 3
+    # The provider's HTTP request (httpx instrumentation) is a child of the model call.
+    spans = [s for s in traced_stack.spans() if s["trace_id"] == trace_id]
+    assert any(s["parent_id"] == span["span_id"] for s in spans), spans
+    text = httpx.get(f"{traced_stack.url}/metrics", timeout=10).text
+    assert _sample(text, "corral_llm_tokens_total", model="primary", kind="prompt") >= 12

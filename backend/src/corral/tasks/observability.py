@@ -34,7 +34,7 @@ from celery.signals import (
 )
 from opentelemetry import trace
 from opentelemetry.instrumentation.celery import CeleryInstrumentor
-from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
+from opentelemetry.instrumentation.httpx import HTTPX2ClientInstrumentor, HTTPXClientInstrumentor
 
 from corral.task_schemas import REGISTRY, WORKER_LOST
 from corral.task_schemas.events import set_trace_id_source
@@ -65,7 +65,8 @@ def install_tracing() -> None:
     setup_tracing(settings.telemetry, SERVICE)
     set_trace_id_source(current_trace_id)
     CeleryInstrumentor().instrument()  # type: ignore[no-untyped-call]  # idempotent
-    HTTPXClientInstrumentor().instrument()  # the model calls (openai) and downloads
+    HTTPXClientInstrumentor().instrument()  # downloads (datasets, inputs)
+    HTTPX2ClientInstrumentor().instrument()  # the model calls (openai's client uses httpx2)
 
 
 install_tracing()
