@@ -17,6 +17,7 @@ from corral.app.background import BackgroundTasks
 from corral.app.celery_client import TaskSender, build_celery_client
 from corral.app.chat.llm import AgentModels
 from corral.app.db import Database
+from corral.app.fairshare.scheduler import FairShare
 from corral.app.ratelimit.service import RateLimits
 from corral.app.settings import AppSettings
 from corral.app.storage.store import ObjectStore, build_object_store
@@ -115,6 +116,7 @@ class Services:
     agent_models: AgentModels
     background: BackgroundTasks = field(default_factory=BackgroundTasks)
     turns: TurnManager | None = None  # chat turns run in this process (built in start_background)
+    fair: FairShare | None = None  # per-user caps per queue (app/fairshare); None: off
 
     @classmethod
     async def start(cls, settings: AppSettings) -> Services:
@@ -177,6 +179,11 @@ class Services:
 
         self.turns = TurnManager(self)
         self.turns.start()
+        fair = FairShare(self)
+        if fair.settings.enabled:
+            self.fair = fair
+            fair.hook_terminal_events()
+            self.background.spawn("fair-share-release", fair.run_forever())
         if self.settings.task_runs.reconcile_interval_s > 0:
             self.background.spawn("task-runs-reconcile", self.reconciler.run_forever())
         from corral.app.records import lifecycle  # legacy import, sample, dataset ingests

@@ -116,6 +116,8 @@ class TaskRun(Base):
         Index("ix_task_runs_state", "state"),
         # Idempotent sends: one run per user and key (app/idempotency.py).
         Index("ux_task_runs_owner_idempotency", "owner_id", "idempotency_key", unique=True),
+        # Fair share counts a user's runs per queue and state (app/fairshare).
+        Index("ix_task_runs_owner_queue_state", "owner_id", "queue", "state"),
     )
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
@@ -141,6 +143,8 @@ class TaskRun(Base):
     # Outcomes that arrived after the first one (which wins), e.g. a `done` after `lost`.
     ignored_outcomes: Mapped[list[dict[str, Any]] | None] = mapped_column(JSONType)
     idempotency_key: Mapped[str | None] = mapped_column(String(200))
+    # Fair share: a `waiting` run's held send (input, priority) until it is released.
+    pending: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
 
 
 class Artifact(Base):

@@ -7,8 +7,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel
 
-TaskState = Literal["queued", "running", "done", "error", "cancelled", "lost"]
-ACTIVE_STATES: tuple[TaskState, ...] = ("queued", "running")
+TaskState = Literal["waiting", "queued", "running", "done", "error", "cancelled", "lost"]
+ACTIVE_STATES: tuple[TaskState, ...] = ("waiting", "queued", "running")
 FINAL_STATES: frozenset[str] = frozenset({"done", "error", "cancelled"})
 """Never left again. ``lost`` is terminal too, but a late outcome may still replace it."""
 TERMINAL_STATES: frozenset[str] = FINAL_STATES | {"lost"}

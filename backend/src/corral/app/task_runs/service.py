@@ -11,7 +11,7 @@ import uuid
 from typing import Any
 
 from pydantic import BaseModel
-from sqlalchemy import insert
+from sqlalchemy import insert, update
 from sqlalchemy.exc import IntegrityError
 
 from corral.app import idempotency
@@ -75,6 +75,8 @@ async def submit(
             earlier = await idempotency.find_recent(session, TaskRun, owner_id, idempotency_key)
         if earlier is not None:
             return earlier.id
+    fair = services.fair if route is None else None  # a session's route is one at a time
+    waiting = fair is not None and await fair.must_wait(owner_id, target.value)
     try:
         with _TRACER.start_as_current_span("task_runs insert"):  # the row and its commit
             async with services.db.session() as session:
@@ -86,7 +88,13 @@ async def submit(
                         task_name=spec.name,
                         queue=target.value,
                         tool=tool,
-                        state="queued",
+                        state="waiting" if waiting else "queued",
+                        pending={
+                            "input": task_input.model_dump(mode="json"),
+                            "priority": priority,
+                        }
+                        if waiting
+                        else None,
                         created_at=utcnow(),
                         attempts=0,
                         usage_recorded=False,
@@ -101,6 +109,36 @@ async def submit(
         if earlier is None:
             raise
         return earlier.id
+    if waiting:
+        assert fair is not None
+        fair.wake()
+        return task_id
+    await send_claimed(
+        services,
+        spec,
+        task_input,
+        owner_id=owner_id,
+        queue=target,
+        task_id=task_id,
+        priority=priority,
+        route=route,
+    )
+    return task_id
+
+
+async def send_claimed(
+    services: Services,
+    spec: TaskSpec[Any, Any],
+    task_input: BaseModel,
+    *,
+    owner_id: str,
+    queue: Queue,
+    task_id: str,
+    priority: int | None = None,
+    route: str | None = None,
+) -> None:
+    """Publish a run whose row is committed as ``queued`` and follow it."""
+    target = queue
     try:
         await services.sender.send(
             spec,
@@ -117,7 +155,6 @@ async def submit(
         )
         raise
     services.tracker.watch(task_id, timeout_s=watch_timeout_s(services, spec))
-    return task_id
 
 
 async def get_owned(services: Services, task_id: str, owner_id: str) -> TaskRun:
@@ -168,6 +205,9 @@ async def cancel(
     services: Services, task_id: str, owner_id: str, reason: str = "cancelled by user"
 ) -> TaskState:
     row = await _current(services, task_id, owner_id)
+    if row.state == "waiting" and await _cancel_waiting(services, task_id, reason):
+        return "cancelled"
+    row = await _current(services, task_id, owner_id)
     if row.state in TERMINAL_STATES:
         raise TaskAlreadyFinished(f"task {task_id} already finished ({row.state})")
     # The event first, so waiters answer at once; then the revoke kills the process. If the
@@ -181,3 +221,22 @@ async def cancel(
     )
     await services.sender.revoke(task_id)
     return "cancelled"
+
+
+async def _cancel_waiting(services: Services, task_id: str, reason: str) -> bool:
+    """A run still in fair share's backlog was never sent: end it in SQL (if still waiting)."""
+    async with services.db.session() as session:
+        result: Any = await session.execute(
+            update(TaskRun)
+            .where(TaskRun.id == task_id, TaskRun.state == "waiting")
+            .values(
+                state="cancelled",
+                finished_at=utcnow(),
+                error_type="Cancelled",
+                error_message=reason,
+                pending=None,
+            )
+        )
+    if result.rowcount:
+        await services.sender.publish_outcome(task_id, CancelledEvent(reason=reason))
+    return bool(result.rowcount)

@@ -1,0 +1,223 @@
+"""Fair share: a user's running + reserved tasks per queue are capped; the rest wait in SQL.
+
+A send past the user's cap is recorded as a ``waiting`` task run holding its input
+(``TaskRun.pending``); nothing reaches the broker. Released in a sweep driven by terminal
+outcomes (the tracker's ``finish``) and a timer: per (user, queue) with waiting work, up to
+``cap - active`` runs, urgent first then oldest, users served round-robin (the one served
+longest ago first). The backlog is in SQL, so an app restart or a Redis flush loses none of it.
+
+Exactly once: a run leaves ``waiting`` only through a conditional ``UPDATE ... WHERE
+state='waiting'``; the process whose update changed the row is the one that sends it. One app
+process sweeps at a time (a Redis lease), so caps hold across processes; a lapsed lease only
+delays releases.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+import structlog
+from sqlalchemy import func, select, update
+
+from corral.app.db.base import utcnow
+from corral.app.db.models import TaskRun
+from corral.app.fairshare.settings import FairShareSettings
+from corral.app.observability.counters import fair_share_refused
+from corral.task_schemas import Queue, get_spec
+
+if TYPE_CHECKING:
+    from corral.app.services import Services
+
+log = structlog.get_logger(__name__)
+
+_ACTIVE = ("queued", "running")
+_LEASE_KEY = "fair:release-lease"
+
+
+class FairShare:
+    def __init__(self, services: Services, settings: FairShareSettings | None = None) -> None:
+        self.services = services
+        self.settings = settings or FairShareSettings()
+        self._wake = asyncio.Event()
+        self._served: dict[tuple[str, str], float] = {}
+        self._token = uuid.uuid4().hex
+
+    # -- admission -------------------------------------------------------------------------
+
+    async def must_wait(self, owner_id: str, queue: str) -> bool:
+        """True when the user is at their cap on ``queue`` or already has waiting work there
+        (a new send never overtakes the user's own backlog)."""
+        if not self.settings.enabled:
+            return False
+        async with self.services.db.session() as session:
+            rows = await session.execute(
+                select(TaskRun.state, func.count())
+                .where(
+                    TaskRun.owner_id == owner_id,
+                    TaskRun.queue == queue,
+                    TaskRun.state.in_((*_ACTIVE, "waiting")),
+                )
+                .group_by(TaskRun.state)
+            )
+            counts = {state: n for state, n in rows.all()}
+        if counts.get("waiting", 0):
+            return True
+        active = counts.get("queued", 0) + counts.get("running", 0)
+        if active >= self.settings.cap(owner_id, queue):
+            fair_share_refused("user_cap")
+            return True
+        return False
+
+    async def position(self, task_id: str, owner_id: str, queue: str) -> int:
+        """How many of the user's waiting runs on ``queue`` go before ``task_id``."""
+        async with self.services.db.session() as session:
+            rows = (
+                await session.execute(
+                    select(TaskRun.id, TaskRun.created_at, TaskRun.pending)
+                    .where(
+                        TaskRun.owner_id == owner_id,
+                        TaskRun.queue == queue,
+                        TaskRun.state == "waiting",
+                    )
+                    .order_by(TaskRun.created_at, TaskRun.id)
+                    .limit(10_000)
+                )
+            ).all()
+        ordered = sorted(rows, key=_release_order)
+        ids = [r[0] for r in ordered]
+        return ids.index(task_id) if task_id in ids else 0
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    # -- release ---------------------------------------------------------------------------
+
+    def hook_terminal_events(self) -> None:
+        """Wake the sweep whenever the tracker records a run's end (a slot was freed)."""
+        tracker = self.services.tracker
+        original: Callable[..., Awaitable[bool]] = tracker.finish
+
+        async def finish(*args: Any, **kwargs: Any) -> bool:
+            changed = await original(*args, **kwargs)
+            if changed:
+                self._wake.set()
+            return changed
+
+        setattr(tracker, "finish", finish)  # noqa: B010 (an instance hook, not a new method)
+
+    async def run_forever(self) -> None:
+        while True:
+            try:
+                await self.sweep()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the next pass retries; the backlog is in SQL
+                log.warning("fair share sweep failed", error=repr(exc))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.settings.sweep_interval_s)
+            self._wake.clear()
+
+    async def sweep(self) -> int:
+        """Release what the caps allow now; returns how many runs were sent."""
+        redis = self.services.redis
+        lease_ms = int(max(5.0, self.settings.sweep_interval_s * 4) * 1000)
+        if (
+            not await redis.set(_LEASE_KEY, self._token, nx=True, px=lease_ms)
+            and await redis.get(_LEASE_KEY) != self._token
+        ):
+            return 0
+        try:
+            return await self._release_all()
+        finally:
+            with contextlib.suppress(Exception):
+                if await redis.get(_LEASE_KEY) == self._token:
+                    await redis.delete(_LEASE_KEY)
+
+    async def _release_all(self) -> int:
+        async with self.services.db.session() as session:
+            pairs = (
+                await session.execute(
+                    select(TaskRun.owner_id, TaskRun.queue)
+                    .where(TaskRun.state == "waiting")
+                    .group_by(TaskRun.owner_id, TaskRun.queue)
+                )
+            ).all()
+        # Round-robin: the user served longest ago goes first.
+        order = sorted(pairs, key=lambda p: self._served.get((p[0], p[1]), 0.0))
+        sent = 0
+        for owner_id, queue in order:
+            sent += await self._release(owner_id, queue)
+        return sent
+
+    async def _release(self, owner_id: str, queue: str) -> int:
+        cap = self.settings.cap(owner_id, queue)
+        async with self.services.db.session() as session:
+            active = await session.scalar(
+                select(func.count()).where(
+                    TaskRun.owner_id == owner_id,
+                    TaskRun.queue == queue,
+                    TaskRun.state.in_(_ACTIVE),
+                )
+            )
+            free = cap - int(active or 0)
+            if free <= 0:
+                return 0
+            rows = (
+                await session.execute(
+                    select(TaskRun.id, TaskRun.created_at, TaskRun.pending)
+                    .where(
+                        TaskRun.owner_id == owner_id,
+                        TaskRun.queue == queue,
+                        TaskRun.state == "waiting",
+                    )
+                    .order_by(TaskRun.created_at, TaskRun.id)
+                    .limit(self.settings.release_batch)
+                )
+            ).all()
+        sent = 0
+        for task_id, _created, _pending in sorted(rows, key=_release_order)[:free]:
+            if await self._send_one(task_id):
+                sent += 1
+        if sent:
+            self._served[(owner_id, queue)] = time.monotonic()
+        return sent
+
+    async def _send_one(self, task_id: str) -> bool:
+        from corral.app.task_runs.service import send_claimed  # it imports us
+
+        async with self.services.db.session() as session:
+            row = await session.get(TaskRun, task_id)
+            if row is None or row.state != "waiting":
+                return False
+            pending = dict(row.pending or {})
+            claimed: Any = await session.execute(
+                update(TaskRun)
+                .where(TaskRun.id == task_id, TaskRun.state == "waiting")
+                .values(state="queued", created_at=row.created_at, last_event_at=utcnow())
+            )
+            if not claimed.rowcount:
+                return False  # another process won it
+            owner_id, task_name, queue = row.owner_id, row.task_name, row.queue
+        spec = get_spec(task_name)
+        await send_claimed(
+            self.services,
+            spec,
+            spec.input_model.model_validate(pending.get("input") or {}),
+            owner_id=owner_id,
+            queue=Queue(queue),
+            task_id=task_id,
+            priority=pending.get("priority"),
+        )
+        return True
+
+
+def _release_order(row: Any) -> tuple[int, Any, str]:
+    """Urgent first (lower Celery priority), then oldest: priorities work inside a share."""
+    task_id, created_at, pending = row
+    priority = (pending or {}).get("priority")
+    return (priority if isinstance(priority, int) else 6, created_at, task_id)
