@@ -1891,7 +1891,7 @@ export type components = {
              * State
              * @enum {string}
              */
-            state: "queued" | "running" | "done" | "error" | "cancelled" | "lost";
+            state: "waiting" | "queued" | "running" | "done" | "error" | "cancelled" | "lost";
             /**
              * Attempts
              * @default 0
@@ -1908,6 +1908,11 @@ export type components = {
             output_refs?: string[];
             /** Events */
             events: components["schemas"]["TaskEventOut"][];
+            /**
+             * Waiting Ahead
+             * @description While `waiting` (past your fair-share cap): your runs released first.
+             */
+            waiting_ahead?: number | null;
         };
         /** TaskRunOut */
         TaskRunOut: {
@@ -1934,7 +1939,7 @@ export type components = {
              * State
              * @enum {string}
              */
-            state: "queued" | "running" | "done" | "error" | "cancelled" | "lost";
+            state: "waiting" | "queued" | "running" | "done" | "error" | "cancelled" | "lost";
             /**
              * Attempts
              * @default 0
@@ -2563,7 +2568,7 @@ export interface operations {
     list_tasks_api_tasks_get: {
         parameters: {
             query?: {
-                state?: ("queued" | "running" | "done" | "error" | "cancelled" | "lost") | null;
+                state?: ("waiting" | "queued" | "running" | "done" | "error" | "cancelled" | "lost") | null;
                 limit?: number;
                 /** @description Only this thread's tasks. */
                 thread_id?: string | null;

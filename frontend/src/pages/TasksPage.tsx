@@ -63,6 +63,8 @@ function TaskDetail({ taskId, onClose }: { taskId: string; onClose: () => void }
   const detail = useQuery({
     queryKey: ["task", taskId],
     queryFn: () => call(api.GET("/api/tasks/{task_id}", { params: { path: { task_id: taskId } } })),
+    // Fair share: a waiting run has no events yet; its place in your backlog is re-read.
+    refetchInterval: (q) => (q.state.data?.state === "waiting" ? 1000 : false),
   });
   const active = detail.data && (detail.data.state === "queued" || detail.data.state === "running");
   useEffect(() => {
@@ -118,6 +120,12 @@ function TaskDetail({ taskId, onClose }: { taskId: string; onClose: () => void }
             <dt>state</dt>
             <dd>
               <StatusBadge state={t.state} testId="task-detail-state" />
+              {t.state === "waiting" ? (
+                <span className="muted small" data-testid="task-waiting-ahead">
+                  {" "}
+                  waiting: {t.waiting_ahead ?? 0} ahead of you (your fair share of {t.queue} is in use)
+                </span>
+              ) : null}
             </dd>
             <dt>created</dt>
             <dd>{new Date(t.created_at).toLocaleString()}</dd>
@@ -246,7 +254,7 @@ export function TasksPage() {
             </select>
             <select value={stateFilter} onChange={(e) => setStateFilter(e.target.value)} aria-label="State">
               <option value="">any state</option>
-              {["queued", "running", "done", "error", "cancelled", "lost"].map((s) => (
+              {["waiting", "queued", "running", "done", "error", "cancelled", "lost"].map((s) => (
                 <option key={s}>{s}</option>
               ))}
             </select>

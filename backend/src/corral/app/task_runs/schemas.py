@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 TaskState = Literal["waiting", "queued", "running", "done", "error", "cancelled", "lost"]
 ACTIVE_STATES: tuple[TaskState, ...] = ("waiting", "queued", "running")
@@ -38,3 +38,7 @@ class TaskRunOut(BaseModel):
 
 class TaskRunDetail(TaskRunOut):
     events: list[TaskEventOut]
+    waiting_ahead: int | None = Field(
+        default=None,
+        description="While `waiting` (past your fair-share cap): your runs released first.",
+    )

@@ -198,7 +198,10 @@ async def detail(services: Services, task_id: str, owner_id: str) -> TaskRunDeta
         TaskEventOut(id=eid, type=fields.get("type", ""), data=fields)
         for eid, fields in await repository.events(services.redis, task_id)
     ]
-    return TaskRunDetail(**repository.to_out(row).model_dump(), events=events)
+    ahead = None
+    if row.state == "waiting" and services.fair is not None:
+        ahead = await services.fair.position(task_id, owner_id, row.queue)
+    return TaskRunDetail(**repository.to_out(row).model_dump(), events=events, waiting_ahead=ahead)
 
 
 async def cancel(
