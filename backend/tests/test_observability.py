@@ -27,6 +27,8 @@ from tests.support.procs import (
 )
 from tests.support.sandbox import as_sandbox_user, python_worker_env, shared_dir
 
+pytestmark = pytest.mark.timeout(300)  # a private stack of three workers starts first
+
 
 @dataclass
 class TracedStack:
@@ -224,6 +226,7 @@ async def test_flower_lists_the_tasks(
     from tests.support.procs import free_port
 
     port = free_port()
+    flower_log = traced_stack.spans_file.parent / "flower.log"
     env = {
         **os.environ,
         **stack_env,
@@ -242,8 +245,8 @@ async def test_flower_lists_the_tasks(
             "--address=127.0.0.1",
         ],
         env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stdout=flower_log.open("wb"),
+        stderr=subprocess.STDOUT,
         start_new_session=True,
     )
     base = f"http://127.0.0.1:{port}"
@@ -263,13 +266,20 @@ async def test_flower_lists_the_tasks(
             )
             return str(resp.json()["task_id"])
 
-        # Flower answers before its event receiver is connected: wait until it sees a task.
-        warm = await echo()
-        wait_until(
-            lambda: warm in httpx.get(f"{base}/api/tasks", timeout=5).json(),
-            20,
-            "flower's event receiver",
-        )
+        # Flower answers before its event receiver is connected (and tasks finished before it
+        # is are not seen): send warm-up tasks until one shows up.
+        def seen(task: str) -> bool:
+            return task in httpx.get(f"{base}/api/tasks", timeout=5).json()
+
+        for _ in range(12):
+            warm = await echo()
+            try:
+                wait_until(lambda: seen(warm), 5, "flower's event receiver")  # noqa: B023
+                break
+            except TimeoutError:
+                continue
+        else:
+            raise AssertionError(flower_log.read_text(errors="replace")[-3000:])
         task_id = await echo()
 
         def listed() -> dict[str, object] | None:
