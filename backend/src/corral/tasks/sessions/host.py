@@ -57,6 +57,9 @@ class SessionHost:
         self.sandbox = BwrapSandbox(settings.sandbox)
         self.work_dir = Path(settings.sandbox.work_dir or "/tmp") / f"corral-sessions-{os.getpid()}"  # noqa: S108
         self.factory = ZygoteFactory(self.sandbox, self.conf, Spawner(), self.work_dir)
+        with contextlib.suppress(SandboxFailure, OSError):
+            if swept := self.factory.sweep_stale_cgroups():
+                log.info("removed stale session cgroups", count=swept)
         self.pool = WarmPool(self.factory, self.conf.warm_pool)
         self.store = get_object_store(settings.storage)
         self.redis = redis.Redis.from_url(settings.redis.streams_url, socket_timeout=5)

@@ -274,6 +274,29 @@ class ZygoteFactory:
             if which != resource.RLIMIT_NPROC
         ]
 
+    def sweep_stale_cgroups(self) -> int:
+        """Remove empty ``run-<pid>-*`` cgroups whose creator is dead (a host or worker that was
+        SIGKILLed could not remove its sandboxes' groups); returns how many were removed."""
+        found = self.sandbox.cgroup_host()
+        removed = 0
+        for parent in found.parents.values():
+            try:
+                entries = list(parent.iterdir())
+            except OSError:
+                continue
+            for path in entries:
+                pid = path.name.split("-")[1] if path.name.startswith("run-") else ""
+                if not pid.isdigit() or _alive(int(pid)) or not path.is_dir():
+                    continue
+                try:
+                    if (path / "cgroup.procs").read_text().strip():
+                        continue
+                    path.rmdir()
+                    removed += 1
+                except OSError:
+                    continue
+        return removed
+
     def _new_cgroup(self) -> cgroups.RunCgroup | None:
         """Memory and pids limits for the whole sandbox, without the cpu controller: with
         cgroup v1 a group competes with each process of its parent as one task, so a warming
@@ -376,6 +399,16 @@ class ZygoteFactory:
             raise SandboxFailure(f"the session zygote did not start: {said}")
         zygote.warm_s = float(frame[0].get("warm_s") or 0.0)
         return zygote
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 class WarmPool:
