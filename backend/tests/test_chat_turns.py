@@ -219,6 +219,7 @@ async def _finish_on(
         return await follow(client, turn_id, last_event_id=last_id, timeout=timeout)
 
 
+@pytest.mark.timeout(360)  # app processes start in ~10-30 s each on a loaded 2-core box
 async def test_a_killed_app_process_s_turn_is_finished_by_another(
     stack_env: dict[str, str], tmp_path: Path, fake_llm: FakeOpenAI
 ) -> None:
@@ -305,6 +306,7 @@ def _redis_connections(app: AppProcess, redis: RedisServer) -> list[str]:
     )
 
 
+@pytest.mark.timeout(360)  # app processes start in ~10-30 s each on a loaded 2-core box
 async def test_a_hundred_turns_watched_by_a_hundred_clients_use_no_more_redis_connections(
     stack_env: dict[str, str], tmp_path: Path, fake_llm: FakeOpenAI, redis_server: RedisServer
 ) -> None:
