@@ -58,7 +58,7 @@ async def b_wait(app: AppProcess, tasks: int, sleep_s: float) -> float:
 
 async def round_trips(app: AppProcess, n: int) -> list[float]:
     times = []
-    async with app.client(f"bench-single-{uuid.uuid4().hex[:6]}") as c:
+    async with app.client("bench-single") as c:
         await submit(c, 0.0, timeout_s=30)  # warm-up
         for _ in range(n):
             t0 = time.perf_counter()
@@ -90,13 +90,22 @@ async def main() -> None:
     trips: dict[str, list[float]] = {}
     try:
         wait_workers_ready(server.url + "/0", [worker])
-        for mode in ("on", "off"):
-            fair = {"CORRAL_FAIR__ENABLED": "true" if mode == "on" else "false"}
-            with app_process(env, new_sqlite_database(work), work, **fair) as app:
-                trips[mode] = await round_trips(app, args.n)
-                waits[mode] = await b_wait(app, args.tasks, args.sleep)
-            # "on" leaves A's backlog waiting in its database (never sent): let the broker drain.
-            await asyncio.sleep(3 * args.sleep)
+        on = {"CORRAL_FAIR__ENABLED": "true"}
+        off = {"CORRAL_FAIR__ENABLED": "false"}
+        with (
+            app_process(env, new_sqlite_database(work), work, **on) as app_on,
+            app_process(env, new_sqlite_database(work), work, **off) as app_off,
+        ):
+            # Round trips alternate between the two apps, so load on the machine hits both.
+            trips = {"on": [], "off": []}
+            for _ in range(args.n // 10):
+                for mode, app in (("on", app_on), ("off", app_off)):
+                    trips[mode] += await round_trips(app, 10)
+            waits["on"] = await b_wait(app_on, args.tasks, args.sleep)
+        # "on" leaves A's backlog waiting in its database (never sent): let the broker drain.
+        await asyncio.sleep(3 * args.sleep)
+        with app_process(env, new_sqlite_database(work), work, **off) as app_off:
+            waits["off"] = await b_wait(app_off, args.tasks, args.sleep)
     finally:
         worker.stop()
         server.stop()

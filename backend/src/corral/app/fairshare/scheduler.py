@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 from sqlalchemy import func, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from corral.app.db.base import utcnow
 from corral.app.db.models import TaskRun
@@ -49,22 +50,22 @@ class FairShare:
 
     # -- admission -------------------------------------------------------------------------
 
-    async def must_wait(self, owner_id: str, queue: str) -> bool:
+    async def must_wait(self, session: AsyncSession, owner_id: str, queue: str) -> bool:
         """True when the user is at their cap on ``queue`` or already has waiting work there
-        (a new send never overtakes the user's own backlog)."""
+        (a new send never overtakes the user's own backlog). Runs in the caller's session (the
+        one that inserts the run: one transaction, no extra round trip)."""
         if not self.settings.enabled:
             return False
-        async with self.services.db.session() as session:
-            rows = await session.execute(
-                select(TaskRun.state, func.count())
-                .where(
-                    TaskRun.owner_id == owner_id,
-                    TaskRun.queue == queue,
-                    TaskRun.state.in_((*_ACTIVE, "waiting")),
-                )
-                .group_by(TaskRun.state)
+        rows = await session.execute(
+            select(TaskRun.state, func.count())
+            .where(
+                TaskRun.owner_id == owner_id,
+                TaskRun.queue == queue,
+                TaskRun.state.in_((*_ACTIVE, "waiting")),
             )
-            counts = {state: n for state, n in rows.all()}
+            .group_by(TaskRun.state)
+        )
+        counts = {state: n for state, n in rows.all()}
         if counts.get("waiting", 0):
             return True
         active = counts.get("queued", 0) + counts.get("running", 0)

@@ -76,10 +76,12 @@ async def submit(
         if earlier is not None:
             return earlier.id
     fair = services.fair if route is None else None  # a session's route is one at a time
-    waiting = fair is not None and await fair.must_wait(owner_id, target.value)
+    waiting = False
     try:
         with _TRACER.start_as_current_span("task_runs insert"):  # the row and its commit
             async with services.db.session() as session:
+                if fair is not None:  # fair share: past the cap, the run waits in SQL
+                    waiting = await fair.must_wait(session, owner_id, target.value)
                 await session.execute(
                     insert(TaskRun).values(
                         id=task_id,
