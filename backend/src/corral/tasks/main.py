@@ -20,6 +20,7 @@ from corral.tasks import (  # noqa: F401  (imported for registration)
     session_run_task,
     system_echo_task,
     system_fail_task,
+    warmup,
 )
 from corral.tasks.celery_app import app
 
