@@ -138,7 +138,11 @@ def run(size_mb: int, interval_ms: float, idle_s: float) -> bool:
         # The worker stands for another machine: lowest CPU priority, one DuckDB thread, so on
         # a small box it does not take the app's core (in production it has its own).
         worker = start_worker(
-            ("circuit_q",), env, name="bench-ingest@bench", concurrency=1, wrap=["nice", "-n", "19"]
+            ("circuit_q",),
+            env,
+            name="bench-ingest@bench",
+            concurrency=1,
+            wrap=["nice", "-n", "19", "ionice", "-c", "3"],
         )
         try:
             wait_workers_ready(redis.url + "/0", [worker])

@@ -47,6 +47,7 @@ LOST_ERROR_TYPE = "TaskLost"
 _OPEN = ("queued", "running")  # states an outcome may still replace (the first one wins)
 _MAX_REFS = 200
 _MAX_IGNORED = 20
+_MAX_SYNCED = 10_000
 
 
 def object_refs(output: Any, owner_id: str, limit: int = _MAX_REFS) -> list[dict[str, Any]]:
@@ -89,6 +90,7 @@ class TaskRunTracker:
         self._results = results
         self.streams = streams
         self._watchers: dict[str, asyncio.Task[None]] = {}
+        self._synced: dict[str, str] = {}  # task id -> newest non-terminal entry applied by sync
         self._closed = False
 
     # -- following live ------------------------------------------------------------------------
@@ -147,12 +149,25 @@ class TaskRunTracker:
         return len(ids)
 
     async def sync(self, task_ids: Sequence[str]) -> None:
-        """Apply each stream's newest event now (for reads that must not lag the stream)."""
+        """Apply each stream's newest event now (for reads that must not lag the stream).
+
+        A non-terminal entry already applied here is not applied again, so frequent reads
+        while a task runs (``GET /api/tasks`` polled) cost one Redis round trip, not a write."""
         if not task_ids:
             return
         for task_id, item in (await repository.last_events(self.streams, task_ids)).items():
-            if item is not None:
-                await self.apply(task_id, *item)
+            if item is None:
+                continue
+            terminal = is_terminal(item[1])
+            if not terminal and self._synced.get(task_id) == item[0]:
+                continue
+            await self.apply(task_id, *item)
+            if terminal:
+                self._synced.pop(task_id, None)
+            else:
+                if len(self._synced) >= _MAX_SYNCED:
+                    self._synced.clear()
+                self._synced[task_id] = item[0]
 
     async def aclose(self) -> None:
         self._closed = True
