@@ -210,4 +210,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    import _machine
+
+    _machine.announce(__file__)
     main()

@@ -187,6 +187,9 @@ async def main(runs: int, latency_ms: int) -> None:
 
 
 if __name__ == "__main__":
+    import _machine
+
+    _machine.announce(__file__)
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--latency-ms", type=int, default=50)

@@ -223,4 +223,7 @@ def main() -> int:
 
 
 if __name__ == "__main__":
+    import _machine
+
+    _machine.announce(__file__)
     sys.exit(main())

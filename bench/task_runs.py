@@ -157,4 +157,7 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
+    import _machine
+
+    _machine.announce(__file__)
     asyncio.run(main())

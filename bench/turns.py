@@ -161,4 +161,7 @@ def main() -> int:
 
 
 if __name__ == "__main__":
+    import _machine
+
+    _machine.announce(__file__)
     raise SystemExit(main())
