@@ -21,7 +21,6 @@ from corral.config import (
     reject_placeholder,
 )
 from corral.telemetry import TelemetrySettings
-from corral.telemetry import TelemetrySettings
 
 
 class AuthSettings(BaseModel):
@@ -117,6 +116,21 @@ class DatasetSettings(BaseModel):
     result_url_ttl_s: int = Field(
         default=3600, ge=60, le=7 * 86_400, description="Life of result download URLs."
     )
+    ingest_check_interval_s: float = Field(
+        default=15.0,
+        ge=0,
+        le=3600,
+        description="Seconds between checks of datasets still processing (an ingest whose task "
+        "was lost, e.g. by a Redis flush, is sent again); 0 turns the periodic check off.",
+    )
+    ingest_lost_after_s: float = Field(
+        default=10.0,
+        ge=0,
+        le=3600,
+        description="An ingest whose event stream is gone this long after it was sent (and "
+        "which stored no result) is lost and sent again.",
+    )
+    max_ingest_attempts: int = Field(default=3, ge=1, le=20, description="Sends per dataset.")
 
     @field_validator("worker_base_url")
     @classmethod
@@ -157,14 +171,6 @@ class AppSettings(BaseSettings):
     rate_limits: RateLimitSettings = Field(default_factory=RateLimitSettings)
     chat: ChatSettings = Field(default_factory=ChatSettings)
     task_runs: TaskRunSettings = Field(default_factory=TaskRunSettings)
-    telemetry: TelemetrySettings = Field(
-        default_factory=TelemetrySettings, description="Traces: CORRAL_TELEMETRY__EXPORTER etc."
-    )
-    admin_user_ids: list[str] = Field(
-        default_factory=list,
-        max_length=1000,
-        description="Users who may see the Operations page (/api/ops/*), by user id.",
-    )
     telemetry: TelemetrySettings = Field(
         default_factory=TelemetrySettings, description="Traces: CORRAL_TELEMETRY__EXPORTER etc."
     )
