@@ -110,7 +110,8 @@ async def delete(services: Services, session: AsyncSession, user: User, thread_i
         raise ThreadBusy("a reply is being written in this thread; stop it, then delete")
     active = await session.scalars(
         select(TaskRun.id).where(
-            TaskRun.thread_id == thread_id, TaskRun.state.in_(("queued", "running"))
+            TaskRun.thread_id == thread_id,
+            TaskRun.state.in_(("waiting", "queued", "running")),  # waiting: fair share's backlog
         )
     )
     for task_id in list(active):
