@@ -85,6 +85,8 @@ class PipelineRunner:
         self._ancestors = self._ancestor_sets()
         self._lock = asyncio.Lock()
         self._running: dict[asyncio.Task[StepStatus], str] = {}
+        # A finished step's save + progress event, off the critical path (see _run_step).
+        self._persisting: set[asyncio.Task[None]] = set()
 
     def _ancestor_sets(self) -> dict[str, set[str]]:
         found: dict[str, set[str]] = {}
@@ -109,6 +111,7 @@ class PipelineRunner:
                 ),
             )
             await self._schedule()
+            await self._drain_persisting()
             await self._finish()
         except asyncio.CancelledError:
             await asyncio.shield(self._abort("cancelled", "the app shut down during the run"))
@@ -145,12 +148,24 @@ class PipelineRunner:
             if not self._running:
                 continue
             finished, _ = await asyncio.wait(self._running, return_when=asyncio.FIRST_COMPLETED)
+            self._raise_persist_errors()
             for task in finished:
                 name = self._running.pop(task)
                 status = task.result()
                 if status != "done" and not (status == "failed" and self.defs[name].optional):
                     blocking[name] = "failed" if status == "failed" else "was cancelled"
                 sorter.done(name)
+
+    def _raise_persist_errors(self) -> None:
+        """A failed save of a finished step fails the run, as if it had been awaited inline."""
+        for task in [t for t in self._persisting if t.done()]:
+            self._persisting.discard(task)
+            task.result()
+
+    async def _drain_persisting(self) -> None:
+        while self._persisting:
+            task = self._persisting.pop()
+            await task
 
     async def _finish(self) -> None:
         run = self.run
@@ -182,6 +197,9 @@ class PipelineRunner:
                     task.cancel()
                 if self._running:
                     await asyncio.wait(self._running)
+                if self._persisting:  # finished steps are recorded as done, not aborted
+                    await asyncio.wait(self._persisting)
+                    self._persisting.clear()
                 for step in self.run.steps:
                     if not step.terminal:
                         await self._set(
@@ -276,9 +294,21 @@ class PipelineRunner:
             )
             return "cancelled"
         self.outputs[step.name] = StepValue(output)
-        await self._set(
-            step.name, status="done", output=output, model=model, usage=usage, finished_at=now()
+        # The scheduler sends the successors as soon as this returns; the step's save and its
+        # `done` progress event follow concurrently. The lock is FIFO and this task takes it
+        # first, so `done` is still published before any successor's `queued`.
+        persist = asyncio.create_task(
+            self._set(
+                step.name,
+                status="done",
+                output=output,
+                model=model,
+                usage=usage,
+                finished_at=now(),
+            ),
+            name=f"persist:{step.name}",
         )
+        self._persisting.add(persist)
         return "done"
 
     async def _produce(self, step: StepDef) -> tuple[dict[str, Any], str, TokenUsage]:
