@@ -11,6 +11,7 @@ from sse_starlette import EventSourceResponse
 from corral.app.chat import service
 from corral.app.chat.schemas import ChatRequest
 from corral.app.deps import ChatLimit, CurrentUser, ServicesDep
+from corral.app.idempotency import IdempotencyKey
 from corral.app.params import ResourceId
 from corral.app.problems import problem_responses
 from corral.app.streams.sse import stream_response
@@ -39,15 +40,20 @@ async def post_message(
     services: ServicesDep,
     limit: ChatLimit,
     accept: Annotated[str | None, Header(max_length=1000)] = None,
+    idempotency_key: IdempotencyKey = None,
 ) -> JSONResponse | EventSourceResponse:
     """Send a message: the assistant's turn starts and runs on its own — `202 {turn_id,
     message_id, events_url}`; follow `events_url` (SSE, resumable). With
     `Accept: text/event-stream` the same events stream back in this response instead.
     Closing a stream never stops the turn; `POST /api/turns/{id}/cancel` does.
     While a turn runs, another message is refused (409 `turn-in-progress`) or queued after it
-    (`CORRAL_CHAT__DOUBLE_TEXTING=enqueue`). No model configured: 503 `no-model-configured`."""
+    (`CORRAL_CHAT__DOUBLE_TEXTING=enqueue`). No model configured: 503 `no-model-configured`.
+    With an `Idempotency-Key`, a retried request (same user and key, within 24 h) answers the
+    turn the first one started instead of sending the message twice."""
     try:
-        accepted = await service.start_turn(services, user, thread_id, body.content)
+        accepted = await service.start_turn(
+            services, user, thread_id, body.content, idempotency_key
+        )
     except service.ThreadNotFound as exc:
         raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from exc
     headers = limit.headers() if limit is not None else {}

@@ -9,6 +9,7 @@ from typing import Any
 from sqlalchemy import update
 from sqlalchemy.exc import IntegrityError
 
+from corral.app import idempotency
 from corral.app.auth.service import User
 from corral.app.db.base import new_id, utcnow
 from corral.app.db.models import Message, Thread, Turn
@@ -43,7 +44,39 @@ def _busy(running_id: str) -> ProblemError:
     )
 
 
-async def start_turn(services: Services, user: User, thread_id: str, content: str) -> TurnAccepted:
+def _accepted(turn: Turn) -> TurnAccepted:
+    return TurnAccepted(
+        turn_id=turn.id,
+        message_id=turn.user_message_id,
+        thread_id=turn.thread_id,
+        status=turn.status,
+        events_url=events_url(turn.id),
+    )
+
+
+async def _replay(services: Services, user: User, thread_id: str, key: str) -> TurnAccepted | None:
+    """The turn an earlier request with this ``Idempotency-Key`` started, if any (24 h)."""
+    async with services.db.session() as session:
+        turn = await idempotency.find_recent(session, Turn, user.id, key)
+    if turn is None:
+        return None
+    if turn.thread_id != thread_id:
+        raise ProblemError(
+            409,
+            "idempotency-key-reused",
+            f"Idempotency-Key {key!r} already started turn {turn.id} in another thread; "
+            "use a new key for a new message",
+        )
+    return _accepted(turn)
+
+
+async def start_turn(
+    services: Services,
+    user: User,
+    thread_id: str,
+    content: str,
+    idempotency_key: str | None = None,
+) -> TurnAccepted:
     settings = services.settings.chat
     if len(content) > settings.max_message_chars:
         raise ProblemError(
@@ -58,6 +91,8 @@ async def start_turn(services: Services, user: User, thread_id: str, content: st
         if thread is None:
             raise ThreadNotFound(thread_id)
         model_name = thread.model or settings.model
+    if idempotency_key and (earlier := await _replay(services, user, thread_id, idempotency_key)):
+        return earlier
     config = services.agent_models.config(model_name)
     if config is None and not services.settings.llm.names():
         raise NoModelConfigured()
@@ -94,6 +129,7 @@ async def start_turn(services: Services, user: User, thread_id: str, content: st
                 created_at=now,
                 cancel_requested=False,
                 resumes=0,
+                idempotency_key=idempotency_key,
             )
             values: dict[str, Any] = {"updated_at": now}
             if thread.title == DEFAULT_TITLE:
@@ -117,8 +153,12 @@ async def start_turn(services: Services, user: User, thread_id: str, content: st
             session.add(turn)
             await session.execute(update(Thread).where(Thread.id == thread_id).values(**values))
             await session.flush()
-    except IntegrityError:  # another message started a turn in this thread at the same moment
+    except IntegrityError:  # another message started a turn here at the same moment
         await runner.leases.release(turn_id)
+        if idempotency_key:  # a twin with the same key may have won either unique index
+            twin = await _replay(services, user, thread_id, idempotency_key)
+            if twin is not None:
+                return twin
         async with services.db.session() as session:
             other = await turns.running_in(session, thread_id)
         raise _busy(other.id if other else "?") from None

@@ -293,6 +293,7 @@ class Turn(Base):
     __tablename__ = "turns"
     __table_args__ = (
         Index("ix_turns_thread_created", "thread_id", "created_at"),
+        Index("ux_turns_owner_idempotency", "owner_id", "idempotency_key", unique=True),
         Index("ix_turns_status", "status"),
         Index(
             "uq_turns_thread_running",
@@ -314,6 +315,7 @@ class Turn(Base):
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     lease_holder: Mapped[str | None] = mapped_column(String(100))
     resumes: Mapped[int] = mapped_column(Integer, default=0)
+    idempotency_key: Mapped[str | None] = mapped_column(String(200))
     error_type: Mapped[str | None] = mapped_column(String(100))
     error_message: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
@@ -329,6 +331,7 @@ class ResearchSession(Base):
     __tablename__ = "research_sessions"
     __table_args__ = (
         Index("ix_research_sessions_owner_created", "owner_id", "created_at"),
+        Index("ux_research_sessions_owner_idempotency", "owner_id", "idempotency_key", unique=True),
         Index(
             "uq_research_sessions_thread_active",
             "thread_id",
@@ -350,5 +353,6 @@ class ResearchSession(Base):
     input_files: Mapped[list[Any]] = mapped_column(JSONType, default=list)
     limits: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
     restores: Mapped[int] = mapped_column(Integer, default=0)
+    idempotency_key: Mapped[str | None] = mapped_column(String(200))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     last_call_at: Mapped[datetime | None] = mapped_column(UTCDateTime())

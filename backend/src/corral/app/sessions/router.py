@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Response, status
 
 from corral.app.deps import CurrentUser, ServicesDep
+from corral.app.idempotency import IdempotencyKey
 from corral.app.params import ResourceId
 from corral.app.problems import problem_responses
 from corral.app.sessions import service
@@ -25,10 +26,15 @@ router = APIRouter(prefix="/sessions", tags=["sessions"])
     responses=problem_responses(401, 404, 409, 422),
 )
 async def create_session(
-    body: SessionCreate, user: CurrentUser, services: ServicesDep
+    body: SessionCreate,
+    user: CurrentUser,
+    services: ServicesDep,
+    idempotency_key: IdempotencyKey = None,
 ) -> SessionOut:
-    """A new session; its sandbox starts on the first call (warm: forked from a zygote)."""
-    row = await service.create(services, user, body)
+    """A new session; its sandbox starts on the first call (warm: forked from a zygote).
+    With an `Idempotency-Key`, a retry (same user and key, within 24 h) returns the session
+    the first request created."""
+    row = await service.create(services, user, body, idempotency_key)
     return await service.describe(services, row)
 
 

@@ -21,7 +21,9 @@ from typing import Any
 
 from pydantic import ValidationError
 from sqlalchemy import insert, select, update
+from sqlalchemy.exc import IntegrityError
 
+from corral.app import idempotency
 from corral.app.auth.service import User
 from corral.app.db.base import new_id, utcnow
 from corral.app.db.models import Dataset, ResearchSession, Thread
@@ -119,7 +121,33 @@ async def _input_files(
     return out
 
 
-async def create(services: Services, user: User, body: SessionCreate) -> ResearchSession:
+async def create(
+    services: Services, user: User, body: SessionCreate, idempotency_key: str | None = None
+) -> ResearchSession:
+    """Record a new session; with ``idempotency_key``, a retry (same user and key within 24 h)
+    returns the session the first request created."""
+    if idempotency_key:
+        async with services.db.session() as session:
+            earlier = await idempotency.find_recent(
+                session, ResearchSession, user.id, idempotency_key
+            )
+        if earlier is not None:
+            return earlier
+    try:
+        return await _create(services, user, body, idempotency_key)
+    except IntegrityError as exc:  # a concurrent twin with the same key won the insert
+        if not (idempotency_key and idempotency.is_key_conflict(exc)):
+            raise
+        async with services.db.session() as session:
+            twin = await idempotency.find_recent(session, ResearchSession, user.id, idempotency_key)
+        if twin is None:
+            raise
+        return twin
+
+
+async def _create(
+    services: Services, user: User, body: SessionCreate, idempotency_key: str | None
+) -> ResearchSession:
     files = await _input_files(services, user, body.input_files, body.datasets)
     await services.users.ensure(user.id)
     async with services.db.session() as session:
@@ -149,6 +177,7 @@ async def create(services: Services, user: User, body: SessionCreate) -> Researc
                 input_files=[f.model_dump(mode="json") for f in files],
                 limits=body.limits.model_dump(mode="json", exclude_none=True),
                 restores=0,
+                idempotency_key=idempotency_key,
                 created_at=utcnow(),
             )
         )

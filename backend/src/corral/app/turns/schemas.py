@@ -35,7 +35,9 @@ class TurnAccepted(BaseModel):
     turn_id: str
     message_id: str = Field(description="The user's message (written when a queued turn starts).")
     thread_id: str
-    status: Literal["running", "queued"]
+    status: TurnStatus = Field(
+        description="running or queued; a repeated Idempotency-Key answers the turn as it is now"
+    )
     events_url: str
 
 
