@@ -585,6 +585,8 @@ export type paths = {
          *     Closing a stream never stops the turn; `POST /api/turns/{id}/cancel` does.
          *     While a turn runs, another message is refused (409 `turn-in-progress`) or queued after it
          *     (`CORRAL_CHAT__DOUBLE_TEXTING=enqueue`). No model configured: 503 `no-model-configured`.
+         *     With an `Idempotency-Key`, a retried request (same user and key, within 24 h) answers the
+         *     turn the first one started instead of sending the message twice.
          */
         post: operations["post_message_api_threads__thread_id__messages_post"];
         delete?: never;
@@ -743,6 +745,8 @@ export type paths = {
         /**
          * Create Session
          * @description A new session; its sandbox starts on the first call (warm: forked from a zygote).
+         *     With an `Idempotency-Key`, a retry (same user and key, within 24 h) returns the session
+         *     the first request created.
          */
         post: operations["create_session_api_sessions_post"];
         delete?: never;
@@ -2083,9 +2087,10 @@ export type components = {
             thread_id: string;
             /**
              * Status
+             * @description running or queued; a repeated Idempotency-Key answers the turn as it is now
              * @enum {string}
              */
-            status: "running" | "queued";
+            status: "queued" | "running" | "done" | "error" | "cancelled";
             /** Events Url */
             events_url: string;
         };
@@ -4236,6 +4241,8 @@ export interface operations {
             query?: never;
             header?: {
                 accept?: string | null;
+                /** @description Retry-safe creation: the same key from the same user within 24 h returns what the first request created instead of creating another (printable ASCII, ≤ 200). */
+                "Idempotency-Key"?: string | null;
             };
             path: {
                 /** @description An id returned by this API. */
@@ -4673,7 +4680,10 @@ export interface operations {
     create_session_api_sessions_post: {
         parameters: {
             query?: never;
-            header?: never;
+            header?: {
+                /** @description Retry-safe creation: the same key from the same user within 24 h returns what the first request created instead of creating another (printable ASCII, ≤ 200). */
+                "Idempotency-Key"?: string | null;
+            };
             path?: never;
             cookie?: never;
         };
