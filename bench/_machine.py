@@ -51,6 +51,10 @@ def machine() -> str:
 def announce(bench: str) -> None:
     """Print the machine and load now; the load again (and the wall time) at exit."""
     name = Path(bench).stem
+    # The script's folder is sys.path[0]: bench/mcp.py would shadow the `mcp` package that
+    # corral.app.main imports. Benches import nothing else from bench/ after this.
+    here = Path(__file__).resolve().parent
+    sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != here]
     start = time.monotonic()
     print(f"[{name}] machine: {machine()}")
     print(f"[{name}] load average at start: {load_average()}", flush=True)
