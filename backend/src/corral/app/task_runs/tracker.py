@@ -40,6 +40,7 @@ from corral.task_schemas import (
     is_terminal,
     task_events_key,
 )
+from corral.task_schemas.sessions import SESSION_SNAPSHOT_KIND
 
 log = structlog.get_logger(__name__)
 
@@ -324,7 +325,8 @@ class TaskRunTracker:
     async def _add_artifacts(
         self, session: Any, row: TaskRun, refs: Iterable[dict[str, Any]]
     ) -> None:
-        refs = list(refs)
+        # A research session's snapshots are its own state, not files the user's tools made.
+        refs = [r for r in refs if r["key"].split("/")[1:2] != [SESSION_SNAPSHOT_KIND]]
         if not refs:
             return
         keys = [r["key"] for r in refs]
