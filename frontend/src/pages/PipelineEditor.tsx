@@ -103,9 +103,12 @@ export function PipelineEditor({ initial }: { initial?: PipelineDef }) {
       navigate(`/pipelines/runs/${run.run_id}`);
     } catch (err) {
       if (err instanceof ApiError && err.status === 422) {
+        // Errors with a location attach to their field; a problem's whole-request errors
+        // (empty location) are split by step name from its detail.
+        const located = err.fieldErrors.filter((f) => f.path.length > 0);
         setServer({
-          fields: err.fieldErrors,
-          problems: err.fieldErrors.length ? [] : splitServerProblems(err.message, body.steps.map((s) => s.name)),
+          fields: located,
+          problems: located.length ? [] : splitServerProblems(err.message, body.steps.map((s) => s.name)),
           message: err.message,
         });
       } else {
