@@ -845,7 +845,12 @@ export type paths = {
 export type webhooks = Record<string, never>;
 export type components = {
     schemas: {
-        /** ApiKeyCreate */
+        /**
+         * ApiKeyCreate
+         * @example {
+         *       "name": "notebook"
+         *     }
+         */
         ApiKeyCreate: {
             /**
              * Name
@@ -972,7 +977,12 @@ export type components = {
                 [key: string]: components["schemas"]["JsonValue"];
             }[] | null;
         };
-        /** ChatRequest */
+        /**
+         * ChatRequest
+         * @example {
+         *       "content": "Plot a histogram of 1000 normal samples"
+         *     }
+         */
         ChatRequest: {
             /**
              * Content
@@ -1119,7 +1129,15 @@ export type components = {
             /** Detail */
             detail: string;
         };
-        /** GenerateRequest */
+        /**
+         * GenerateRequest
+         * @example {
+         *       "options": {
+         *         "max_tokens": 64
+         *       },
+         *       "prompt": "Name three cortical layers"
+         *     }
+         */
         GenerateRequest: {
             /**
              * Model
@@ -1261,7 +1279,17 @@ export type components = {
             /** Message */
             message: string;
         };
-        /** InvokeRequest */
+        /**
+         * InvokeRequest
+         * @example {
+         *       "arguments": {
+         *         "payload": "hi",
+         *         "sleep_s": 2,
+         *         "steps": 4
+         *       },
+         *       "timeout_s": 30
+         *     }
+         */
         InvokeRequest: {
             /** Arguments */
             arguments?: {
@@ -1428,7 +1456,27 @@ export type components = {
             steps: components["schemas"]["StepState"][];
             definition: components["schemas"]["PipelineRunRequest"];
         };
-        /** PipelineRunRequest */
+        /**
+         * PipelineRunRequest
+         * @example {
+         *       "input": {
+         *         "text": "Layer 5 pyramidal cells project to the thalamus."
+         *       },
+         *       "steps": [
+         *         {
+         *           "name": "summary",
+         *           "prompt_template": "Summarise: {text}"
+         *         },
+         *         {
+         *           "depends_on": [
+         *             "summary"
+         *           ],
+         *           "name": "title",
+         *           "prompt_template": "A title for: {summary[response]}"
+         *         }
+         *       ]
+         *     }
+         */
         PipelineRunRequest: {
             /** Steps */
             steps: components["schemas"]["StepDef"][];
@@ -1584,7 +1632,10 @@ export type components = {
              */
             published_at?: number;
         };
-        /** SessionCreate */
+        /**
+         * SessionCreate
+         * @example {}
+         */
         SessionCreate: {
             /**
              * Thread Id
@@ -1653,7 +1704,12 @@ export type components = {
             /** Message */
             message: string;
         };
-        /** SessionRunRequest */
+        /**
+         * SessionRunRequest
+         * @example {
+         *       "code": "import numpy as np\nx = np.arange(10)\nx.mean()"
+         *     }
+         */
         SessionRunRequest: {
             /**
              * Code
@@ -1959,7 +2015,12 @@ export type components = {
              */
             output_refs?: string[];
         };
-        /** ThreadCreate */
+        /**
+         * ThreadCreate
+         * @example {
+         *       "title": "Layer 5 analysis"
+         *     }
+         */
         ThreadCreate: {
             /**
              * Title
@@ -1996,7 +2057,12 @@ export type components = {
              */
             running_turn_id?: string | null;
         };
-        /** ThreadUpdate */
+        /**
+         * ThreadUpdate
+         * @example {
+         *       "title": "Renamed"
+         *     }
+         */
         ThreadUpdate: {
             /** Title */
             title?: string | null;

@@ -29,7 +29,9 @@ class AuthConfigOut(BaseModel):
 
 
 class ApiKeyCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [{"name": "notebook"}]}
+    )
 
     name: str = Field(min_length=1, max_length=100, description="What the key is for.")
 

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, Field, StrictBool
+from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
 from corral.task_schemas import LLMGenerateInput, LLMGenerateOutput
 
 
 class GenerateRequest(LLMGenerateInput):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [{"prompt": "Name three cortical layers", "options": {"max_tokens": 64}}]
+        },
+    )
+
     urgent: StrictBool = Field(
         default=False, description="Jump the llm_q queue (message priority)."
     )

@@ -100,7 +100,24 @@ class StepDef(BaseModel):
 
 
 class PipelineRunRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "steps": [
+                        {"name": "summary", "prompt_template": "Summarise: {text}"},
+                        {
+                            "name": "title",
+                            "prompt_template": "A title for: {summary[response]}",
+                            "depends_on": ["summary"],
+                        },
+                    ],
+                    "input": {"text": "Layer 5 pyramidal cells project to the thalamus."},
+                }
+            ]
+        },
+    )
 
     steps: list[StepDef] = Field(min_length=1, max_length=50)
     input: dict[str, JsonValue] = Field(default_factory=dict)

@@ -14,7 +14,7 @@ SessionState = Literal["live", "suspended", "closed"]
 
 
 class SessionCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"thread_id": None}]})
 
     thread_id: str | None = Field(
         default=None, max_length=64, pattern=ID_PATTERN, description="One session per thread."
@@ -33,7 +33,12 @@ class SessionCreate(BaseModel):
 
 
 class SessionRunRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [{"code": "import numpy as np\nx = np.arange(10)\nx.mean()"}]
+        },
+    )
 
     code: str = Field(min_length=1, max_length=200_000, description="Python source to run.")
     want_svg: bool = Field(default=False, description="Also save figures as SVG.")

@@ -11,7 +11,9 @@ DEFAULT_TITLE = "New conversation"
 
 
 class ThreadCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [{"title": "Layer 5 analysis"}]}
+    )
 
     title: str | None = Field(
         default=None, min_length=1, max_length=200, description="Default: from the first message."
@@ -22,7 +24,9 @@ class ThreadCreate(BaseModel):
 
 
 class ThreadUpdate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [{"title": "Renamed"}]}
+    )
 
     title: str | None = Field(default=None, min_length=1, max_length=200)
     model: str | None = Field(default=None, max_length=64)

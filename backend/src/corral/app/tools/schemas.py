@@ -19,7 +19,14 @@ class ToolOut(BaseModel):
 
 
 class InvokeRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {"arguments": {"payload": "hi", "sleep_s": 2, "steps": 4}, "timeout_s": 30}
+            ]
+        },
+    )
 
     arguments: dict[str, Any] = Field(default_factory=dict)
     timeout_s: float = Field(
