@@ -4,7 +4,16 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, JsonValue, StrictBool, StrictInt, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    JsonValue,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    model_validator,
+)
 
 from corral.task_schemas.registry import Queue, TaskSpec, register
 
@@ -26,10 +35,10 @@ class GenerationOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    temperature: float | None = Field(default=None, ge=0, le=2)
+    temperature: StrictFloat | None = Field(default=None, ge=0, le=2)
     max_tokens: StrictInt | None = Field(default=None, ge=1, le=1_000_000)
     seed: StrictInt | None = Field(default=None, ge=-(2**63), le=2**63 - 1)
-    top_p: float | None = Field(default=None, gt=0, le=1)
+    top_p: StrictFloat | None = Field(default=None, gt=0, le=1)
     stop: list[str] | None = Field(default=None, max_length=4)
     response_format: dict[str, JsonValue] | None = Field(
         default=None,

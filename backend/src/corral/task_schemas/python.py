@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from enum import StrEnum
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, model_validator
 
 from corral.task_schemas.registry import Queue, TaskSpec, register
 
@@ -38,11 +38,13 @@ class PythonLimitOverrides(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    wall_s: float | None = Field(default=None, gt=0, le=600, description="Wall-clock seconds.")
-    cpu_s: int | None = Field(default=None, ge=1, le=600, description="CPU seconds.")
-    memory_mb: int | None = Field(default=None, ge=64, le=16_384)
-    max_file_mb: int | None = Field(default=None, ge=1, le=4096)
-    stdout_max_bytes: int | None = Field(default=None, ge=1024, le=64_000_000)
+    wall_s: StrictFloat | None = Field(
+        default=None, gt=0, le=600, description="Wall-clock seconds."
+    )
+    cpu_s: StrictInt | None = Field(default=None, ge=1, le=600, description="CPU seconds.")
+    memory_mb: StrictInt | None = Field(default=None, ge=64, le=16_384)
+    max_file_mb: StrictInt | None = Field(default=None, ge=1, le=4096)
+    stdout_max_bytes: StrictInt | None = Field(default=None, ge=1024, le=64_000_000)
 
 
 class PythonRunInput(BaseModel):

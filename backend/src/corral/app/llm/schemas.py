@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat
 
 from corral.task_schemas import LLMGenerateInput, LLMGenerateOutput
 
@@ -18,7 +18,7 @@ class GenerateRequest(LLMGenerateInput):
     urgent: StrictBool = Field(
         default=False, description="Jump the llm_q queue (message priority)."
     )
-    timeout_s: float = Field(
+    timeout_s: StrictFloat = Field(
         default=120.0,
         gt=0,
         le=600,

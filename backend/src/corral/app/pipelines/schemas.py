@@ -25,6 +25,7 @@ from pydantic import (
     Field,
     JsonValue,
     StrictBool,
+    StrictFloat,
     StrictInt,
     model_validator,
 )
@@ -122,7 +123,7 @@ class PipelineRunRequest(BaseModel):
     steps: list[StepDef] = Field(min_length=1, max_length=50)
     input: dict[str, JsonValue] = Field(default_factory=dict)
     urgent: StrictBool = Field(default=False, description="Every step jumps the llm_q queue.")
-    step_timeout_s: float = Field(default=300.0, gt=0, le=3600, description="Per step call.")
+    step_timeout_s: StrictFloat = Field(default=300.0, gt=0, le=3600, description="Per step call.")
 
 
 class StepError(BaseModel):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat
 
 from corral.app.params import ID_PATTERN
 from corral.task_schemas import PythonInputFile, PythonLimitOverrides, VariableInfo
@@ -41,9 +41,9 @@ class SessionRunRequest(BaseModel):
     )
 
     code: str = Field(min_length=1, max_length=200_000, description="Python source to run.")
-    want_svg: bool = Field(default=False, description="Also save figures as SVG.")
-    restart: bool = Field(default=False, description="Start from an empty namespace.")
-    timeout_s: float = Field(
+    want_svg: StrictBool = Field(default=False, description="Also save figures as SVG.")
+    restart: StrictBool = Field(default=False, description="Start from an empty namespace.")
+    timeout_s: StrictFloat = Field(
         default=120.0, gt=0, le=600, description="How long to wait for the result."
     )
 

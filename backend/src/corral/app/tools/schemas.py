@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictFloat
 
 from corral.task_schemas.python import SandboxCapabilities
 
@@ -29,7 +29,7 @@ class InvokeRequest(BaseModel):
     )
 
     arguments: dict[str, Any] = Field(default_factory=dict)
-    timeout_s: float = Field(
+    timeout_s: StrictFloat = Field(
         default=30.0,
         gt=0,
         le=600,
