@@ -37,6 +37,14 @@ from tests.support.sandbox import (
 )
 
 DEV_SECRET = "test-" + secrets.token_hex(24)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests marked ``run_last`` go after all others: the API fuzzer fills the shared stack's
+    queues (and the dev user's fair share) with thousands of generated tasks."""
+    items.sort(key=lambda item: item.get_closest_marker("run_last") is not None)
+
+
 STORAGE_SECRET = "test-storage-" + secrets.token_hex(24)
 
 

@@ -33,6 +33,7 @@ CHECKS = ",".join(
 
 
 @pytest.mark.slow
+@pytest.mark.run_last
 @pytest.mark.timeout(900)
 def test_schemathesis_finds_nothing(
     live_app: LiveApp, fake_llm: FakeOpenAI, backend_dir: Path, tmp_path: Path
