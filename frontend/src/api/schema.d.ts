@@ -785,7 +785,8 @@ export type paths = {
         };
         /**
          * Get Session
-         * @description State (live, suspended, closed), worker and the variables summary of the last call.
+         * @description State (live, suspended), worker and the variables summary of the last call. A closed
+         *     session (deleted, or ended with its MCP session) is gone: 410 `session-closed`.
          */
         get: operations["get_session_api_sessions__session_id__get"];
         put?: never;
@@ -4948,6 +4949,15 @@ export interface operations {
             };
             /** @description Not Found */
             404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Gone */
+            410: {
                 headers: {
                     [name: string]: unknown;
                 };

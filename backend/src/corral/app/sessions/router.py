@@ -7,7 +7,7 @@ from fastapi import APIRouter, Response, status
 from corral.app.deps import CurrentUser, ServicesDep
 from corral.app.idempotency import IdempotencyKey
 from corral.app.params import ResourceId
-from corral.app.problems import problem_responses
+from corral.app.problems import ProblemError, problem_responses
 from corral.app.sessions import service
 from corral.app.sessions.schemas import (
     SessionCreate,
@@ -60,12 +60,20 @@ async def run_in_session(
     )
 
 
-@router.get("/{session_id}", response_model=SessionOut, responses=problem_responses(401, 404))
+@router.get("/{session_id}", response_model=SessionOut, responses=problem_responses(401, 404, 410))
 async def get_session(
     session_id: ResourceId, user: CurrentUser, services: ServicesDep
 ) -> SessionOut:
-    """State (live, suspended, closed), worker and the variables summary of the last call."""
+    """State (live, suspended), worker and the variables summary of the last call. A closed
+    session (deleted, or ended with its MCP session) is gone: 410 `session-closed`."""
     row = await service.get_row(services, user, session_id)
+    if row.state == "closed":
+        raise ProblemError(
+            410,
+            "session-closed",
+            f"session {session_id} is closed; create a new one (POST /api/sessions)",
+            extra={"session_id": session_id, "state": "closed"},
+        )
     return await service.describe(services, row)
 
 
