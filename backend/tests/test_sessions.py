@@ -54,7 +54,7 @@ from tests.support.sandbox import (
 # test's time on a busy machine.
 pytestmark = pytest.mark.timeout(300)
 BROKER_DB, RESULTS_DB = 8, 9
-LEASE_TTL_S = 2.0
+LEASE_TTL_S = 4.0
 IDLE_EVICT_S = 6.0
 
 
