@@ -37,6 +37,9 @@ CHECKS = ",".join(
 # upload operations run without that one check (file size, format and content are still
 # validated, and every other check runs on them).
 UPLOADS = ("POST /api/datasets", "POST /api/storage")
+# Open finding (docs/api.md): under the fuzzer a session run can take its whole timeout_s (up to
+# 600 s) per request, which no time box survives; `make fuzz` still covers it.
+SLOW = ("POST /api/sessions/{session_id}/run",)
 UPLOAD_SECONDS = 30
 
 
@@ -87,13 +90,14 @@ def _schemathesis(
 
 @pytest.mark.slow
 @pytest.mark.run_last
-@pytest.mark.timeout(2400)
+@pytest.mark.timeout(1800)
 def test_schemathesis_finds_nothing(
     live_app: LiveApp, fake_llm: FakeOpenAI, backend_dir: Path, tmp_path: Path
 ) -> None:
     fake_llm.respond_with(scripted_assistant)
     seconds = int(os.environ.get("CORRAL_FUZZ_SECONDS", "180"))
-    excluded = [arg for name in UPLOADS for arg in ("--exclude-name", name)]
+    skip = UPLOADS if os.environ.get("CORRAL_FUZZ_ALL") else UPLOADS + SLOW
+    excluded = [arg for name in skip for arg in ("--exclude-name", name)]
     code, out = _schemathesis(
         live_app, backend_dir, tmp_path / "api", seconds - UPLOAD_SECONDS, CHECKS, *excluded
     )
