@@ -78,10 +78,13 @@ class RedisServer:
                 self.proc.kill()
 
 
-def start_redis(password: str | None = None, extra: list[str] | None = None) -> RedisServer:
+def start_redis(
+    password: str | None = None, extra: list[str] | None = None, port: int | None = None
+) -> RedisServer:
+    """A redis-server on a free port (or ``port``, to bring one back where it was)."""
     import redis
 
-    port = free_port()
+    port = port or free_port()
     data = tempfile.mkdtemp(prefix="corral-test-redis-")
     args = [
         redis_server_binary(),

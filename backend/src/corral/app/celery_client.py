@@ -20,6 +20,7 @@ from celery.backends.redis import RedisBackend
 from opentelemetry.trace import SpanKind
 from pydantic import BaseModel
 
+from corral.app.redis_pools import sync_pool
 from corral.app.settings import AppSettings
 from corral.config import StreamSettings
 from corral.task_schemas import (
@@ -136,7 +137,7 @@ class TaskSender:
         self._streams = streams
         # Used from the send thread: `queued` and the message go out in one hop off the loop.
         self._sync_streams = redis.Redis.from_pool(
-            redis.BlockingConnectionPool.from_url(
+            sync_pool(
                 streams_url,
                 max_connections=16,
                 timeout=20,

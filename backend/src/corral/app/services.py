@@ -19,6 +19,7 @@ from corral.app.chat.llm import AgentModels
 from corral.app.db import Database
 from corral.app.fairshare.scheduler import FairShare
 from corral.app.ratelimit.service import RateLimits
+from corral.app.redis_pools import async_pool
 from corral.app.settings import AppSettings
 from corral.app.storage.store import ObjectStore, build_object_store
 from corral.app.streams import ResultBackendReader, StreamHub
@@ -129,7 +130,7 @@ class Services:
             raise
         # Bursts (a thousand sends at once) wait for a connection instead of failing.
         redis = aioredis.Redis.from_pool(
-            aioredis.BlockingConnectionPool.from_url(
+            async_pool(
                 settings.redis.streams_url,
                 decode_responses=True,
                 socket_timeout=10,

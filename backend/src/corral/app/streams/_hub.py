@@ -22,6 +22,7 @@ import structlog
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from corral.app.redis_pools import async_pool
 from corral.task_schemas import TaskEvent, decode_event
 
 log = structlog.get_logger(__name__)
@@ -104,7 +105,7 @@ class StreamHub:
             decode_responses=True,
         )
         self._writer = aioredis.Redis.from_pool(
-            aioredis.BlockingConnectionPool.from_url(
+            async_pool(
                 redis_url,
                 max_connections=1,
                 timeout=10,

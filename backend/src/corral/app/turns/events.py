@@ -18,6 +18,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from sse_starlette import ServerSentEvent
 
+from corral.app.redis_pools import async_pool
 from corral.config import StreamSettings
 from corral.task_schemas import (
     CancelledEvent,
@@ -75,7 +76,7 @@ class StreamWriter:
 
     def __init__(self, redis_url: str, streams: StreamSettings, *, client_name: str) -> None:
         self._redis = aioredis.Redis.from_pool(
-            aioredis.BlockingConnectionPool.from_url(
+            async_pool(
                 redis_url,
                 max_connections=1,
                 timeout=10,

@@ -11,6 +11,8 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
+from corral.app.redis_pools import async_pool
+
 _RENEW = """
 if redis.call('get', KEYS[1]) == ARGV[1] then
   return redis.call('pexpire', KEYS[1], ARGV[2])
@@ -36,7 +38,7 @@ class Leases:
 
     def __init__(self, redis_url: str, holder: str, ttl_s: float, *, client_name: str) -> None:
         redis = aioredis.Redis.from_pool(
-            aioredis.BlockingConnectionPool.from_url(
+            async_pool(
                 redis_url,
                 max_connections=1,
                 timeout=10,
