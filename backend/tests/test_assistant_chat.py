@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -196,6 +197,13 @@ async def test_run_python_and_circuit_analysis_run_concurrently(
         tasks = (await client.get("/api/tasks", params={"thread_id": thread_id})).json()
         assert {t["task_id"] for t in tasks} == {c["task_id"] for c in saved_calls}
         assert all(t["state"] == "done" for t in tasks)
+        # A card read back from history still names its trace: the one its task events carry.
+        for call in saved_calls:
+            assert re.fullmatch(r"[0-9a-f]{32}", call["trace_id"] or ""), call
+            detail = (await client.get(f"/api/tasks/{call['task_id']}")).json()
+            assert detail["trace_id"] == call["trace_id"]
+            carried = {e["data"].get("trace_id") for e in detail["events"]} - {None}
+            assert carried == {call["trace_id"]}, carried
 
         async def usage_rows() -> list[dict[str, Any]] | None:
             body = (await client.get("/api/usage", params={"thread_id": thread_id})).json()

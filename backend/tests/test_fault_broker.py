@@ -128,3 +128,36 @@ async def test_rabbitmq_urgent_messages_skip_the_normal_backlog(
             order = sorted([*backlog, urgent], key=started_at)
             # At most the running task and one already-reserved normal message go first.
             assert order.index(urgent) <= 2, [order.index(t) for t in [*backlog, urgent]]
+
+
+async def test_rabbitmq_queue_depth_reaches_metrics(
+    rabbitmq: str, stack_env: dict[str, str]
+) -> None:
+    """`/metrics` reports RabbitMQ queue depth (normal + urgent twin) from a passive declare."""
+    from corral.app.observability import metrics
+    from corral.task_schemas import PRIORITY_URGENT
+
+    env = {"TASKS_BROKER__URL": rabbitmq, "CORRAL_BROKER__URL": rabbitmq}
+    with fault_stack(stack_env, **env) as stack:  # no worker consumes circuit_q here
+        async with running_services(stack.env) as services:
+            before = await metrics.queue_depths(rabbitmq)
+            assert before is not None, "RabbitMQ depth could not be read"
+            for i, priority in enumerate([None, None, PRIORITY_URGENT]):
+                extra = {"priority": priority} if priority is not None else {}
+                await task_runs.submit(
+                    services,
+                    SYSTEM_ECHO,
+                    EchoInput(payload=i),
+                    owner_id=f"u-depth-{i}",
+                    queue=Queue.CIRCUIT,
+                    **extra,
+                )
+            after = await metrics.queue_depths(rabbitmq)
+            assert after is not None
+            assert after["circuit_q"] - before["circuit_q"] == 3, (before, after)
+            text = (await metrics.render(services)).decode()
+            assert f'corral_queue_depth{{queue="circuit_q"}} {float(after["circuit_q"])}' in text
+    # A broker that does not answer is no depth, within the deadline, not a hung scrape.
+    started = time.monotonic()
+    assert await metrics.queue_depths("amqp://guest:guest@127.0.0.1:1//") is None
+    assert time.monotonic() - started < metrics.AMQP_TIMEOUT_S * 3 + 1

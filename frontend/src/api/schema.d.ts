@@ -1967,6 +1967,11 @@ export type components = {
              * @default []
              */
             output_refs?: string[];
+            /**
+             * Trace Id
+             * @description The OpenTelemetry trace the run was sent in (32 hex digits).
+             */
+            trace_id?: string | null;
             /** Events */
             events: components["schemas"]["TaskEventOut"][];
             /**
@@ -2015,6 +2020,11 @@ export type components = {
              * @default []
              */
             output_refs?: string[];
+            /**
+             * Trace Id
+             * @description The OpenTelemetry trace the run was sent in (32 hex digits).
+             */
+            trace_id?: string | null;
         };
         /**
          * ThreadCreate
@@ -2119,6 +2129,11 @@ export type components = {
             started_at: string;
             /** Finished At */
             finished_at?: string | null;
+            /**
+             * Trace Id
+             * @description The OpenTelemetry trace of the call's task (32 hex digits).
+             */
+            trace_id?: string | null;
         };
         /** ToolOut */
         ToolOut: {

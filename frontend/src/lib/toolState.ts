@@ -123,8 +123,9 @@ export function fromHistory(call: {
   result?: unknown;
   error_type?: string | null;
   error_message?: string | null;
+  trace_id?: string | null;
 }): ToolCallView {
-  const view = newToolCall(call.call_id, call.name, call.arguments, call.task_id ?? null);
+  const view = { ...newToolCall(call.call_id, call.name, call.arguments, call.task_id ?? null), traceId: call.trace_id ?? null };
   const known: Record<string, ToolState> = { done: "done", error: "error", cancelled: "cancelled", timeout: "timeout" };
   const state = known[call.status];
   if (!state) return { ...view, state: "running", history: [...view.history, "running"] };

@@ -135,7 +135,7 @@ function TaskDetail({ taskId, onClose }: { taskId: string; onClose: () => void }
             <dd>{t.attempts}</dd>
             <dt>trace</dt>
             <dd>
-              <TraceId id={traceOf(events)} />
+              <TraceId id={traceOf(events) ?? t.trace_id ?? null} />
             </dd>
           </dl>
           {t.error_message ? (

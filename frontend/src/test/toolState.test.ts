@@ -57,8 +57,10 @@ describe("tool call state machine", () => {
   });
 
   it("reads saved calls back; unfinished ones count as running", () => {
-    const done = fromHistory({ call_id: "a", name: "run_python", arguments: {}, task_id: "t", status: "done", result: { stdout: "hi" } });
+    const trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    const done = fromHistory({ call_id: "a", name: "run_python", arguments: {}, task_id: "t", status: "done", result: { stdout: "hi" }, trace_id: trace });
     expect(done.state).toBe("done");
+    expect(done.traceId).toBe(trace);
     expect(done.output).toEqual({ stdout: "hi" });
     const open = fromHistory({ call_id: "b", name: "run_python", arguments: {}, task_id: "t2", status: "started" });
     expect(open.state).toBe("running");

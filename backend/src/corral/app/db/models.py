@@ -145,6 +145,8 @@ class TaskRun(Base):
     idempotency_key: Mapped[str | None] = mapped_column(String(200))
     # Fair share: a `waiting` run's held send (input, priority) until it is released.
     pending: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
+    # The trace the run was sent in (OpenTelemetry, 32 hex): history cards show it after reload.
+    trace_id: Mapped[str | None] = mapped_column(String(32))
 
 
 class Artifact(Base):

@@ -1,6 +1,7 @@
 """``/metrics`` (Prometheus text): read at scrape time from Redis and this process.
 
-Global (the same from every app process): queue depth (LLEN of the broker's lists), task
+Global (the same from every app process): queue depth (LLEN of the broker's lists on Redis, a
+passive queue declare on RabbitMQ), task
 counters, histograms, CPU seconds and tokens (the hash the workers add to, see
 ``corral.task_schemas.metrics``), workers per queue (their heartbeats). Per app process: open
 waits, SSE clients, stream hub lag, rate-limit and fair-share refusals. docs/operations.md lists
@@ -9,6 +10,7 @@ every metric.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from dataclasses import dataclass, field
@@ -27,7 +29,7 @@ from prometheus_client.registry import Collector
 from corral.app.observability import counters
 from corral.app.services import Services
 from corral.task_schemas import ALL_QUEUES, PRIORITY_STEPS
-from corral.task_schemas.delivery import broker_kind
+from corral.task_schemas.delivery import broker_kind, urgent_queue
 from corral.task_schemas.metrics import (
     COUNTERS,
     FAILURES_KEY,
@@ -68,9 +70,43 @@ class Snapshot:
     failures: list[dict[str, Any]] = field(default_factory=list)
 
 
+AMQP_TIMEOUT_S = 2.0
+
+
+def _amqp_depths(broker_url: str) -> dict[str, int]:
+    """RabbitMQ: a passive declare answers a queue's ready-message count without creating it.
+    A queue no worker has declared yet is empty (its NOT_FOUND closes only that channel)."""
+    from kombu.connection import Connection
+
+    depths: dict[str, int] = {}
+    with Connection(broker_url, connect_timeout=AMQP_TIMEOUT_S) as conn:  # type: ignore[no-untyped-call]
+        conn.ensure_connection(max_retries=1, timeout=AMQP_TIMEOUT_S)
+        for queue in ALL_QUEUES:
+            total = 0
+            for name in (queue.value, urgent_queue(queue.value)):
+                channel = conn.channel()
+                try:
+                    total += int(channel.queue_declare(queue=name, passive=True).message_count)
+                except conn.channel_errors:
+                    pass  # not declared yet: nothing waits in it
+                finally:
+                    try:
+                        channel.close()
+                    except conn.connection_errors + conn.channel_errors:
+                        pass
+            depths[queue.value] = total
+    return depths
+
+
 async def queue_depths(broker_url: str) -> dict[str, int] | None:
+    """Messages waiting per workload queue, or None when the broker cannot be asked in time."""
     if broker_kind(broker_url) == "amqp":
-        return None
+        try:
+            return await asyncio.wait_for(
+                asyncio.to_thread(_amqp_depths, broker_url), AMQP_TIMEOUT_S * 3
+            )
+        except Exception:  # a scrape reports what it can; the broker has its own alerts
+            return None
     steps = [s for s in PRIORITY_STEPS if s]
     client = aioredis.Redis.from_url(broker_url, socket_timeout=2, socket_connect_timeout=2)
     try:

@@ -65,6 +65,7 @@ def to_out(row: TaskRun) -> TaskRunOut:
         error_type=row.error_type,
         error_message=row.error_message,
         output_refs=row.output_refs or [],
+        trace_id=row.trace_id,
     )
 
 

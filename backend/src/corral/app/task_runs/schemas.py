@@ -34,6 +34,9 @@ class TaskRunOut(BaseModel):
     error_type: str | None = None
     error_message: str | None = None
     output_refs: list[str] = []
+    trace_id: str | None = Field(
+        default=None, description="The OpenTelemetry trace the run was sent in (32 hex digits)."
+    )
 
 
 class TaskRunDetail(TaskRunOut):

@@ -29,7 +29,7 @@ from corral.app.task_runs.schemas import (
     TaskState,
 )
 from corral.task_schemas import CancelledEvent, Queue, TaskSpec
-from corral.telemetry import tracer
+from corral.telemetry import current_trace_id, tracer
 
 
 class TaskNotFound(LookupError):
@@ -101,6 +101,7 @@ async def submit(
                         attempts=0,
                         usage_recorded=False,
                         idempotency_key=idempotency_key,
+                        trace_id=current_trace_id(),
                     )
                 )
     except IntegrityError as exc:

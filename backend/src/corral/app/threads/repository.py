@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from corral.app.db.models import Message, Thread, ToolCallRecord
+from corral.app.db.models import Message, TaskRun, Thread, ToolCallRecord
 
 
 def _like_pattern(text: str) -> str:
@@ -66,3 +66,15 @@ async def tool_calls_of(
     for row in rows:
         out.setdefault(row.message_id, []).append(row)
     return out
+
+
+async def trace_ids_of(session: AsyncSession, task_ids: Sequence[str]) -> dict[str, str]:
+    """The trace each task run was sent in (runs sent before traces were kept have none)."""
+    if not task_ids:
+        return {}
+    rows = await session.execute(
+        select(TaskRun.id, TaskRun.trace_id).where(
+            TaskRun.id.in_(task_ids), TaskRun.trace_id.is_not(None)
+        )
+    )
+    return {task_id: trace for task_id, trace in rows if trace}

@@ -56,6 +56,9 @@ class ToolCallOut(BaseModel):
     error_message: str | None = None
     started_at: datetime
     finished_at: datetime | None = None
+    trace_id: str | None = Field(
+        default=None, description="The OpenTelemetry trace of the call's task (32 hex digits)."
+    )
 
 
 class MessageOut(BaseModel):

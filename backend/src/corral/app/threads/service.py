@@ -133,12 +133,18 @@ async def messages(
     await get_owned(session, thread_id, user)
     rows = await repository.messages_page(session, thread_id, before=before, limit=limit)
     calls = await repository.tool_calls_of(session, [m.id for m in rows if m.role == "assistant"])
-    items = [message_out(m, calls.get(m.id, [])) for m in rows]
+    traces = await repository.trace_ids_of(
+        session, [c.task_run_id for cs in calls.values() for c in cs if c.task_run_id]
+    )
+    items = [message_out(m, calls.get(m.id, []), traces) for m in rows]
     first = rows[0].seq if rows else None
     return MessagePage(items=items, next_before=first if first is not None and first > 1 else None)
 
 
-def message_out(row: Message, calls: list[ToolCallRecord]) -> MessageOut:
+def message_out(
+    row: Message, calls: list[ToolCallRecord], traces: dict[str, str] | None = None
+) -> MessageOut:
+    traces = traces or {}
     return MessageOut(
         id=row.id,
         seq=row.seq,
@@ -159,6 +165,7 @@ def message_out(row: Message, calls: list[ToolCallRecord]) -> MessageOut:
                 error_message=c.error_message,
                 started_at=c.started_at,
                 finished_at=c.finished_at,
+                trace_id=traces.get(c.task_run_id) if c.task_run_id else None,
             )
             for c in calls
         ],
