@@ -171,9 +171,22 @@ async def test_a_tool_invoke_is_one_trace_from_request_to_sandbox(
     assert descends_from_send(by_name["run/python.run"]), spans
     assert descends_from_send(by_name["queue wait"]), spans
     assert by_name["sandbox run"]["parent_id"] == by_name["run/python.run"]["span_id"]
+    # Redis commands (the redis-py instrumentation) in both processes, inside this trace: the
+    # app's event writes and send, the worker's stream events and stored result.
+    redis_spans = [s for s in spans if _is_redis(s)]
+    assert {str(s["service"]) for s in redis_spans} == {"corral-app", "corral-worker"}, names
+    # ... and never a trace of their own (the hub's blocking reads, the broker's polling).
+    loose = [s for s in traced_stack.spans() if _is_redis(s) and s["parent_id"] is None]
+    assert not loose, loose[:3]
     # The worker's log lines carry it too.
     log = traced_stack.workers["python_q"].log()
     assert any(trace_id in line and task_id in line for line in log.splitlines())
+
+
+def _is_redis(span: dict[str, object]) -> bool:
+    attributes = span["attributes"]
+    assert isinstance(attributes, dict)
+    return "redis" in (attributes.get("db.system"), attributes.get("db.system.name"))
 
 
 def _sample(text: str, name: str, **labels: str) -> float:

@@ -31,6 +31,7 @@ from opentelemetry.sdk.trace.export import (
     SpanExportResult,
 )
 from opentelemetry.sdk.trace.sampling import (
+    ALWAYS_OFF,
     Decision,
     ParentBased,
     Sampler,
@@ -151,6 +152,7 @@ def _jsonable(value: Any) -> Any:
 
 _lock = threading.Lock()
 _provider: TracerProvider | None = None
+_inner_provider: TracerProvider | None = None
 _sampler = _Switch()
 _fanout = _Fanout()
 _configured_pid = 0
@@ -179,6 +181,7 @@ def setup_tracing(settings: TelemetrySettings, service_name: str) -> TracerProvi
             _provider = TracerProvider(resource=resource, sampler=ParentBased(_sampler))
             _provider.add_span_processor(_fanout)
             trace.set_tracer_provider(_provider)
+            _set_inner_provider(resource)
         processor = _exporter_processor(settings)
         old = _fanout.delegates
         _fanout.delegates = [processor] if processor is not None else []
@@ -188,6 +191,32 @@ def setup_tracing(settings: TelemetrySettings, service_name: str) -> TracerProvi
         _configured_pid = os.getpid()
         _sampler.set_ratio(settings.sample_ratio if processor is not None else 0.0)
         return _provider
+
+
+def _set_inner_provider(resource: Resource) -> None:
+    global _inner_provider
+    _inner_provider = TracerProvider(resource=resource, sampler=ParentBased(ALWAYS_OFF))
+    _inner_provider.add_span_processor(_fanout)
+
+
+def inner_tracer_provider() -> TracerProvider:
+    """A provider whose spans are recorded only inside an existing trace, never as new ones.
+
+    For instrumentations of chatty clients (Redis): a command under a request or task span is
+    part of that trace; the stream hub's blocking reads, lease renewals and the broker's polling
+    would otherwise each start a trace of their own. Same exporters as the main provider."""
+    if _inner_provider is None:
+        raise RuntimeError("setup_tracing() first")
+    return _inner_provider
+
+
+def instrument_redis() -> None:
+    """Spans for redis-py commands (sync and asyncio clients), children of the current span."""
+    from opentelemetry.instrumentation.redis import RedisInstrumentor
+
+    instrumentor = RedisInstrumentor()
+    if not instrumentor.is_instrumented_by_opentelemetry:
+        instrumentor.instrument(tracer_provider=inner_tracer_provider())
 
 
 def exporting() -> bool:

@@ -51,7 +51,13 @@ from corral.task_schemas.metrics import (
 )
 from corral.tasks.celery_app import settings
 from corral.tasks.stream_notifier import _client
-from corral.telemetry import current_trace_id, extract_context, setup_tracing, tracer
+from corral.telemetry import (
+    current_trace_id,
+    extract_context,
+    instrument_redis,
+    setup_tracing,
+    tracer,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -67,6 +73,7 @@ def install_tracing() -> None:
     CeleryInstrumentor().instrument()  # type: ignore[no-untyped-call]  # idempotent
     HTTPXClientInstrumentor().instrument()  # downloads (datasets, inputs)
     HTTPX2ClientInstrumentor().instrument()  # the model calls (openai's client uses httpx2)
+    instrument_redis()  # stream events and the result, under the task's run span
 
 
 install_tracing()

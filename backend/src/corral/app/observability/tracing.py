@@ -14,7 +14,13 @@ from opentelemetry.metrics import get_meter
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from corral.task_schemas.events import set_trace_id_source
-from corral.telemetry import TelemetrySettings, add_trace_id, current_trace_id, setup_tracing
+from corral.telemetry import (
+    TelemetrySettings,
+    add_trace_id,
+    current_trace_id,
+    instrument_redis,
+    setup_tracing,
+)
 
 SERVICE = "corral-app"
 _INSTRUMENTED: weakref.WeakSet[Any] = weakref.WeakSet()
@@ -40,6 +46,7 @@ def instrument_database(engine: AsyncEngine) -> None:
 def install_tracing(app: FastAPI, settings: TelemetrySettings) -> None:
     setup_tracing(settings, SERVICE)
     set_trace_id_source(current_trace_id)  # task events written here carry the trace id
+    instrument_redis()  # sends, event writes, leases: spans under the request's span
     # No span per ASGI message: an SSE stream would make one per event.
     FastAPIInstrumentor.instrument_app(
         app, excluded_urls=EXCLUDED_URLS, exclude_spans=["receive", "send"]
