@@ -41,7 +41,12 @@ from corral.task_schemas import (  # noqa: E402
     Queue,
     task_events_key,
 )
-from corral.telemetry import TelemetrySettings, setup_tracing, tracer  # noqa: E402
+from corral.telemetry import (  # noqa: E402
+    TelemetrySettings,
+    instrument_redis,
+    setup_tracing,
+    tracer,
+)
 from tests.support.db import new_sqlite_database  # noqa: E402
 from tests.support.procs import (  # noqa: E402
     env_vars,
@@ -91,6 +96,8 @@ async def bench_tracing(
             out.append(time.perf_counter() - t0)
         return out
 
+    setup_tracing(quiet, "corral-app")
+    instrument_redis()  # as the app does: Redis commands are spans inside the request's trace
     await batch(on, True, 10)  # warm-up
     for _ in range(rounds):
         for traced in (False, True):

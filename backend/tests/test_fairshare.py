@@ -79,12 +79,23 @@ async def test_backlog_of_one_user_does_not_starve_another(
         cancelled = a_ids.pop()
         waiting = sum(1 for s, *_ in _runs(db_path, a_ids).values() if s == "waiting")
         assert waiting > A_TASKS // 3, waiting
-        with app_process(env, database, tmp_path, **fair):  # a new process resumes releasing
+        with app_process(env, database, tmp_path, **fair) as again:  # it resumes releasing
 
             def all_done() -> bool:
                 return all(s == "done" for s, *_ in _runs(db_path, a_ids).values())
 
             wait_until(all_done, 60, "all of A's tasks", interval=0.2)
+            # A held run's stream said so from the start, with its place, which only moved up.
+            async with again.client("user-a") as a:
+                late = a_ids[10]
+                events = (await a.get(f"/api/tasks/{late}")).json()["events"]
+        kinds = [e["type"] for e in events]
+        assert kinds[0] == "waiting" and kinds[-1] == "done", kinds
+        assert kinds.index("queued") > max(i for i, k in enumerate(kinds) if k == "waiting")
+        places = [int(e["data"]["ahead"]) for e in events if e["type"] == "waiting"]
+        assert places[0] <= 10 - CAP and len(places) > 1, places
+        assert places == sorted(places, reverse=True), places
+        assert {int(e["data"]["cap"]) for e in events if e["type"] == "waiting"} == {CAP}
         runs = _runs(db_path, a_ids)
         starts = [_ts(runs[i][1] or "") for i in a_ids]
         # Starts follow submission order: a task may only pass one released with it (CAP).

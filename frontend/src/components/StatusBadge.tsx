@@ -1,5 +1,6 @@
 const LABELS: Record<string, string> = {
   pending: "pending",
+  waiting: "waiting",
   queued: "queued",
   running: "running",
   done: "done",
@@ -14,6 +15,7 @@ const LABELS: Record<string, string> = {
 
 const TONE: Record<string, string> = {
   pending: "muted",
+  waiting: "warn",
   queued: "muted",
   running: "info",
   done: "ok",
@@ -31,7 +33,7 @@ export function StatusBadge({ state, testId }: { state: string; testId?: string 
   const tone = TONE[state] ?? "muted";
   return (
     <span className={`badge badge-${tone}`} data-testid={testId} data-state={state}>
-      {state === "running" || state === "queued" ? <span className={`dot dot-${tone} ${state === "running" ? "pulse" : ""}`} /> : null}
+      {state === "running" || state === "queued" || state === "waiting" ? <span className={`dot dot-${tone} ${state === "running" ? "pulse" : ""}`} /> : null}
       {LABELS[state] ?? state}
     </span>
   );

@@ -49,6 +49,13 @@ function Inputs({ name, args }: { name: string; args: unknown }) {
   );
 }
 
+function waitingText(view: ToolCallView): string {
+  const w = view.waiting;
+  if (!w) return "waiting for your fair share…";
+  const share = w.cap ? ` (you already have ${w.cap} running on ${w.queue})` : "";
+  return `waiting: ${w.ahead} ahead of you${share}`;
+}
+
 /** One tool call, live: queued → running (progress) → done / error / cancelled. */
 export function ToolCallCard({ view, onCancel }: { view: ToolCallView; onCancel?: () => void }) {
   const active = !TERMINAL.has(view.state);
@@ -80,9 +87,11 @@ export function ToolCallCard({ view, onCancel }: { view: ToolCallView; onCancel?
           <span className="muted small">
             {view.state === "running"
               ? view.progress?.message || `running${view.worker ? ` on ${view.worker}` : ""}…`
-              : view.state === "queued"
-                ? "waiting for a worker…"
-                : "starting…"}
+              : view.state === "waiting"
+                ? waitingText(view)
+                : view.state === "queued"
+                  ? "waiting for a worker…"
+                  : "starting…"}
           </span>
         </div>
       ) : null}

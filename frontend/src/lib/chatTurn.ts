@@ -104,6 +104,7 @@ export function applyTurnEvent(turn: LiveTurn, kind: string, data: Data): LiveTu
       return { ...turn, blocks, unsaved: 0, cards: { ...turn.cards, [callId]: card } };
     }
     case "tool_progress":
+    case "tool_waiting":
     case "tool_result": {
       const callId = String(data.call_id);
       const card = turn.cards[callId];

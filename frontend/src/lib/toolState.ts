@@ -1,7 +1,7 @@
 /** A tool call as the user sees it: one state machine fed by the chat stream and the task's own
  * event stream, in whatever order they arrive. Terminal states never go back. */
 
-export type ToolState = "pending" | "queued" | "running" | "done" | "error" | "cancelled" | "timeout";
+export type ToolState = "pending" | "waiting" | "queued" | "running" | "done" | "error" | "cancelled" | "timeout";
 
 export const TERMINAL: ReadonlySet<ToolState> = new Set(["done", "error", "cancelled", "timeout"]);
 
@@ -24,6 +24,8 @@ export interface ToolCallView {
   output: unknown;
   error: { type: string; message: string } | null;
   worker: string | null;
+  /** Held by fair share: how many of the user's own calls on that queue go first. */
+  waiting?: { ahead: number; queue: string; cap: number } | null;
   /** The trace id its task events carry (OpenTelemetry), for finding the call in a trace view. */
   traceId?: string | null;
 }
@@ -43,7 +45,8 @@ export function newToolCall(callId: string, name: string, args: unknown, taskId:
   };
 }
 
-const RANK: Record<ToolState, number> = { pending: 0, queued: 1, running: 2, done: 3, error: 3, cancelled: 3, timeout: 3 };
+// waiting and queued rank alike: a held call is released (queued) and its place may be re-said.
+const RANK: Record<ToolState, number> = { pending: 0, waiting: 1, queued: 1, running: 2, done: 3, error: 3, cancelled: 3, timeout: 3 };
 
 function moveTo(view: ToolCallView, state: ToolState): ToolCallView {
   if (view.state === state) return view;
@@ -63,8 +66,14 @@ export function applyTaskEvent(view: ToolCallView, event: TaskStreamEvent): Tool
     view = { ...view, traceId: event.trace_id };
   }
   switch (event.type) {
+    case "waiting": {
+      if (view.state !== "pending" && view.state !== "queued" && view.state !== "waiting") return view;
+      const ahead = typeof event.ahead === "number" ? event.ahead : 0;
+      const cap = typeof event.cap === "number" ? event.cap : 0;
+      return { ...moveTo(view, "waiting"), waiting: { ahead, queue: String(event.queue ?? ""), cap } };
+    }
     case "queued":
-      return moveTo(view, "queued");
+      return { ...moveTo(view, "queued"), waiting: null };
     case "started":
       return { ...moveTo(view, "running"), worker: typeof event.worker === "string" ? event.worker : view.worker };
     case "progress": {
@@ -99,6 +108,7 @@ export function applyTaskEvent(view: ToolCallView, event: TaskStreamEvent): Tool
 /** Chat stream events about this call: tool_progress and tool_result. */
 export function applyChatToolEvent(view: ToolCallView, kind: string, data: Record<string, unknown>): ToolCallView {
   if (kind === "tool_progress") return applyTaskEvent(view, { ...data, type: "progress" });
+  if (kind === "tool_waiting") return applyTaskEvent(view, { ...data, type: "waiting" });
   if (kind !== "tool_result") return view;
   const status = String(data.status ?? "error");
   const state: ToolState =

@@ -13,6 +13,11 @@ describe("<ToolCallCard>", () => {
     expect(screen.getByText("waiting for a worker…")).toBeTruthy();
     expect(screen.getByTestId("tool-code").textContent).toBe("plot()");
 
+    view = applyTaskEvent(view, { type: "waiting", queue: "python_q", ahead: 2, cap: 4 });
+    rerender(<ToolCallCard view={view} onCancel={onCancel} />);
+    expect(card().getAttribute("data-state")).toBe("waiting");
+    expect(screen.getByText("waiting: 2 ahead of you (you already have 4 running on python_q)")).toBeTruthy();
+
     view = applyTaskEvent(applyTaskEvent(view, { type: "started", worker: "w1" }), { type: "progress", current: 1, total: 4, message: "rendering" });
     rerender(<ToolCallCard view={view} onCancel={onCancel} />);
     expect(card().getAttribute("data-state")).toBe("running");
@@ -27,7 +32,7 @@ describe("<ToolCallCard>", () => {
     });
     rerender(<ToolCallCard view={view} onCancel={onCancel} />);
     expect(card().getAttribute("data-state")).toBe("done");
-    expect(card().getAttribute("data-history")).toBe("queued,running,done");
+    expect(card().getAttribute("data-history")).toBe("queued,waiting,running,done");
     expect(screen.queryByRole("progressbar")).toBeNull();
     expect(screen.queryByRole("button", { name: "Cancel" })).toBeNull();
     expect(screen.getByTestId("stdout").textContent).toBe("ok\n");

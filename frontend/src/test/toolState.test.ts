@@ -103,3 +103,21 @@ describe("chat turn reducer", () => {
     expect(s.status).toBe("stopped");
   });
 });
+
+describe("fair share waiting", () => {
+  it("shows a held call's place, moves up as it changes, and leaves it when released", () => {
+    let v = newToolCall("w", "run_python", {}, "t-w");
+    v = applyChatToolEvent(v, "tool_waiting", { call_id: "w", task_id: "t-w", queue: "python_q", ahead: 3, cap: 4 });
+    expect(v.state).toBe("waiting");
+    expect(v.waiting).toEqual({ ahead: 3, queue: "python_q", cap: 4 });
+    v = applyTaskEvent(v, { type: "waiting", queue: "python_q", ahead: 1, cap: 4 });
+    expect(v.waiting?.ahead).toBe(1);
+    v = applyTaskEvent(v, { type: "queued", task_name: "python.run", queue: "python_q" });
+    expect(v.state).toBe("queued");
+    expect(v.waiting).toBeNull();
+    v = applyTaskEvent(v, { type: "started", worker: "w1" });
+    // A late "waiting" never pulls a running call back.
+    expect(applyTaskEvent(v, { type: "waiting", queue: "python_q", ahead: 0 }).state).toBe("running");
+    expect(v.history).toEqual(["queued", "waiting", "queued", "running"]);
+  });
+});

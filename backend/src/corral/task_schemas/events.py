@@ -15,6 +15,7 @@ def task_events_key(task_id: str) -> str:
 
 
 class EventType(StrEnum):
+    WAITING = "waiting"
     QUEUED = "queued"
     STARTED = "started"
     PROGRESS = "progress"
@@ -41,6 +42,16 @@ _trace_id_source: list[Callable[[], str | None]] = []
 
 def set_trace_id_source(source: Callable[[], str | None]) -> None:
     _trace_id_source[:] = [source]
+
+
+class WaitingEvent(_Event):
+    """Held back by fair share (the user is at their cap on the queue): nothing is on the
+    broker yet. Written again as the user's earlier runs are released; ``queued`` follows."""
+
+    type: Literal["waiting"] = "waiting"
+    queue: str
+    ahead: int = Field(ge=0, description="The user's own waiting runs released before this one.")
+    cap: int = Field(default=0, ge=0, description="The user's running + queued cap there.")
 
 
 class QueuedEvent(_Event):
@@ -95,7 +106,8 @@ class IgnoredEvent(_Event):
 
 
 TaskEvent = Annotated[
-    QueuedEvent
+    WaitingEvent
+    | QueuedEvent
     | StartedEvent
     | ProgressEvent
     | DoneEvent

@@ -44,7 +44,13 @@ from corral.app.turns import repository as turns_repository
 from corral.app.turns.events import TurnEvents
 from corral.app.usage import repository as usage
 from corral.config import ModelConfig
-from corral.task_schemas import ProgressEvent, TaskEvent, TokenUsage, task_events_key
+from corral.task_schemas import (
+    ProgressEvent,
+    TaskEvent,
+    TokenUsage,
+    WaitingEvent,
+    task_events_key,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -418,6 +424,18 @@ class ChatTurn:
                         "total": event.total,
                         "message": event.message,
                         "data": event.data,
+                    },
+                )
+            elif isinstance(event, WaitingEvent) and _entry(entry_id) > seen:
+                await self.emit(
+                    "tool_waiting",
+                    {
+                        "call_id": pending.call_id,
+                        "task_id": pending.task_id,
+                        "task_entry": entry_id,
+                        "queue": event.queue,
+                        "ahead": event.ahead,
+                        "cap": event.cap,
                     },
                 )
 

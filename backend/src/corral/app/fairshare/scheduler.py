@@ -29,7 +29,7 @@ from corral.app.db.base import utcnow
 from corral.app.db.models import TaskRun
 from corral.app.fairshare.settings import FairShareSettings
 from corral.app.observability.counters import fair_share_refused
-from corral.task_schemas import Queue, get_spec
+from corral.task_schemas import Queue, WaitingEvent, get_spec
 
 if TYPE_CHECKING:
     from corral.app.services import Services
@@ -92,6 +92,19 @@ class FairShare:
         ordered = sorted(rows, key=_release_order)
         ids = [r[0] for r in ordered]
         return ids.index(task_id) if task_id in ids else 0
+
+    async def announce(self, task_id: str, owner_id: str, queue: str) -> None:
+        """Write ``waiting`` (with the run's place) to a held run's stream: its watchers and
+        tool cards show it at once instead of an empty stream."""
+        ahead = await self.position(task_id, owner_id, queue)
+        await self._publish_waiting(task_id, owner_id, queue, ahead)
+
+    async def _publish_waiting(self, task_id: str, owner_id: str, queue: str, ahead: int) -> None:
+        event = WaitingEvent(queue=queue, ahead=ahead, cap=self.settings.cap(owner_id, queue))
+        try:
+            await self.services.sender.publish_event(task_id, event)
+        except Exception as exc:  # the run waits in SQL either way; the stream is a view of it
+            log.warning("could not write a waiting event", task_id=task_id, error=repr(exc))
 
     def wake(self) -> None:
         self._wake.set()
@@ -180,12 +193,17 @@ class FairShare:
                     .limit(self.settings.release_batch)
                 )
             ).all()
+        ordered = sorted(rows, key=_release_order)
         sent = 0
-        for task_id, _created, _pending in sorted(rows, key=_release_order)[:free]:
+        for task_id, _created, _pending in ordered[:free]:
             if await self._send_one(task_id):
                 sent += 1
         if sent:
             self._served[(owner_id, queue)] = time.monotonic()
+            # The rest moved up: their streams say so (the first release_batch of them; the
+            # Tasks page re-reads the place of any run from SQL).
+            for ahead, row in enumerate(ordered[free:]):
+                await self._publish_waiting(row[0], owner_id, queue, ahead)
         return sent
 
     async def _send_one(self, task_id: str) -> bool:

@@ -28,9 +28,18 @@ from corral.task_schemas import TaskEvent, decode_event
 log = structlog.get_logger(__name__)
 
 
-def _parse_id(entry_id: str) -> tuple[int, int]:
+_MAX_PART = 2**64 - 1  # Redis refuses larger stream id parts (and the whole XREAD with them)
+
+
+def parse_entry_id(entry_id: str) -> tuple[int, int]:
+    """``ms-seq`` as numbers; ``ValueError`` for anything Redis would not take as a stream id."""
     ms, _, seq = entry_id.partition("-")
-    return int(ms), int(seq or 0)
+    if not ms.isdigit() or not (seq or "0").isdigit():
+        raise ValueError(f"{entry_id!r} is not a stream id like 1700000000000-0")
+    parsed = int(ms), int(seq or 0)
+    if max(parsed) > _MAX_PART:
+        raise ValueError(f"{entry_id!r} is not a stream id: each part must be below 2^64")
+    return parsed
 
 
 class Subscription:
@@ -40,12 +49,12 @@ class Subscription:
         self.hub = hub
         self.key = key
         self.last_id = last_id
-        self._last = _parse_id(last_id)
+        self._last = parse_entry_id(last_id)
         self._queue: asyncio.Queue[tuple[str, TaskEvent]] = asyncio.Queue()
 
     def _deliver(self, entries: list[tuple[str, TaskEvent]]) -> None:
         for entry_id, event in entries:
-            parsed = _parse_id(entry_id)
+            parsed = parse_entry_id(entry_id)
             if parsed > self._last:
                 self._last = parsed
                 self.last_id = entry_id
@@ -144,7 +153,7 @@ class StreamHub:
 
     def subscribe(self, key: str, last_id: str = "0-0") -> Subscription:
         """Follow ``key`` from after ``last_id``; use as ``async with`` to unsubscribe."""
-        _parse_id(last_id)  # reject malformed cursors before they reach Redis
+        parse_entry_id(last_id)  # reject malformed cursors before they reach Redis
         sub = Subscription(self, key, last_id)
         self._subs.setdefault(key, set()).add(sub)
         self._wake()
@@ -193,6 +202,11 @@ class StreamHub:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)
                 continue
+            except Exception as exc:  # the one reader of this process must outlive any reply
+                log.error("stream hub read refused; retrying", error=repr(exc), retry_in=backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
+                continue
             for key, entries in response or []:
                 if key == self._control_key:
                     self._control_last = entries[-1][0]
@@ -207,14 +221,14 @@ class StreamHub:
                 # the entries between its cursor and the read's: it is served by the next read
                 # (which starts from the smallest cursor) instead.
                 if entries:  # how far behind the newest entry this read delivers
-                    self.lag_s = max(0.0, time.time() - _parse_id(entries[-1][0])[0] / 1000)
-                read_from = _parse_id(cursors.get(key, "0-0"))
+                    self.lag_s = max(0.0, time.time() - parse_entry_id(entries[-1][0])[0] / 1000)
+                read_from = parse_entry_id(cursors.get(key, "0-0"))
                 subs = [sub for sub in self._subs.get(key, ()) if sub._last >= read_from]
                 for sub in subs:
                     sub._deliver(decoded)
                 # A malformed last entry must still move the cursor on.
                 if entries:
                     for sub in subs:
-                        if _parse_id(entries[-1][0]) > sub._last:
-                            sub._last = _parse_id(entries[-1][0])
+                        if parse_entry_id(entries[-1][0]) > sub._last:
+                            sub._last = parse_entry_id(entries[-1][0])
                             sub.last_id = entries[-1][0]

@@ -16,7 +16,7 @@ from fastapi import Header, HTTPException, status
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from corral.app.observability.counters import SSE_CLIENTS
-from corral.app.streams._hub import StreamHub
+from corral.app.streams._hub import StreamHub, parse_entry_id
 from corral.task_schemas import TaskEvent, is_terminal
 
 _ENTRY_ID = re.compile(r"^\d{1,20}-\d{1,20}$")
@@ -57,11 +57,14 @@ SSE_RESPONSES: dict[int | str, dict[str, Any]] = {
 def resume_cursor(last_event_id: str | None, after: str | None) -> str:
     """Where to start: after ``Last-Event-ID`` (or ``?after=``), else from the beginning."""
     cursor = last_event_id or after or "0-0"
-    if not _ENTRY_ID.match(cursor):
+    try:
+        if not _ENTRY_ID.match(cursor):
+            raise ValueError(f"{cursor!r} is not a stream id like 1700000000000-0")
+        parse_entry_id(cursor)  # each part below 2^64, as Redis requires
+    except ValueError as exc:
         raise HTTPException(
-            status.HTTP_422_UNPROCESSABLE_CONTENT,
-            f"Last-Event-ID {cursor!r} is not a stream id like 1700000000000-0",
-        )
+            status.HTTP_422_UNPROCESSABLE_CONTENT, f"Last-Event-ID / after: {exc}"
+        ) from exc
     return cursor
 
 

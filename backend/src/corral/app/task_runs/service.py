@@ -114,6 +114,7 @@ async def submit(
         return earlier.id
     if waiting:
         assert fair is not None
+        await fair.announce(task_id, owner_id, target.value)
         fair.wake()
         return task_id
     await send_claimed(

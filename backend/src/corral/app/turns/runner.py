@@ -159,7 +159,7 @@ class TurnManager:
             entry.chat = chat
             if resumed:
                 for entry_id, kind, data in await turn_events.read_all(services.redis, turn_id):
-                    if kind == "tool_progress" and data.get("task_id"):
+                    if kind in ("tool_progress", "tool_waiting") and data.get("task_id"):
                         chat.progress_seen[str(data["task_id"])] = entry_id
                 await events.emit(
                     "resumed", {"resumes": turn.resumes, "holder": self.holder.split(":")[0]}

@@ -19,6 +19,8 @@ EVENTS_DOC = """Server-sent events of one turn; each `id` is a stream id (resume
 - `usage` {model, message_id, prompt_tokens, completion_tokens, cached_tokens, total_tokens}
 - `tool_call_started` {call_id, name, arguments, task_id}: every call of a round is started
   before any result is sent
+- `tool_waiting` {call_id, task_id, task_entry, queue, ahead, cap}: fair share holds the call
+  (you have `cap` tasks on `queue` already); `ahead` of your own calls go first
 - `tool_progress` {call_id, task_id, task_entry, current, total, message, data}
 - `tool_result` {call_id, name, task_id, status, output, error}: as each call finishes
 - `cancel_requested` {}: Stop was pressed; `cancelled` follows
