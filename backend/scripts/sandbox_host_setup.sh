@@ -54,11 +54,12 @@ if ! setpriv --reuid="$SANDBOX_USER" --regid="$SANDBOX_USER" --init-groups \
   exit 2
 fi
 # Per-run cgroup limits (see docs/sandbox.md): on cgroup v1 hosts, a `corral` group in each of
-# the memory, pids and cpu hierarchies owned by the worker's user (TASKS_SANDBOX__CGROUP__PARENT
-# default `/corral`). cgroupfs is not persistent: run this again at boot (or from the unit's
-# ExecStartPre=+). On cgroup v2 hosts use systemd's Delegate=yes (or a container's own cgroup).
+# the memory, pids, cpu and cpuacct hierarchies owned by the worker's user
+# (TASKS_SANDBOX__CGROUP__PARENT, default `/corral`). cgroupfs is not persistent: run this
+# again at boot (or from the unit's ExecStartPre=+). On cgroup v2 hosts use systemd's
+# Delegate=yes (or a container's own cgroup).
 cgroups="rlimits only"
-for ctrl in memory pids cpu; do
+for ctrl in memory pids cpu cpuacct; do
   dir="/sys/fs/cgroup/$ctrl"
   if [ -d "$dir" ] && grep ' - cgroup ' /proc/self/mountinfo | awk '{print $NF}' | grep -qw "$ctrl"; then
     mkdir -p "$dir/corral" && chown -R "$SANDBOX_USER:$SANDBOX_USER" "$dir/corral" \

@@ -634,6 +634,8 @@ export type paths = {
          *     - `usage` {model, message_id, prompt_tokens, completion_tokens, cached_tokens, total_tokens}
          *     - `tool_call_started` {call_id, name, arguments, task_id}: every call of a round is started
          *       before any result is sent
+         *     - `tool_waiting` {call_id, task_id, task_entry, queue, ahead, cap}: fair share holds the call
+         *       (you have `cap` tasks on `queue` already); `ahead` of your own calls go first
          *     - `tool_progress` {call_id, task_id, task_entry, current, total, message, data}
          *     - `tool_result` {call_id, name, task_id, status, output, error}: as each call finishes
          *     - `cancel_requested` {}: Stop was pressed; `cancelled` follows
@@ -722,7 +724,8 @@ export type paths = {
         };
         /**
          * Usage
-         * @description Model token usage per day and model for the last `days` days (optionally one thread).
+         * @description Model token usage per day and model for the last `days` days (optionally one thread),
+         *     and today's spend against each daily budget (tokens, sandbox CPU-seconds, rows scanned).
          */
         get: operations["usage_api_usage_get"];
         put?: never;
@@ -944,6 +947,40 @@ export type components = {
             oidc_client_id?: string | null;
             /** Oidc Scopes */
             oidc_scopes: string;
+        };
+        /**
+         * BudgetOut
+         * @description Today's spend against one daily budget (UTC day).
+         */
+        BudgetOut: {
+            /**
+             * Kind
+             * @description tokens, cpu_seconds or rows (analysis rows scanned)
+             * @enum {string}
+             */
+            kind: "tokens" | "cpu_seconds" | "rows";
+            /**
+             * Limit
+             * @description The daily limit; null: no limit
+             */
+            limit: number | null;
+            /** Spent */
+            spent: number;
+            /**
+             * Remaining
+             * @description What is left today; null: no limit
+             */
+            remaining: number | null;
+            /**
+             * Exhausted
+             * @description Sends that spend it are refused until `resets_at`
+             */
+            exhausted: boolean;
+            /**
+             * Resets At
+             * Format: date-time
+             */
+            resets_at: string;
         };
         /** CancelOut */
         CancelOut: {
@@ -2250,6 +2287,8 @@ export type components = {
             /** Rows */
             rows: components["schemas"]["UsageRow"][];
             totals: components["schemas"]["UsageTotals"];
+            /** Budgets */
+            budgets?: components["schemas"]["BudgetOut"][];
         };
         /** UsageRow */
         UsageRow: {
@@ -2575,7 +2614,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description Rate limited; retry after `retry_after_s` (/errors/rate-limited) */
+            /** @description Rate limited or a daily budget used up; retry after `retry_after_s` (/errors/rate-limited, /errors/budget-exceeded) */
             429: {
                 headers: {
                     /** @description Seconds until a retry may succeed (when waiting helps). */
@@ -3135,7 +3174,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description Rate limited; retry after `retry_after_s` (/errors/rate-limited) */
+            /** @description Rate limited or a daily budget used up; retry after `retry_after_s` (/errors/rate-limited, /errors/budget-exceeded) */
             429: {
                 headers: {
                     /** @description Seconds until a retry may succeed (when waiting helps). */
@@ -3286,7 +3325,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description Rate limited; retry after `retry_after_s` (/errors/rate-limited) */
+            /** @description Rate limited or a daily budget used up; retry after `retry_after_s` (/errors/rate-limited, /errors/budget-exceeded) */
             429: {
                 headers: {
                     /** @description Seconds until a retry may succeed (when waiting helps). */
@@ -4351,6 +4390,8 @@ export interface operations {
              *     - `usage` {model, message_id, prompt_tokens, completion_tokens, cached_tokens, total_tokens}
              *     - `tool_call_started` {call_id, name, arguments, task_id}: every call of a round is started
              *       before any result is sent
+             *     - `tool_waiting` {call_id, task_id, task_entry, queue, ahead, cap}: fair share holds the call
+             *       (you have `cap` tasks on `queue` already); `ahead` of your own calls go first
              *     - `tool_progress` {call_id, task_id, task_entry, current, total, message, data}
              *     - `tool_result` {call_id, name, task_id, status, output, error}: as each call finishes
              *     - `cancel_requested` {}: Stop was pressed; `cancelled` follows
@@ -4913,6 +4954,17 @@ export interface operations {
             /** @description Unprocessable Entity */
             422: {
                 headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Too Many Requests */
+            429: {
+                headers: {
+                    /** @description Seconds until a retry may succeed (when waiting helps). */
+                    "Retry-After"?: number;
                     [name: string]: unknown;
                 };
                 content: {

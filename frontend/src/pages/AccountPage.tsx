@@ -14,7 +14,12 @@ export function AccountPage() {
   const [created, setCreated] = useState<Schemas["ApiKeyCreated"] | null>(null);
   const me = useQuery({ queryKey: ["me"], queryFn: () => call(api.GET("/api/me")) });
   const keys = useQuery({ queryKey: ["api-keys"], queryFn: () => call(api.GET("/api/api-keys")) });
-  const usage = useQuery({ queryKey: ["usage"], queryFn: () => call(api.GET("/api/usage", { params: { query: { days: 30 } } })) });
+  // Live: spend moves as tools and turns finish.
+  const usage = useQuery({
+    queryKey: ["usage"],
+    queryFn: () => call(api.GET("/api/usage", { params: { query: { days: 30 } } })),
+    refetchInterval: 5000,
+  });
   const limits = useQuery({ queryKey: ["rate-limit"], queryFn: () => call(api.GET("/api/rate-limit")) });
 
   const create = useMutation({
@@ -114,6 +119,22 @@ export function AccountPage() {
               </dl>
             ) : null}
           </section>
+          <section className="card" data-testid="budgets">
+            <h2>Today's budgets</h2>
+            {usage.data?.budgets?.length ? (
+              <>
+                <ul className="list">
+                  {usage.data.budgets.map((b) => (
+                    <BudgetMeter key={b.kind} budget={b} />
+                  ))}
+                </ul>
+                <p className="muted small">
+                  Resets at {new Date(usage.data.budgets[0]?.resets_at ?? Date.now()).toLocaleString()} (midnight UTC). Over a budget, new work of
+                  that kind is refused until then; an admin can raise yours.
+                </p>
+              </>
+            ) : null}
+          </section>
           <section className="card">
             <h2>Tokens used (30 days)</h2>
             {usage.data ? (
@@ -172,6 +193,31 @@ export function AccountPage() {
         </div>
       </div>
     </div>
+  );
+}
+
+type Budget = Schemas["BudgetOut"];
+
+const BUDGET_LABELS: Record<string, string> = { tokens: "model tokens", cpu_seconds: "sandbox CPU-seconds", rows: "analysis rows scanned" };
+
+export function BudgetMeter({ budget }: { budget: Budget }) {
+  const label = BUDGET_LABELS[budget.kind] ?? budget.kind;
+  const limit = budget.limit ?? null;
+  const pct = limit ? Math.min(100, (budget.spent / limit) * 100) : 0;
+  const fmt = (n: number) => (n >= 100 ? Math.round(n).toLocaleString() : String(Math.round(n * 100) / 100));
+  return (
+    <li className="list-row budget-row" data-testid={`budget-${budget.kind}`} data-exhausted={budget.exhausted ? "true" : "false"}>
+      <span className="grow">
+        <strong>{label}</strong>
+        <div className="meter" role="meter" aria-label={label} aria-valuemin={0} aria-valuemax={limit ?? 0} aria-valuenow={budget.spent}>
+          <div className={`meter-fill ${budget.exhausted ? "meter-bad" : pct > 80 ? "meter-warn" : ""}`} style={{ width: `${pct}%` }} />
+        </div>
+      </span>
+      <span className="mono small">
+        {fmt(budget.spent)} / {limit === null ? "no limit" : fmt(limit)}
+        {budget.exhausted ? <span className="badge badge-bad">used up</span> : null}
+      </span>
+    </li>
   );
 }
 

@@ -81,7 +81,8 @@ def _default_description(status: int) -> str:
         413: "Body over the size limit, refused before parsing (/errors/payload-too-large)",
         415: "Unsupported media type",
         422: "Invalid input; `errors[]` names each bad value (/errors/validation-error)",
-        429: "Rate limited; retry after `retry_after_s` (/errors/rate-limited)",
+        429: "Rate limited or a daily budget used up; retry after `retry_after_s` "
+        "(/errors/rate-limited, /errors/budget-exceeded)",
         503: "A dependency is unavailable or not configured",
     }.get(status, "Error")
 

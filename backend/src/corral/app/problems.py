@@ -95,6 +95,11 @@ class ProblemError(Exception):
         self.headers = dict(headers or {})
         self.extra = dict(extra or {})
 
+    @property
+    def error_name(self) -> str:
+        """The kind as a tool-error type: ``budget-exceeded`` -> ``BudgetExceeded``."""
+        return "".join(part.capitalize() for part in self.kind.split("-"))
+
 
 def problem_type(kind: str) -> str:
     return TYPE_PREFIX + kind

@@ -14,6 +14,7 @@ from celery import Celery
 from corral.app.auth.service import TokenVerifier
 from corral.app.auth.users import KnownUsers
 from corral.app.background import BackgroundTasks
+from corral.app.budgets.settings import BudgetSettings
 from corral.app.celery_client import TaskSender, build_celery_client
 from corral.app.chat.llm import AgentModels
 from corral.app.db import Database
@@ -118,6 +119,11 @@ class Services:
     background: BackgroundTasks = field(default_factory=BackgroundTasks)
     turns: TurnManager | None = None  # chat turns run in this process (built in start_background)
     fair: FairShare | None = None  # per-user caps per queue (app/fairshare); None: off
+
+    @property
+    def budgets(self) -> BudgetSettings:
+        """Daily spend limits per user (app/budgets)."""
+        return self.settings.budgets
 
     @classmethod
     async def start(cls, settings: AppSettings) -> Services:

@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from corral.app.budgets.settings import BudgetSettings
 from corral.app.chat.settings import ChatSettings
 from corral.app.db.settings import DatabaseSettings
 from corral.app.ratelimit.settings import RateLimitSettings
@@ -171,6 +172,7 @@ class AppSettings(BaseSettings):
     rate_limits: RateLimitSettings = Field(default_factory=RateLimitSettings)
     chat: ChatSettings = Field(default_factory=ChatSettings)
     task_runs: TaskRunSettings = Field(default_factory=TaskRunSettings)
+    budgets: BudgetSettings = Field(default_factory=BudgetSettings)
     telemetry: TelemetrySettings = Field(
         default_factory=TelemetrySettings, description="Traces: CORRAL_TELEMETRY__EXPORTER etc."
     )

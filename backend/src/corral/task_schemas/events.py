@@ -82,6 +82,9 @@ class DoneEvent(_Event):
     result: str | None = Field(
         default=None, description="The result as JSON when small; else read the backend."
     )
+    cpu_s: float | None = Field(
+        default=None, ge=0, description="CPU seconds the run used (worker + its sandboxes)."
+    )
 
 
 class ErrorEvent(_Event):
@@ -89,6 +92,7 @@ class ErrorEvent(_Event):
     error_type: str
     message: str
     traceback: str | None = None
+    cpu_s: float | None = Field(default=None, ge=0, description="CPU seconds the run used.")
 
 
 class CancelledEvent(_Event):

@@ -20,6 +20,7 @@ from celery.signals import task_failure, task_postrun, task_prerun, task_revoked
 from corral.task_schemas import REGISTRY
 from corral.tasks._base import TaskUserError
 from corral.tasks.celery_app import done_rides_with_result, settings
+from corral.tasks.run_clock import cpu_since_start
 from corral.tasks.stream_notifier import StreamNotifier
 
 log = structlog.get_logger(__name__)
@@ -61,7 +62,7 @@ def _clear_log_context(**_: Any) -> None:
 def _publish_done(sender: Task, result: Any, **_: Any) -> None:
     # Usually already written in the transaction that stored the result (result_backend.py).
     if _is_ours(sender) and not done_rides_with_result(settings):
-        _notifier(sender.request.id).done(result)
+        _notifier(sender.request.id).done(result, cpu_s=cpu_since_start(sender.request.id))
 
 
 @task_failure.connect
@@ -75,7 +76,7 @@ def _publish_error(
     if settings.expose_tracebacks and einfo is not None:
         trace = str(einfo.traceback) if getattr(einfo, "traceback", None) else tb.format_exc()
     log.warning("task failed", task_id=task_id, error_type=error_type, error=message)
-    _notifier(task_id).error(error_type, message, trace)
+    _notifier(task_id).error(error_type, message, trace, cpu_s=cpu_since_start(task_id))
 
 
 @task_revoked.connect

@@ -16,6 +16,7 @@ from corral.tasks import (  # noqa: F401  (imported for registration)
     purge_scratch_task,
     purge_task,
     python_tool_task,
+    run_clock,
     session_close_task,  # after python_tool_task: its start-up check runs first
     session_run_task,
     system_echo_task,

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import socket
 import threading
 import time
@@ -50,6 +49,7 @@ from corral.task_schemas.metrics import (
     histogram_fields,
 )
 from corral.tasks.celery_app import settings
+from corral.tasks.run_clock import cpu_now
 from corral.tasks.stream_notifier import _client
 from corral.telemetry import (
     current_trace_id,
@@ -85,12 +85,6 @@ def _tracing_after_fork(**_: Any) -> None:
     setup_tracing(settings.telemetry, SERVICE)
 
 
-def _cpu_s() -> float:
-    own = resource.getrusage(resource.RUSAGE_SELF)
-    kids = resource.getrusage(resource.RUSAGE_CHILDREN)  # the sandboxes this process ran
-    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
-
-
 def _incr(fields: list[str], floats: dict[str, float] | None = None) -> None:
     try:
         pipe = _client(settings.redis.streams_url).pipeline(transaction=False)
@@ -108,7 +102,7 @@ def _task_started(task_id: str, task: Task, **_: Any) -> None:
     if task.name not in REGISTRY:
         return
     now_wall = time.time()
-    _running[task_id] = (time.monotonic(), _cpu_s())
+    _running[task_id] = (time.monotonic(), cpu_now())
     fields = [field("started", task.name)]
     sent = getattr(task.request, "corral_sent", None)
     floats: dict[str, float] = {}
@@ -133,7 +127,7 @@ def _finished(task: Task, task_id: str, outcome: str) -> None:
     floats: dict[str, float] = {}
     if started is not None:
         run_s = time.monotonic() - started[0]
-        cpu_s = max(0.0, _cpu_s() - started[1])
+        cpu_s = max(0.0, cpu_now() - started[1])
         fields += histogram_fields("run", task.name, run_s, RUN_BUCKETS)
         floats[field("run", "sum", task.name)] = run_s
         floats[field("cpu_seconds", task.name)] = cpu_s

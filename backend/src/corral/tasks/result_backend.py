@@ -19,6 +19,7 @@ from celery.backends.redis import RedisBackend
 from corral.config import StreamSettings
 from corral.task_schemas import REGISTRY, DoneEvent, encode_event, task_events_key
 from corral.task_schemas.delivery import TERMINAL_ONCE_LUA, terminal_once_call
+from corral.tasks.run_clock import cpu_since_start
 
 BACKEND_PATH = "corral.tasks.result_backend:StreamingRedisBackend"
 
@@ -27,10 +28,12 @@ def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
-def done_fields(result: Any, settings: StreamSettings) -> dict[str, str]:
+def done_fields(
+    result: Any, settings: StreamSettings, cpu_s: float | None = None
+) -> dict[str, str]:
     text = json.dumps(result)
     inline = text if len(text.encode()) <= settings.inline_result_max_bytes else None
-    return encode_event(DoneEvent(result=inline))
+    return encode_event(DoneEvent(result=inline, cpu_s=cpu_s))
 
 
 class StreamingRedisBackend(RedisBackend):  # type: ignore[misc]
@@ -43,7 +46,7 @@ class StreamingRedisBackend(RedisBackend):  # type: ignore[misc]
         if meta.get("name") not in REGISTRY:
             return super()._set_with_state(key, value, state)
         task_id = _text(key)[len(_text(self.task_keyprefix)) :]
-        fields = done_fields(meta.get("result"), self.stream_settings)
+        fields = done_fields(meta.get("result"), self.stream_settings, cpu_since_start(task_id))
         return self.ensure(self._set_and_announce, (key, value, task_id, fields))
 
     def _set_and_announce(

@@ -119,13 +119,21 @@ class StreamNotifier:
         encoded = None if data is None else json.dumps(data)
         self.publish(ProgressEvent(current=current, total=total, message=message, data=encoded))
 
-    def done(self, result: Any) -> None:
+    def done(self, result: Any, cpu_s: float | None = None) -> None:
         text = json.dumps(result)
         inline = text if len(text.encode()) <= self._settings.inline_result_max_bytes else None
-        self.publish(DoneEvent(result=inline))
+        self.publish(DoneEvent(result=inline, cpu_s=cpu_s))
 
-    def error(self, error_type: str, message: str, traceback: str | None = None) -> None:
-        self.publish(ErrorEvent(error_type=error_type, message=message, traceback=traceback))
+    def error(
+        self,
+        error_type: str,
+        message: str,
+        traceback: str | None = None,
+        cpu_s: float | None = None,
+    ) -> None:
+        self.publish(
+            ErrorEvent(error_type=error_type, message=message, traceback=traceback, cpu_s=cpu_s)
+        )
 
     def cancelled(self, reason: str) -> None:
         self.publish(CancelledEvent(reason=reason))

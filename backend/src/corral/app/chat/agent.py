@@ -33,6 +33,7 @@ from corral.app.chat.settings import ChatSettings
 from corral.app.chat.turn_state import call_task_id
 from corral.app.db.base import utcnow
 from corral.app.db.models import Message, Thread, ToolCallRecord
+from corral.app.problems import ProblemError
 from corral.app.services import Services
 from corral.app.streams import Subscription
 from corral.app.task_runs import service as task_runs
@@ -367,6 +368,8 @@ class ChatTurn:
                 error = ("NotFound" if exc.status_code == 404 else "Refused", str(exc.detail))
             except BrokerUnavailable as exc:
                 error = ("Unavailable", str(exc))
+            except ProblemError as exc:  # a typed refusal: budget used up, dataset not ready …
+                error = (exc.error_name, exc.detail)
             if error is not None:
                 pending.subscription.close()
                 pending.subscription = None

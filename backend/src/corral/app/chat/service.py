@@ -11,6 +11,7 @@ from sqlalchemy.exc import IntegrityError
 
 from corral.app import idempotency
 from corral.app.auth.service import User
+from corral.app.budgets import service as budgets
 from corral.app.db.base import new_id, utcnow
 from corral.app.db.models import Message, Thread, Turn
 from corral.app.llm.service import NoModelConfigured
@@ -91,6 +92,8 @@ async def start_turn(
         if thread is None:
             raise ThreadNotFound(thread_id)
         model_name = thread.model or settings.model
+        # A turn spends model tokens: refused up front when today's token budget is used up.
+        await budgets.check(session, services.budgets, user.id, ("tokens",))
     if idempotency_key and (earlier := await _replay(services, user, thread_id, idempotency_key)):
         return earlier
     config = services.agent_models.config(model_name)

@@ -10,6 +10,7 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     Date,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -147,6 +148,9 @@ class TaskRun(Base):
     pending: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
     # The trace the run was sent in (OpenTelemetry, 32 hex): history cards show it after reload.
     trace_id: Mapped[str | None] = mapped_column(String(32))
+    # Budget ledger (app/budgets): what the run spent, written with its outcome.
+    cpu_s: Mapped[float | None] = mapped_column(Float)
+    rows_scanned: Mapped[int | None] = mapped_column(BigInteger)
 
 
 class Artifact(Base):

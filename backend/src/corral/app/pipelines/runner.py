@@ -38,6 +38,7 @@ from corral.app.pipelines.schemas import (
     StepError,
     StepStatus,
 )
+from corral.app.problems import ProblemError
 from corral.app.services import Services
 from corral.app.streams import (
     TaskCancelled,
@@ -405,6 +406,8 @@ class PipelineRunner:
             )
         except BrokerUnavailable as exc:
             raise StepFailed("BrokerUnavailable", str(exc)) from exc
+        except ProblemError as exc:  # e.g. the owner's daily token budget is used up
+            raise StepFailed(exc.error_name, exc.detail) from exc
         await self._set(step.name, sent_task=task_id)
         # Saved before this check, so a DELETE that raised the flag earlier sees the task id.
         if await self.repo.cancel_requested(run.run_id):

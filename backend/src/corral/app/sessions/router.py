@@ -41,7 +41,7 @@ async def create_session(
 @router.post(
     "/{session_id}/run",
     response_model=SessionRunResponse,
-    responses=problem_responses(401, 404, 409, 422, 503),
+    responses=problem_responses(401, 404, 409, 422, 429, 503),
 )
 async def run_in_session(
     session_id: ResourceId, body: SessionRunRequest, user: CurrentUser, services: ServicesDep

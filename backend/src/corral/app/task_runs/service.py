@@ -15,6 +15,7 @@ from sqlalchemy import insert, update
 from sqlalchemy.exc import IntegrityError
 
 from corral.app import idempotency
+from corral.app.budgets import service as budgets
 from corral.app.celery_client import BrokerUnavailable
 from corral.app.db.base import utcnow
 from corral.app.db.models import TaskRun
@@ -80,6 +81,10 @@ async def submit(
     try:
         with _TRACER.start_as_current_span("task_runs insert"):  # the row and its commit
             async with services.db.session() as session:
+                # Daily budgets: a user whose spend is used up is refused before anything runs.
+                await budgets.check(
+                    session, services.budgets, owner_id, budgets.kinds_for_task(spec.name)
+                )
                 if fair is not None:  # fair share: past the cap, the run waits in SQL
                     waiting = await fair.must_wait(session, owner_id, target.value)
                 await session.execute(

@@ -203,6 +203,8 @@ class TaskRunTracker:
             }
         if isinstance(event, StartedEvent | ProgressEvent):
             return await self._mark_running(task_id, entry_id, when, event)
+        if isinstance(event, DoneEvent | ErrorEvent) and event.cpu_s is not None:
+            extra["cpu_s"] = event.cpu_s  # the budget ledger
         if isinstance(event, DoneEvent):
             output = await self._output(task_id, event)
             changed = await self.finish(
@@ -299,6 +301,8 @@ class TaskRunTracker:
             }
             if entry_id is not None:
                 values["last_event_id"] = entry_id
+            if state == "done":
+                values["rows_scanned"] = usage.rows_scanned_in_output(output)
             values |= extra or {}
             result: Any = await session.execute(
                 update(TaskRun)

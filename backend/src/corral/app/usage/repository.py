@@ -62,6 +62,18 @@ def _walk(node: Any, depth: int) -> Iterator[ModelCall]:
             yield from _walk(value, depth - 1)
 
 
+def rows_scanned_in_output(output: Any) -> int | None:
+    """Rows an analysis read: its dataset's rows once per query that ran (the repair round
+    runs a second one). None for outputs that are not an analysis."""
+    if not isinstance(output, dict) or not isinstance(output.get("dataset_rows"), int):
+        return None
+    if not output.get("sql"):
+        return 0  # no query ran (the model gave none)
+    attempts = output.get("attempts")
+    queries = len(attempts) if isinstance(attempts, list) and attempts else 1
+    return max(0, int(output["dataset_rows"])) * queries
+
+
 def add(
     session: AsyncSession,
     *,

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
+from corral.tasks import run_clock
 from corral.tasks.sandbox import (
     KillReason,
     OnStart,
@@ -341,6 +342,7 @@ class BwrapSandbox:
             raise SandboxFailure(str(exc)) from exc
         read_fd, write_fd = os.pipe()
         passed = (write_fd,) if filter_fd is None else (write_fd, filter_fd)
+        children_cpu = run_clock.children_cpu()
 
         try:
             proc = subprocess.Popen(
@@ -372,6 +374,7 @@ class BwrapSandbox:
                 proc.wait()
                 raise
             returncode = proc.wait()
+            children_cpu = run_clock.children_cpu() - children_cpu  # bwrap's own, reaped
             result = SandboxResult(
                 stdout=out.text(),
                 stderr=err.text(),
@@ -383,7 +386,7 @@ class BwrapSandbox:
             report = self._unpack(spool, output_dir, limits, result)
         result.duration_s = time.monotonic() - started
         if cgroup is not None:
-            self._note_cgroup(result, report, cgroup, limits)
+            self._note_cgroup(result, report, cgroup, limits, children_cpu)
         self._finish(result, output_dir, report, returncode, limits)
         note_truncation(result, limits)
         return result
@@ -485,11 +488,16 @@ class BwrapSandbox:
         report: dict[str, object] | None,
         cgroup: cgroups.RunCgroup,
         limits: SandboxLimits,
+        counted_cpu: float = 0.0,
     ) -> None:
-        """Empty the run's cgroup (a process that outlived the sandbox dies now) and report the
-        kernel's OOM kills inside it: the run's memory limit was hit."""
+        """Empty the run's cgroup (a process that outlived the sandbox dies now), charge its CPU
+        to the task's budget ledger and report the kernel's OOM kills inside it: the run's
+        memory limit was hit. ``counted_cpu``: what rusage already counts (bwrap itself)."""
         oom_kills = cgroup.oom_kills()
+        cpu = cgroup.cpu_seconds()  # the sandbox has exited; its group is about to go
         cgroup.close()  # also whatever is still dying with the sandbox's pid namespace
+        if cpu is not None:
+            run_clock.charge(max(0.0, cpu - counted_cpu))
         if not oom_kills:
             return
         if report is None and result.killed is None:

@@ -36,7 +36,7 @@ from corral.tasks.sandbox.settings import CgroupSettings, SandboxLimits
 
 MB = 1 << 20
 Mode = Literal["v2", "v1", "none"]
-V1_CONTROLLERS = ("memory", "pids", "cpu")
+V1_CONTROLLERS = ("memory", "pids", "cpu", "cpuacct")  # cpuacct: the run's CPU, for budgets
 REQUIRED = ("memory", "pids")
 BWRAP_OWN_PROCESSES = 3  # bwrap, its pid-1 init in the sandbox, and slack for its helper
 
@@ -137,7 +137,10 @@ def _detect_v1(
             if controller in options.split(",") and controller not in parents:
                 where = settings.parent or "/corral"
                 parents[controller] = _resolve(mount, root, own.get(controller, "/"), where)
-    usable = {c: p for c, p in parents.items() if _writable(p, "cgroup.procs")}
+    usable: dict[str, Path] = {}
+    for c, p in parents.items():  # co-mounted controllers (cpu,cpuacct) share one directory
+        if p not in usable.values() and _writable(p, "cgroup.procs"):
+            usable[c] = p
     missing = [c for c in REQUIRED if c not in usable]
     if missing:
         where = ", ".join(str(parents.get(c, f"<no {c} hierarchy>")) for c in missing)
@@ -268,6 +271,21 @@ class RunCgroup:
             if key == "oom_kill" and value.strip().isdigit():
                 return int(value)
         return 0
+
+    def cpu_seconds(self) -> float | None:
+        """CPU time of everything that ran in the group (None: no CPU accounting here).
+        Unlike rusage it includes the sandbox's pid namespace, which bwrap does not reap."""
+        if self.found.mode == "v2":
+            for line in _read(self.dirs[""] / "cpu.stat").splitlines():
+                key, _, value = line.partition(" ")
+                if key == "usage_usec" and value.strip().isdigit():
+                    return int(value) / 1e6
+            return None
+        for path in self.dirs.values():
+            usage = _read(path / "cpuacct.usage").strip()
+            if usage.isdigit():
+                return int(usage) / 1e9
+        return None
 
     def pids(self) -> list[int]:
         found: set[int] = set()

@@ -1,0 +1,1 @@
+"""Daily budgets per user: model tokens, sandbox CPU-seconds, analysis rows scanned."""
