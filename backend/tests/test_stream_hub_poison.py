@@ -1,14 +1,18 @@
-"""Regression (found by the 10-minute fuzz against `make up`): one request with a cursor
-Redis rejects (``?after=99999999999999999999-0``: past 2^64) killed the process's stream hub,
-and every wait and event stream of that app process then hung until its deadline.
+"""Regressions found by 10-minute fuzz runs against `make up`.
 
-Cursors are checked where they enter (422 at the API, ``ValueError`` in ``subscribe``), and the
-hub's reader survives any error a read raises (it logs, backs off and reads again).
+- One request with a cursor Redis rejects (``?after=99999999999999999999-0``: past 2^64) killed
+  the process's stream hub, and every wait and event stream of that app process then hung until
+  its deadline. Cursors are checked where they enter (422 at the API, ``ValueError`` in
+  ``subscribe``), and the hub's reader survives any error a read raises.
+- A cursor from the future, or one at a finished task's terminal event (what a browser's
+  EventSource sends when it reconnects after the end), held the response open until its
+  deadline (an hour). The first is a 422; the second ends at once.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 
 import httpx
@@ -75,3 +79,19 @@ async def test_http_cursors_past_64_bits_are_422_and_streams_keep_working(
         )
         assert resp.json()["status"] == "done", resp.text
         assert asyncio.get_running_loop().time() - started < 10
+        future = f"{int(time.time() * 1000) + 3_600_000}-0"
+        bad = await client.get(f"/api/tasks/{task_id}/events", params={"after": future})
+        assert bad.status_code == 422 and "future" in bad.json()["detail"], bad.text
+
+        # Reconnecting after the end: the stream ends at once (all of it, or nothing more).
+        whole = await client.get(f"/api/tasks/{task_id}/events", timeout=5)
+        ids = [line[4:] for line in whole.text.splitlines() if line.startswith("id: ")]
+        assert "event: done" in whole.text and ids, whole.text
+        again = await client.get(
+            f"/api/tasks/{task_id}/events", headers={"Last-Event-ID": ids[-1]}, timeout=5
+        )
+        assert again.status_code == 200 and "event:" not in again.text, again.text
+        middle = await client.get(
+            f"/api/tasks/{task_id}/events", params={"after": ids[0]}, timeout=5
+        )
+        assert "event: done" in middle.text and ids[0] not in middle.text, middle.text

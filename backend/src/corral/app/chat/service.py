@@ -92,10 +92,10 @@ async def start_turn(
         if thread is None:
             raise ThreadNotFound(thread_id)
         model_name = thread.model or settings.model
-        # A turn spends model tokens: refused up front when today's token budget is used up.
-        await budgets.check(session, services.budgets, user.id, ("tokens",))
     if idempotency_key and (earlier := await _replay(services, user, thread_id, idempotency_key)):
         return earlier
+    async with services.db.session() as session:  # a turn spends tokens: refused up front
+        await budgets.check(session, services.budgets, user.id, ("tokens",))
     config = services.agent_models.config(model_name)
     if config is None and not services.settings.llm.names():
         raise NoModelConfigured()

@@ -151,6 +151,20 @@ class StreamHub:
         await self._reader.aclose()
         await self._writer.aclose()
 
+    async def read_after(
+        self, key: str, last_id: str = "0-0", count: int = 10_000
+    ) -> list[tuple[str, TaskEvent]]:
+        """What the stream holds after ``last_id``, without waiting (for a finished stream)."""
+        parse_entry_id(last_id)
+        entries: Any = await self._writer.xrange(key, min=f"({last_id}", max="+", count=count)
+        out: list[tuple[str, TaskEvent]] = []
+        for entry_id, fields in entries or []:
+            try:
+                out.append((entry_id, decode_event(fields)))
+            except ValueError:
+                log.warning("skipping malformed stream entry", key=key, entry_id=entry_id)
+        return out
+
     def subscribe(self, key: str, last_id: str = "0-0") -> Subscription:
         """Follow ``key`` from after ``last_id``; use as ``async with`` to unsubscribe."""
         parse_entry_id(last_id)  # reject malformed cursors before they reach Redis

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import time
 from collections.abc import AsyncIterator, Callable
 from typing import Annotated, Any
 
@@ -54,13 +55,21 @@ SSE_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
+FUTURE_SLACK_MS = 60_000  # clocks of app processes and Redis may differ a little
+
+
 def resume_cursor(last_event_id: str | None, after: str | None) -> str:
-    """Where to start: after ``Last-Event-ID`` (or ``?after=``), else from the beginning."""
+    """Where to start: after ``Last-Event-ID`` (or ``?after=``), else from the beginning.
+
+    A cursor from the future is refused: nothing after it would ever reach the client (its
+    stream's end included), so the connection would wait out its deadline for nothing."""
     cursor = last_event_id or after or "0-0"
     try:
         if not _ENTRY_ID.match(cursor):
             raise ValueError(f"{cursor!r} is not a stream id like 1700000000000-0")
-        parse_entry_id(cursor)  # each part below 2^64, as Redis requires
+        ms, _ = parse_entry_id(cursor)  # each part below 2^64, as Redis requires
+        if ms > time.time() * 1000 + FUTURE_SLACK_MS:
+            raise ValueError(f"{cursor!r} is in the future; resume from an id you received")
     except ValueError as exc:
         raise HTTPException(
             status.HTTP_422_UNPROCESSABLE_CONTENT, f"Last-Event-ID / after: {exc}"
@@ -85,12 +94,21 @@ def stream_response(
     max_s: float,
     ping_s: float,
     render: Render = render_event,
+    ended: bool = False,
 ) -> EventSourceResponse:
+    """``ended``: the stream's owner is finished (its record says so), so what the stream holds
+    after ``cursor`` is all there will be: sent at once, then the response ends (a browser
+    reconnecting after the terminal event is not kept waiting until the deadline)."""
+
     async def events() -> AsyncIterator[ServerSentEvent]:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + max_s
         SSE_CLIENTS.inc()
         try:
+            if ended:
+                for entry_id, event in await hub.read_after(key, cursor):
+                    yield render(entry_id, event)
+                return
             async with hub.subscribe(key, cursor) as sub:
                 while (remaining := deadline - loop.time()) > 0:
                     try:

@@ -13,7 +13,7 @@ from corral.app.problems import problem_responses
 from corral.app.records import retention
 from corral.app.streams.sse import SSE_RESPONSES, LastEventId, resume_cursor, stream_response
 from corral.app.task_runs import service
-from corral.app.task_runs.schemas import TaskRunDetail, TaskRunOut, TaskState
+from corral.app.task_runs.schemas import TERMINAL_STATES, TaskRunDetail, TaskRunOut, TaskState
 from corral.task_schemas import task_events_key
 
 router = APIRouter(prefix="/tasks", tags=["tasks"])
@@ -72,7 +72,7 @@ async def task_events(
 ) -> EventSourceResponse:
     """Server-sent events of one task; event ids are stream ids, so reconnects resume exactly."""
     try:
-        await service.get_owned(services, task_id, user.id)
+        run = await service.get_owned(services, task_id, user.id)
     except service.TaskNotFound as exc:
         raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from exc
     return stream_response(
@@ -81,4 +81,5 @@ async def task_events(
         resume_cursor(last_event_id, after),
         max_s=services.settings.max_invoke_timeout_s + 3600,
         ping_s=services.settings.sse_ping_s,
+        ended=run.state in TERMINAL_STATES,
     )

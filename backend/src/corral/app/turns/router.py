@@ -52,6 +52,7 @@ async def turn_events_sse(
         max_s=services.settings.chat.turn_timeout_s + 600,
         ping_s=services.settings.sse_ping_s,
         render=turn_events.render,
+        ended=row.status in repository.FINISHED,
     )
 
 
