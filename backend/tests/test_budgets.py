@@ -23,8 +23,10 @@ from tests.support.fake_openai import FakeOpenAI, Reply
 pytestmark = pytest.mark.usefixtures("workers")
 
 CPU_USER, TOKEN_USER, ROWS_USER = new_user(), new_user(), new_user()
+SESSION_USER = new_user()
 OVERRIDES = {
     CPU_USER: {"cpu_seconds": 1.0},
+    SESSION_USER: {"cpu_seconds": 1.0},
     TOKEN_USER: {"tokens": 100},
     ROWS_USER: {"rows": 50_000},  # the sample dataset: 50,000 neurons, one query's worth
 }
@@ -89,6 +91,25 @@ async def test_cpu_seconds_are_measured_per_run_and_refuse_the_next_python_run(
             "/api/tools/run_python/invoke", json={"arguments": {"code": "print(2)"}}
         )
         assert resp.json()["status"] == "done", resp.text
+
+
+async def test_a_research_sessions_kernel_cpu_is_charged_per_call(app: AssistantApp) -> None:
+    """A session's kernel is a long-lived process in its own sandbox, not a child the pool
+    process reaps: each call's CPU is counted by the session host and charged to that call."""
+    async with app.client(SESSION_USER) as client:
+        session = (await client.post("/api/sessions", json={})).json()
+        run = f"/api/sessions/{session['id']}/run"
+        first = await client.post(run, json={"code": "x = 1"})
+        assert first.json()["status"] == "done", first.text
+        light = (await _budget(client, "cpu_seconds"))["spent"]
+        assert light < 0.5, light  # a trivial call is not charged the session's start-up
+        burn = await client.post(run, json={"code": BURN_CPU, "timeout_s": 60})
+        assert burn.json()["status"] == "done", burn.text
+        spent = await _budget(client, "cpu_seconds")
+        assert 1.2 <= spent["spent"] - light < 5, spent
+        problem = _refused(await client.post(run, json={"code": "x + 1"}), "cpu_seconds")
+        assert problem["budget"] == "cpu_seconds"
+        await client.delete(f"/api/sessions/{session['id']}")
 
 
 async def test_a_token_budget_refuses_the_next_turn_and_the_next_generation(

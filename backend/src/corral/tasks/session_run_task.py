@@ -17,6 +17,7 @@ from corral.task_schemas import (
     SessionRunOutput,
     VariableInfo,
 )
+from corral.tasks import run_clock
 from corral.tasks._base import TaskContext, TaskUserError, corral_task
 from corral.tasks.celery_app import settings
 from corral.tasks.python_tool_task import SandboxError, _upload_figures
@@ -61,6 +62,9 @@ def session_run(ctx: TaskContext, params: SessionRunInput) -> SessionRunOutput:
             answer = call_host(request)
         except HostUnavailable as exc:
             raise SandboxError(str(exc)) from exc
+        cpu_s = answer.get("cpu_s")
+        if isinstance(cpu_s, (int, float)):  # the kernel is not this process's child
+            run_clock.charge(float(cpu_s))
         if not answer.get("ok"):
             error_type = str(answer.get("error_type") or "SandboxError")
             if error_type in USER_ERRORS:

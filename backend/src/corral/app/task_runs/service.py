@@ -183,6 +183,14 @@ async def _current(services: Services, task_id: str, owner_id: str) -> TaskRun:
     return row
 
 
+async def sync_active(services: Services, owner_id: str) -> None:
+    """Apply the newest event of the user's unfinished runs (a read that must not lag what a
+    waiter already saw: the task list, today's budgets)."""
+    async with services.db.session() as session:
+        active = await repository.active_ids(session, owner_id)
+    await services.tracker.sync(active)
+
+
 async def list_runs(
     services: Services,
     owner_id: str,
@@ -191,9 +199,7 @@ async def list_runs(
     limit: int,
     thread_id: str | None = None,
 ) -> list[TaskRunOut]:
-    async with services.db.session() as session:
-        active = await repository.active_ids(session, owner_id)
-    await services.tracker.sync(active)
+    await sync_active(services, owner_id)
     async with services.db.session() as session:
         rows = await repository.list_for(
             session, owner_id, state=state, thread_id=thread_id, limit=limit

@@ -13,6 +13,7 @@ from corral.app.budgets.settings import BudgetKind
 from corral.app.db.base import utcnow
 from corral.app.deps import CurrentUser, ServicesDep, SessionDep
 from corral.app.params import ID_PATTERN
+from corral.app.task_runs import service as task_runs
 from corral.app.usage import repository
 
 router = APIRouter(tags=["usage"])
@@ -69,6 +70,7 @@ async def usage(
 ) -> UsageOut:
     """Model token usage per day and model for the last `days` days (optionally one thread),
     and today's spend against each daily budget (tokens, sandbox CPU-seconds, rows scanned)."""
+    await task_runs.sync_active(services, user.id)  # a run that just ended counts already
     until = utcnow().date()
     since = until - timedelta(days=days - 1)
     buckets = await repository.per_day_and_model(

@@ -289,6 +289,7 @@ class SessionHost:
             "snapshot_key": snapshot_key,
             "unpicklable": unpicklable,
             "variables": outcome.variables,
+            "cpu_s": outcome.cpu_s,
             "duration_s": time.monotonic() - started,
         }  # fmt: skip
 

@@ -33,6 +33,7 @@ class RunOutcome:
     variables: list[dict[str, Any]] = field(default_factory=list)
     kernel_lost: bool = False  # the kernel (and its state) died in this call
     sandbox_lost: bool = False  # the whole sandbox had to be killed
+    cpu_s: float = 0.0  # CPU the call used (the session's cgroup, else the kernel's own count)
 
 
 @dataclass
@@ -85,6 +86,8 @@ class LiveSession:
         self.zygote.drain(lambda _b: None, lambda _b: None)  # leftovers of background threads
         result = SandboxResult(stdout="", stderr="")
         outcome = RunOutcome(result)
+        cgroup = self.zygote.cgroup
+        cpu_before = cgroup.cpu_seconds() if cgroup is not None else None
         self.zygote.send({
             "op": "run", "code": code, "cpu_s": limits.cpu_s, "formats": list(formats),
             "max_files": limits.max_output_files, "max_file_bytes": limits.max_file_mb * MB,
@@ -99,6 +102,7 @@ class LiveSession:
         if frame is None and not outcome.sandbox_lost:
             result.killed = "wall_time"
             outcome.sandbox_lost = True
+        cpu_after = cgroup.cpu_seconds() if cgroup is not None else None  # before any kill
         if outcome.sandbox_lost:
             self.zygote.drain(out.feed, err.feed)
             self.zygote.kill()
@@ -124,6 +128,7 @@ class LiveSession:
                 outcome.variables = variables if isinstance(variables, list) else []
             else:
                 raise SandboxFailure(f"unexpected answer from the session: {header.get('op')!r}")
+        outcome.cpu_s = _call_cpu(cpu_before, cpu_after, frame, result, limits)
         result.stdout, result.stderr = out.text(), err.text()
         result.stdout_truncated, result.stderr_truncated = out.overflow, err.overflow
         if result.killed is not None:
@@ -195,6 +200,19 @@ class LiveSession:
 
 class KernelLost(SandboxFailure):
     """The kernel died outside a call (snapshot, restore); the sandbox and zygote remain."""
+
+
+def _call_cpu(before: float | None, after: float | None,
+              frame: tuple[dict[str, Any], bytes] | None, result: SandboxResult,
+              limits: SandboxLimits) -> float:  # fmt: skip
+    """CPU seconds of one call, for the budget ledger: the session cgroup's count when the host
+    delegates one (the user's code cannot touch it), else the kernel's own rusage."""
+    if before is not None and after is not None:
+        return max(0.0, after - before)
+    reported = frame[0].get("cpu_s") if frame is not None else None
+    if isinstance(reported, (int, float)) and not isinstance(reported, bool):
+        return max(0.0, float(reported))
+    return float(limits.cpu_s) if result.killed == "cpu_time" else 0.0
 
 
 def _ended(status: int) -> str:

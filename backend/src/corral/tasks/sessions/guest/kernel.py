@@ -213,6 +213,13 @@ def _collect(output_dir: str, result: dict[str, Any], max_files: int, max_bytes:
     return b"".join(blobs)
 
 
+def _cpu_used() -> float:
+    """This kernel's CPU and that of the children it reaped (the host prefers its cgroup)."""
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
 class Kernel:
     def __init__(self) -> None:
         self.namespace = _fresh_namespace()
@@ -232,6 +239,7 @@ class Kernel:
         result: dict[str, Any] = {"last_expr_repr": None, "error": None, "figures": [], "notes": []}
         source = cmd["code"]
         started = time.monotonic()
+        cpu_before = _cpu_used()
         _run_in(source, self.namespace, result)
         if os.getpid() != self.pid:  # a process the user's code forked: never answer for it
             os._exit(0)
@@ -246,6 +254,7 @@ class Kernel:
         _clear_output(output_dir)
         result["variables"] = _variables(self.namespace)
         result["run_s"] = time.monotonic() - started
+        result["cpu_s"] = round(_cpu_used() - cpu_before, 4)
         return result, payload
 
     def snapshot(self) -> tuple[dict[str, Any], list[Any]]:
