@@ -2,16 +2,17 @@
 
     cd backend && uv run python ../bench/sessions.py [--runs 20] [--restore-runs 3]
 
-Stack: a private redis-server, two python_q workers (bwrap, sessions on, short leases) and the
-app. Rows (p50/p95):
+Stack: `make up`'s processes (``python -m corral.devstack`` on a private data dir and port: its
+Redis, SQLite, one worker per queue with 2 processes, python_q as the sandbox user with bwrap,
+the app under uvicorn). Rows (p50/p95):
 - baselines: the ``echo`` tool on python_q, and stateless ``run_python`` ``print(1)``;
 - new session, first ``print(1)`` (``POST /api/sessions`` + first ``run``; the kernel is forked
   from a warm zygote);
 - warm session, next call ``x + 1``;
 - warm session, a matplotlib plot (PNG uploaded);
 - restore after worker loss: a session holding a 100 MB numpy array, its worker SIGKILLed, the
-  lease expired; timed from the call that finds the holder gone to its answer (restored on the
-  other worker).
+  supervisor restarted it; timed from the call that finds the holder's memory gone to its
+  answer (restored from the snapshot in the object store).
 Goals: warm call <= echo + 10 ms; new session first call <= echo + 30 ms; warm plot <= 150 ms;
 restore <= 1 s for a 100 MB namespace.
 """
@@ -21,9 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import signal
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -32,6 +31,9 @@ BACKEND_DIR = Path(__file__).resolve().parents[1] / "backend"
 # bench/mcp.py would shadow the mcp package the app imports: drop this folder from the path.
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 sys.path.insert(0, str(BACKEND_DIR))
+sys.path.append(str(Path(__file__).resolve().parent))  # _devstack: after site-packages
+
+from _devstack import Devstack  # noqa: E402
 
 PLOT = (
     "import matplotlib.pyplot as plt\n"
@@ -39,7 +41,7 @@ PLOT = (
     "ax.plot([1, 3, 2, 4])\n"
 )
 BIG = "import numpy as np\nbig = np.ones(100 * 2**20 // 8)\nx = 41\n"
-LEASE_TTL_S = 1.0
+WARM_S = 8.0  # a python_q worker's session host fills its warm pool
 
 
 def pct(values: list[float], q: float) -> float:
@@ -106,10 +108,10 @@ async def measure(stack: Any, runs: int, restore_runs: int) -> dict[str, list[fl
         for _ in range(restore_runs):
             _, made = await timed(c, "POST", "/api/sessions", {})
             sid = made["id"]
-            _, first = await timed(c, "POST", f"/api/sessions/{sid}/run", {"code": BIG})
-            holder = first["output"]["worker"]
-            stack.kill(holder)
-            await asyncio.sleep(LEASE_TTL_S + 0.5)
+            _, _first = await timed(c, "POST", f"/api/sessions/{sid}/run", {"code": BIG})
+            stack.kill_tree("-Q python_q")  # the worker host lost; the supervisor restarts it
+            await asyncio.to_thread(stack.wait_ready)
+            await asyncio.sleep(WARM_S)
             took, again = await timed(c, "POST", f"/api/sessions/{sid}/run", {"code": "x + 1"})
             notes = again["output"]["notes"]
             if not any(n.startswith("session restored on") for n in notes):
@@ -117,68 +119,7 @@ async def measure(stack: Any, runs: int, restore_runs: int) -> dict[str, list[fl
             out["restore after worker loss (100 MB)"].append(took)
             key = "restore after worker loss (100 MB)" + HOST
             out.setdefault(key, []).append(again["output"]["duration_s"])
-            stack.restart(holder)
     return out
-
-
-class Stack:
-    def __init__(self) -> None:
-        from tests.support.db import new_sqlite_database
-        from tests.support.procs import start_redis
-        from tests.support.sandbox import SANDBOX_VENV, ensure_sandbox_venv, shared_dir
-
-        ensure_sandbox_venv()
-        self.redis = start_redis()
-        objects = shared_dir("corral-bench-objects-")
-        secret = os.urandom(24).hex()
-        self.env = {
-            "TASKS_SANDBOX__VENV_PATH": str(SANDBOX_VENV),
-            "TASKS_SANDBOX__BACKEND": "bwrap",
-            "TASKS_REDIS__URL": self.redis.url,
-            "CORRAL_REDIS__URL": self.redis.url,
-            "CORRAL_AUTH__MODE": "dev",
-            "CORRAL_AUTH__DEV_SECRET": "bench-" + secret,
-            "CORRAL_STORAGE__SIGNING_SECRET": "bench-storage-" + secret,
-            "TASKS_STORAGE__LOCAL_DIR": str(objects),
-            "CORRAL_STORAGE__LOCAL_DIR": str(objects),
-            "CORRAL_DATABASE__URL": new_sqlite_database(
-                Path(tempfile.mkdtemp(prefix="corral-bench-db-"))
-            ),
-            "CORRAL_RATE_LIMITS__TOOLS": "100000/minute",
-            "TASKS_SESSIONS__HEARTBEAT_S": "0.25",
-            "TASKS_SESSIONS__LEASE_TTL_S": str(LEASE_TTL_S),
-            "TASKS_SESSIONS__START_TIMEOUT_S": "300",  # a busy machine warms slowly
-        }
-        self.workers: dict[str, Any] = {}
-        self.url = ""
-        self.headers: dict[str, str] = {}
-
-    def start(self, name: str) -> None:
-        from tests.support.procs import start_worker, wait_until, wait_workers_ready
-        from tests.support.sandbox import as_sandbox_user, python_worker_env
-
-        self.workers[name] = start_worker(
-            ("python_q",), {**self.env, **python_worker_env()}, name=name, wrap=as_sandbox_user()
-        )
-        wait_workers_ready(self.redis.url + "/0", [self.workers[name]], timeout=300)
-        import redis
-
-        client = redis.Redis.from_url(self.redis.url + "/1")
-        wait_until(lambda: client.exists(f"corral:sessions:worker:{name}"), 60, "lease")
-        time.sleep(8)  # warm pool filled
-        client.close()
-
-    def kill(self, name: str) -> None:
-        os.killpg(self.workers[name].proc.pid, signal.SIGKILL)
-        self.workers[name].proc.wait(10)
-
-    def restart(self, name: str) -> None:
-        self.start(name)
-
-    def stop(self) -> None:
-        for worker in self.workers.values():
-            worker.stop()
-        self.redis.stop()
 
 
 def main() -> int:
@@ -186,24 +127,12 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--restore-runs", type=int, default=3)
     args = parser.parse_args()
-    from tests.support.procs import UvicornThread, env_vars
+    from tests.support.sandbox import ensure_sandbox_venv
 
-    stack = Stack()
-    try:
-        for name in ("bench-a@bench", "bench-b@bench"):
-            stack.start(name)
-        from corral.app.auth.service import issue_dev_token
-        from corral.app.main import create_app
-        from corral.app.settings import AppSettings
-
-        with env_vars(stack.env):
-            settings = AppSettings()  # type: ignore[call-arg]
-        with UvicornThread(create_app(settings)) as server:
-            stack.url = server.url
-            stack.headers = {"Authorization": f"Bearer {issue_dev_token(settings.auth)}"}
-            out = asyncio.run(measure(stack, args.runs, args.restore_runs))
-    finally:
-        stack.stop()
+    env = {"CORRAL_RATE_LIMITS__TOOLS": "100000/minute", "CORRAL_BUDGETS__CPU_SECONDS": "0"}
+    with Devstack(env, venv=str(ensure_sandbox_venv())) as stack:
+        time.sleep(WARM_S)  # the session host's warm pool filled
+        out = asyncio.run(measure(stack, args.runs, args.restore_runs))
     echo = pct(out["echo"], 0.5) * 1000
     goals = {
         "new session first print(1)": ("<= echo + 30 ms", echo + 30),

@@ -29,12 +29,12 @@ async def active_for_thread(session: AsyncSession, thread_id: str) -> ResearchSe
 
 async def next_seq(session: AsyncSession, session_id: str) -> int:
     """Claim the next call number (an atomic increment)."""
-    await session.execute(
+    seq = await session.scalar(
         update(ResearchSession)
         .where(ResearchSession.id == session_id)
         .values(seq=ResearchSession.seq + 1)
+        .returning(ResearchSession.seq)
     )
-    seq = await session.scalar(select(ResearchSession.seq).where(ResearchSession.id == session_id))
     return int(seq or 0)
 
 

@@ -258,12 +258,39 @@ async def prepare_call(
 
     ``remember_code``: keep the code in Redis until ``finish_call`` records it (the chat's
     ``run_python`` presents the output without its arguments at hand)."""
-    if row.state != "active":
-        raise ProblemError(409, "session-closed", f"session {row.id} is closed; create a new one")
-    files = [PythonInputFile.model_validate(f) for f in row.input_files]
-    known = {f.file_name for f in files}
-    added = [f for f in extra_files or [] if f.file_name not in known]
+    _, task_input, route = await claim_call(
+        services, user, row, code, formats=formats, restart=restart, extra_files=extra_files,
+        remember_code=remember_code,
+    )  # fmt: skip
+    return task_input, route
+
+
+async def claim_call(
+    services: Services,
+    user: User,
+    row: ResearchSession | str,
+    code: str,
+    *,
+    formats: list[FigureFormat],
+    restart: bool = False,
+    extra_files: list[PythonInputFile] | None = None,
+    remember_code: bool = False,
+) -> tuple[ResearchSession, SessionRunInput, str | None]:
+    """``prepare_call`` for a session given by id: it is read in the same transaction that
+    claims the call number (one commit on the hot path, not two)."""
     async with services.db.session() as session:
+        if isinstance(row, str):
+            found = await repository.get_owned(session, row, user.id)
+            if found is None:
+                raise not_found(row)
+            row = found
+        if row.state != "active":
+            raise ProblemError(
+                409, "session-closed", f"session {row.id} is closed; create a new one"
+            )
+        files = [PythonInputFile.model_validate(f) for f in row.input_files]
+        known = {f.file_name for f in files}
+        added = [f for f in extra_files or [] if f.file_name not in known]
         seq = await repository.next_seq(session, row.id)
         values: dict[str, Any] = {}
         if added:
@@ -289,7 +316,7 @@ async def prepare_call(
         await services.redis.set(_cell_key(row.id, seq), code, ex=ROUTE_TTL_S)
     alive = row.worker is not None and await _holder_alive(services, row.worker)
     route = session_queue(row.worker) if alive and row.worker else None
-    return task_input, route
+    return row, task_input, route
 
 
 async def finish_call(
@@ -400,9 +427,8 @@ async def run(
 ) -> SessionRunResponse:
     formats = [FigureFormat.PNG, FigureFormat.SVG] if want_svg else [FigureFormat.PNG]
     async with _locks.hold(session_id):
-        row = await get_row(services, user, session_id)
-        task_input, route = await prepare_call(
-            services, user, row, code, formats=formats, restart=restart
+        row, task_input, route = await claim_call(
+            services, user, session_id, code, formats=formats, restart=restart
         )
         task_id = str(uuid.uuid4())
         async with services.hub.subscribe(task_events_key(task_id)) as subscription:
