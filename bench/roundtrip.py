@@ -9,7 +9,8 @@ In one run, against one private redis-server and real workers (one per queue):
   4. N concurrent waits in one process: wall time, Redis connections used for waiting, RSS.
   5. tracing off vs on (100% sampling, every span exported): the round trip of 1. inside a
      request span, against a second Redis whose llm_q worker exports its spans too;
-     interleaved batches, so both see the same machine load.
+     interleaved batches, so both see the same machine load. "On" is the production exporter
+     (OTLP/HTTP, batched) sending to a collector on loopback that decodes and counts the spans.
 Prints a table with ratios against the Celery baseline.
 """
 
@@ -78,12 +79,66 @@ async def bench_long_poll(services: Services, n: int) -> list[float]:
     return times
 
 
+def _service(resource_spans: object) -> str:
+    for attr in getattr(resource_spans, "resource").attributes:  # noqa: B009
+        if attr.key == "service.name":
+            return str(attr.value.string_value).removeprefix("corral-")
+    return "?"
+
+
+class Collector:
+    """An OTLP/HTTP traces receiver on loopback: decodes each export, counts its spans."""
+
+    def __init__(self) -> None:
+        import threading
+        from collections import Counter
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+            ExportTraceServiceRequest,
+            ExportTraceServiceResponse,
+        )
+
+        collector = self
+        self.spans = 0
+        self.names: Counter[str] = Counter()
+        self.lock = threading.Lock()
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                request = ExportTraceServiceRequest.FromString(body)
+                found = sum(len(s.spans) for r in request.resource_spans for s in r.scope_spans)
+                with collector.lock:
+                    collector.spans += found
+                    collector.names.update(
+                        f"{_service(r)}:{sp.name}" for r in request.resource_spans
+                        for s in r.scope_spans for sp in s.spans
+                    )  # fmt: skip
+                reply = ExportTraceServiceResponse().SerializeToString()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/x-protobuf")
+                self.send_header("Content-Length", str(len(reply)))
+                self.end_headers()
+                self.wfile.write(reply)
+
+            def log_message(self, *_: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.endpoint = f"http://127.0.0.1:{self.server.server_address[1]}/v1/traces"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+
+
 async def bench_tracing(
-    off: Services, on: Services, spans_file: Path, n: int, rounds: int = 5
+    off: Services, on: Services, endpoint: str, n: int, rounds: int = 5
 ) -> tuple[list[float], list[float]]:
     """The long-poll round trip inside a request span: exporting off vs on, interleaved."""
     quiet = TelemetrySettings()
-    loud = TelemetrySettings(exporter="file", file_path=spans_file, sample_ratio=1.0)
+    loud = TelemetrySettings(exporter="otlp", otlp_endpoint=endpoint, sample_ratio=1.0)
     times: dict[bool, list[float]] = {False: [], True: []}
 
     async def batch(services: Services, traced: bool, k: int) -> list[float]:
@@ -224,13 +279,13 @@ async def main() -> None:
     workers = [start_worker((q.value,), env, name=f"{q.value}@bench") for q in queues]
     # Tracing on: a second Redis with an llm_q worker that exports every span to a file.
     traced_server = start_redis()
-    spans_file = Path(tempfile.mkdtemp(prefix="bench-spans-")) / "spans.jsonl"
+    collector = Collector()
     traced_env = {
         **env,
         "TASKS_REDIS__URL": traced_server.url,
         "CORRAL_REDIS__URL": traced_server.url,
-        "TASKS_TELEMETRY__EXPORTER": "file",
-        "TASKS_TELEMETRY__FILE_PATH": str(spans_file),
+        "TASKS_TELEMETRY__EXPORTER": "otlp",
+        "TASKS_TELEMETRY__OTLP_ENDPOINT": collector.endpoint,
     }
     traced_worker = start_worker((Queue.LLM.value,), traced_env, name="llm_q@bench-traced")
     try:
@@ -251,7 +306,10 @@ async def main() -> None:
                 traced_settings = AppSettings()
             traced = await Services.start(traced_settings)
             try:
-                tr_off, tr_on = await bench_tracing(services, traced, spans_file, args.trace_n)
+                tr_off, tr_on = await bench_tracing(
+                    services, traced, collector.endpoint, args.trace_n
+                )
+                await asyncio.sleep(6)  # the batch processors (5 s schedule) send what they hold
             finally:
                 await traced.aclose()
         finally:
@@ -261,7 +319,14 @@ async def main() -> None:
             w.stop()
         server.stop()
         traced_server.stop()
-    spans = sum(1 for _ in spans_file.open()) if spans_file.exists() else 0
+    spans = collector.spans
+    if spans:
+        per_trip = ", ".join(
+            f"{name} {count / max(1, len(tr_on) + 10):.1f}"
+            for name, count in collector.names.most_common(12)
+        )
+        print(f"spans per traced round trip, by name: {per_trip}")
+    collector.close()
     print_tracing(tr_off, tr_on, spans)
     if args.tracing_only:
         return

@@ -34,6 +34,7 @@ from celery.signals import (
 from opentelemetry import trace
 from opentelemetry.instrumentation.celery import CeleryInstrumentor
 from opentelemetry.instrumentation.httpx import HTTPX2ClientInstrumentor, HTTPXClientInstrumentor
+from opentelemetry.instrumentation.utils import suppress_instrumentation
 
 from corral.task_schemas import REGISTRY, WORKER_LOST
 from corral.task_schemas.events import set_trace_id_source
@@ -86,13 +87,16 @@ def _tracing_after_fork(**_: Any) -> None:
 
 
 def _incr(fields: list[str], floats: dict[str, float] | None = None) -> None:
+    """Bump the task counters; not traced (bookkeeping, not the task's work: two spans per
+    run that would tell an operator nothing)."""
     try:
         pipe = _client(settings.redis.streams_url).pipeline(transaction=False)
         for name in fields:
             pipe.hincrby(METRICS_KEY, name, 1)
         for name, value in (floats or {}).items():
             pipe.hincrbyfloat(METRICS_KEY, name, value)
-        pipe.execute()
+        with suppress_instrumentation():
+            pipe.execute()
     except Exception as exc:  # metrics never fail a task
         log.warning("task metrics not recorded", error=str(exc))
 
