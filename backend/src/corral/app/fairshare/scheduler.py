@@ -47,6 +47,10 @@ class FairShare:
         self._wake = asyncio.Event()
         self._served: dict[tuple[str, str], float] = {}
         self._token = uuid.uuid4().hex
+        # False once a sweep found nothing waiting (anywhere), until this process holds a run
+        # back again: runs ending then need no sweep (the timer still sweeps every interval,
+        # for backlogs other app processes hold).
+        self._backlog = True
 
     # -- admission -------------------------------------------------------------------------
 
@@ -107,6 +111,7 @@ class FairShare:
             log.warning("could not write a waiting event", task_id=task_id, error=repr(exc))
 
     def wake(self) -> None:
+        self._backlog = True
         self._wake.set()
 
     # -- release ---------------------------------------------------------------------------
@@ -118,7 +123,7 @@ class FairShare:
 
         async def finish(*args: Any, **kwargs: Any) -> bool:
             changed = await original(*args, **kwargs)
-            if changed:
+            if changed and self._backlog:
                 self._wake.set()
             return changed
 
@@ -161,6 +166,7 @@ class FairShare:
                     .group_by(TaskRun.owner_id, TaskRun.queue)
                 )
             ).all()
+        self._backlog = bool(pairs)
         # Round-robin: the user served longest ago goes first.
         order = sorted(pairs, key=lambda p: self._served.get((p[0], p[1]), 0.0))
         sent = 0
