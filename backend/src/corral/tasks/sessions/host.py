@@ -98,6 +98,14 @@ class SessionHost:
             pipe.pexpire(live_sessions_key(self.worker), ttl_ms)
         pipe.execute()
 
+    def _announce(self) -> None:
+        """List a session as live now, not at the next heartbeat (a ``GET`` right after its
+        first call would say ``suspended``)."""
+        try:
+            self.heartbeat()
+        except redis.RedisError as exc:
+            log.warning("session lease refresh failed", error=str(exc))
+
     def keep_lease(self) -> None:
         """Its own thread: nothing else (an eviction killing a sandbox) may delay the lease."""
         while not self.stopped.wait(self.conf.heartbeat_s):
@@ -237,6 +245,7 @@ class SessionHost:
             )
         if session is None:
             session, warm = self._new_session(req, limits.memory_mb)
+            self._announce()
             session.ensure_kernel(self.conf.start_timeout_s)
             if key and not req.get("restart"):
                 self._restore(session, key, notes)
