@@ -25,6 +25,7 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 BACKEND = Path(__file__).resolve().parents[1] / "backend"
 sys.path.insert(0, str(BACKEND))
@@ -240,6 +241,29 @@ async def bench_fan_in(services: Services, redis_url: str, waits: int) -> dict[s
     }
 
 
+def start_bench_worker(queue: Queue, env: dict[str, str]) -> Any:
+    """One worker for ``queue``; python_q's runs as the sandbox user with bwrap, as deployed
+    (as root bwrap refuses to start, the self-test fails and the worker never answers)."""
+    if queue != Queue.PYTHON:
+        return start_worker((queue.value,), env, name=f"{queue.value}@bench")
+    from tests.support.sandbox import (
+        as_sandbox_user,
+        check_sandbox_host,
+        ensure_sandbox_venv,
+        python_worker_env,
+        sandbox_env,
+    )
+
+    check_sandbox_host()
+    ensure_sandbox_venv()
+    return start_worker(
+        (queue.value,),
+        {**env, **sandbox_env(), **python_worker_env()},
+        name=f"{queue.value}@bench",
+        wrap=as_sandbox_user(),
+    )
+
+
 def print_tracing(tr_off: list[float], tr_on: list[float], spans: int) -> None:
     off50, on50 = statistics.median(tr_off), statistics.median(tr_on)
     print(f"\nTracing (round trip in a request span), n={len(tr_off)} each, interleaved")
@@ -276,7 +300,7 @@ async def main() -> None:
         "CORRAL_DATABASE__URL": new_sqlite_database(Path(tempfile.mkdtemp(prefix="bench-db-"))),
     }
     queues = [Queue.LLM] if args.tracing_only else ALL_QUEUES
-    workers = [start_worker((q.value,), env, name=f"{q.value}@bench") for q in queues]
+    workers = [start_bench_worker(q, env) for q in queues]
     # Tracing on: a second Redis with an llm_q worker that exports every span to a file.
     traced_server = start_redis()
     collector = Collector()
