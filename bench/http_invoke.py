@@ -1,0 +1,187 @@
+"""The HTTP API path against raw Celery, on the stack users run (issue 16).
+
+    cd backend && uv run python ../bench/http_invoke.py [--n 200] [--users 30] [--per-user 10]
+
+Stack: `make up`'s processes (``bench/_devstack.py``: its Redis, SQLite, one worker per queue
+with 2 processes, the app under uvicorn), rate limits raised. In one run:
+  1. sequential round trips of the no-op ``echo`` (llm_q): ``POST /api/tools/echo/invoke``
+     (auth, rate limit, fair share, the ``task_runs`` row, send, stream wait, answer) against
+     Celery's own ``send_task(...).get()`` on the same broker and workers, interleaved;
+  2. throughput: ``users x per_user`` invokes at once (each user within its fair-share cap, as
+     tasks over the cap wait their turn) against the same number of raw ``send_task().get()``
+     from a thread pool; tasks per second, errors.
+Goals: HTTP p50 <= 2x Celery get(); throughput >= 80 % of raw Celery.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+BACKEND_DIR = Path(__file__).resolve().parents[1] / "backend"
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+sys.path.insert(0, str(BACKEND_DIR))
+sys.path.append(str(Path(__file__).resolve().parent))  # _devstack: after site-packages
+
+from _devstack import Devstack  # noqa: E402
+
+ECHO = {"arguments": {"payload": 1}, "timeout_s": 60}
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def celery_client(stack: Devstack) -> Any:
+    """A plain Celery client on the stack's broker and result backend (the baseline)."""
+    import re
+
+    from celery import Celery
+
+    title = " ".join(stack.child("redis-server").cmdline())  # "redis-server 127.0.0.1:PORT"
+    port = re.search(r":(\d+)", title).group(1)  # type: ignore[union-attr]
+    return Celery(broker=f"redis://127.0.0.1:{port}/0", backend=f"redis://127.0.0.1:{port}/1")
+
+
+def raw_round_trip(app: Any) -> float:
+    t0 = time.perf_counter()
+    result = app.send_task(
+        "system.echo", kwargs={"input": {"payload": 1}, "owner_id": "bench"}, queue="llm_q"
+    )
+    result.get(timeout=60)
+    result.forget()
+    return time.perf_counter() - t0
+
+
+async def sequential(stack: Devstack, app: Any, n: int) -> tuple[list[float], list[float]]:
+    import httpx
+
+    http: list[float] = []
+    raw: list[float] = []
+    async with httpx.AsyncClient(base_url=stack.url, headers=stack.headers, timeout=60) as c:
+        for i in range(n + 10):
+            t0 = time.perf_counter()
+            resp = await c.post("/api/tools/echo/invoke", json=ECHO)
+            took = time.perf_counter() - t0
+            if resp.status_code != 200 or resp.json()["status"] != "done":
+                raise SystemExit(f"echo invoke failed: {resp.status_code} {resp.text}")
+            raw_took = await asyncio.to_thread(raw_round_trip, app)
+            if i >= 10:  # warm-up
+                http.append(took)
+                raw.append(raw_took)
+    return http, raw
+
+
+async def http_burst(
+    stack: Devstack, users: int, per_user: int, profile: str | None = None
+) -> tuple[float, int]:
+    import httpx
+
+    from tests.support.assistant import dev_token
+
+    secret = (stack.data_dir / "dev-secret").read_text().strip()
+    limits = httpx.Limits(max_connections=users * per_user)
+    errors = 0
+
+    async def one(client: httpx.AsyncClient, token: str) -> None:
+        nonlocal errors
+        resp = await client.post(
+            "/api/tools/echo/invoke", json=ECHO, headers={"Authorization": f"Bearer {token}"}
+        )
+        if resp.status_code != 200 or resp.json()["status"] != "done":
+            errors += 1
+
+    tokens = [dev_token(f"bench-user-{u}", secret) for u in range(users)]
+    async with httpx.AsyncClient(base_url=stack.url, timeout=120, limits=limits) as client:
+        for token in tokens:  # first sight creates the user: not part of the timing
+            await client.get("/api/me", headers={"Authorization": f"Bearer {token}"})
+        spy = start_profile(stack, profile) if profile else None
+        t0 = time.perf_counter()
+        await asyncio.gather(*(one(client, t) for t in tokens for _ in range(per_user)))
+        took = time.perf_counter() - t0
+        if spy is not None:
+            spy.send_signal(signal.SIGINT)  # py-spy writes its profile and exits
+            spy.wait(60)
+        return took, errors
+
+
+def start_profile(stack: Devstack, out: str) -> subprocess.Popen[bytes]:
+    """py-spy on the app process (``pip install py-spy``), folded stacks to ``out``."""
+    app = stack.child("uvicorn")
+    return subprocess.Popen(
+        ["py-spy", "record", "-p", str(app.pid), "-r", "200", "-f", "raw", "-o", out,
+         "--nonblocking"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+
+
+def raw_burst(app: Any, total: int) -> tuple[float, int]:
+    errors = 0
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=min(total, 64)) as pool:
+        for outcome in pool.map(lambda _: _safe(app), range(total)):
+            errors += outcome
+    return time.perf_counter() - t0, errors
+
+
+def _safe(app: Any) -> int:
+    try:
+        raw_round_trip(app)
+        return 0
+    except Exception:
+        return 1
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--n", type=int, default=200)
+    parser.add_argument("--users", type=int, default=30)
+    parser.add_argument("--per-user", type=int, default=10)
+    parser.add_argument("--py-spy", help="profile the app during the burst into this file")
+    parser.add_argument(
+        "--env", action="append", default=[], help="KEY=VALUE for the stack (e.g. a setting)"
+    )
+    args = parser.parse_args()
+    env = {"CORRAL_RATE_LIMITS__TOOLS": "1000000/minute"}
+    env |= dict(item.split("=", 1) for item in args.env)
+    from tests.support.sandbox import ensure_sandbox_venv
+
+    with Devstack(env, venv=str(ensure_sandbox_venv())) as stack:
+        app = celery_client(stack)
+        http, raw = asyncio.run(sequential(stack, app, args.n))
+        total = args.users * args.per_user
+        http_s, http_err = asyncio.run(http_burst(stack, args.users, args.per_user, args.py_spy))
+        raw_s, raw_err = raw_burst(app, total)
+    h50, r50 = statistics.median(http), statistics.median(raw)
+    print(f"\nNo-op echo on llm_q, n={args.n} each, interleaved; `make up`'s processes")
+    print("| path | p50 ms | p99 ms | p50 vs Celery get() |")
+    print("|---|---|---|---|")
+    for name, values in [("HTTP invoke", http), ("Celery send_task().get()", raw)]:
+        p50 = statistics.median(values)
+        print(f"| {name} | {p50 * 1000:.1f} | {pct(values, 0.99) * 1000:.1f} | {p50 / r50:.2f}x |")
+    print(f"goal HTTP p50 <= 2x get(): {'met' if h50 <= 2 * r50 else 'NOT met'}")
+    print(f"\n{total} round trips at once ({args.users} users x {args.per_user})")
+    print("| path | wall s | tasks/s | errors | vs raw |")
+    print("|---|---|---|---|---|")
+    print(f"| HTTP invoke | {http_s:.2f} | {total / http_s:.0f} | {http_err} | "
+          f"{raw_s / http_s:.2f}x |")  # fmt: skip
+    print(f"| Celery send_task().get() (64 threads) | {raw_s:.2f} | {total / raw_s:.0f} | "
+          f"{raw_err} | 1.00x |")  # fmt: skip
+    print(f"goal throughput >= 80 % of raw: {'met' if raw_s / http_s >= 0.8 else 'NOT met'}")
+    return 0
+
+
+if __name__ == "__main__":
+    import _machine
+
+    _machine.announce(__file__)
+    sys.exit(main())
