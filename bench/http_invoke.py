@@ -31,6 +31,7 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__)
 sys.path.insert(0, str(BACKEND_DIR))
 sys.path.append(str(Path(__file__).resolve().parent))  # _devstack: after site-packages
 
+import psutil  # noqa: E402
 from _devstack import Devstack  # noqa: E402
 
 ECHO = {"arguments": {"payload": 1}, "timeout_s": 60}
@@ -105,13 +106,34 @@ async def http_burst(
         for token in tokens:  # first sight creates the user: not part of the timing
             await client.get("/api/me", headers={"Authorization": f"Bearer {token}"})
         spy = start_profile(stack, profile) if profile else None
+        procs = {"app": stack.child("uvicorn"), "bench client": psutil.Process()}
+        procs |= {f"worker {q}": stack.child(f"-Q {q}") for q in ("llm_q",)}
+        own = {"bench client"}  # its children are the whole stack
+        cpu0 = {name: _cpu(p, name not in own) for name, p in procs.items()}
         t0 = time.perf_counter()
         await asyncio.gather(*(one(client, t) for t in tokens for _ in range(per_user)))
         took = time.perf_counter() - t0
+        used = ", ".join(
+            f"{name} {(_cpu(p, name not in own) - cpu0[name]) / took * 100:.0f} %"
+            for name, p in procs.items()
+        )
+        print(f"CPU during the HTTP burst (of one core): {used}")
         if spy is not None:
             spy.send_signal(signal.SIGINT)  # py-spy writes its profile and exits
             spy.wait(60)
         return took, errors
+
+
+def _cpu(proc: psutil.Process, children: bool = True) -> float:
+    """CPU seconds of a process and (a worker's pool) its children."""
+    total = 0.0
+    for p in [proc, *(proc.children(recursive=True) if children else [])]:
+        try:
+            t = p.cpu_times()
+            total += t.user + t.system
+        except psutil.NoSuchProcess:
+            pass
+    return total
 
 
 def start_profile(stack: Devstack, out: str) -> subprocess.Popen[bytes]:
