@@ -179,7 +179,10 @@ def main() -> int:
 
     with Devstack(env, venv=str(ensure_sandbox_venv())) as stack:
         app = celery_client(stack)
+        app_proc = stack.child("uvicorn")
+        cpu_before = _cpu(app_proc)
         http, raw = asyncio.run(sequential(stack, app, args.n))
+        per_invoke_ms = (_cpu(app_proc) - cpu_before) / (args.n + 10) * 1000
         total = args.users * args.per_user
         http_s, http_err = asyncio.run(http_burst(stack, args.users, args.per_user, args.py_spy))
         raw_s, raw_err = raw_burst(app, total)
@@ -191,6 +194,7 @@ def main() -> int:
         p50 = statistics.median(values)
         print(f"| {name} | {p50 * 1000:.1f} | {pct(values, 0.99) * 1000:.1f} | {p50 / r50:.2f}x |")
     print(f"goal HTTP p50 <= 2x get(): {'met' if h50 <= 2 * r50 else 'NOT met'}")
+    print(f"app CPU per sequential invoke: {per_invoke_ms:.1f} ms")
     print(f"\n{total} round trips at once ({args.users} users x {args.per_user})")
     print("| path | wall s | tasks/s | errors | vs raw |")
     print("|---|---|---|---|---|")
