@@ -126,7 +126,8 @@ async def test_lost_wins_over_late_redelivery_and_late_result(stack_env: dict[st
             running = await task_runs.submit(
                 services,
                 SYSTEM_ECHO,
-                EchoInput(payload="r", sleep_s=1.5),
+                # Long enough that the claim below lands while it runs, even on a loaded machine.
+                EchoInput(payload="r", sleep_s=4.0),
                 owner_id="u-dup",
                 queue=Queue.LLM,
             )
