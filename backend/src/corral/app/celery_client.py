@@ -1,8 +1,10 @@
 """The app's Celery client: it only sends tasks by registry name and revokes them.
 
-Celery's client calls are synchronous socket I/O, so they run in worker threads (bounded by a
-limiter) and never block the event loop. The ``queued`` event is written before the message is
-published, so it is always the first entry of the task's stream.
+On the Redis broker a task is published from the event loop (``celery_publish``: Celery's own
+message, one ``LPUSH``). Celery's client calls otherwise are synchronous socket I/O, so on
+RabbitMQ the publish (and every revoke) runs in worker threads, bounded by a limiter, and never
+blocks the event loop. The ``queued`` event is written before the message is published, so it
+is always the first entry of the task's stream.
 """
 
 from __future__ import annotations
@@ -20,7 +22,8 @@ from celery.backends.redis import RedisBackend
 from opentelemetry.trace import SpanKind
 from pydantic import BaseModel
 
-from corral.app.redis_pools import sync_pool
+from corral.app.celery_publish import RedisTaskPublisher
+from corral.app.redis_pools import async_pool, sync_pool
 from corral.app.settings import AppSettings
 from corral.config import StreamSettings
 from corral.task_schemas import (
@@ -149,8 +152,22 @@ class TaskSender:
         self._limiter = anyio.CapacityLimiter(16)
         # Bursts queue here (in order) instead of exhausting the Redis pool.
         self._send_slots = asyncio.Semaphore(32)
+        broker_url = str(client.conf.broker_url)
         # RabbitMQ quorum queues have no priorities: urgent messages go to the urgent twin.
-        self._route_urgent = broker_kind(str(client.conf.broker_url)) == "amqp"
+        self._route_urgent = broker_kind(broker_url) == "amqp"
+        self._broker: aioredis.Redis | None = None
+        self._publisher: RedisTaskPublisher | None = None
+        if not self._route_urgent:  # Redis broker: publish from the loop, no thread hop
+            self._broker = aioredis.Redis.from_pool(
+                async_pool(
+                    broker_url,
+                    max_connections=32,
+                    timeout=20,
+                    socket_timeout=10,
+                    socket_connect_timeout=5,
+                )
+            )
+            self._publisher = RedisTaskPublisher(client, self._broker, PRIORITY_STEPS)
 
     async def publish_outcome(self, task_id: str, event: _Event) -> tuple[bool, str]:
         """Write a terminal ``event`` if the task has no outcome yet: ``(True, entry_id)``;
@@ -253,7 +270,10 @@ class TaskSender:
                 )
 
         try:
-            await anyio.to_thread.run_sync(queue_and_publish, limiter=self._limiter)
+            if self._publisher is not None:
+                await self._publish_async(spec, task_input, owner_id, routing, task_id, priority)
+            else:
+                await anyio.to_thread.run_sync(queue_and_publish, limiter=self._limiter)
         except Exception as exc:
             await self.publish_event(
                 task_id,
@@ -261,8 +281,41 @@ class TaskSender:
             )
             raise BrokerUnavailable(f"the task queue is unreachable: {exc}") from exc
 
-    def close(self) -> None:
+    async def _publish_async(
+        self,
+        spec: TaskSpec[Any, Any],
+        task_input: BaseModel,
+        owner_id: str,
+        routing: str,
+        task_id: str,
+        priority: int | None,
+    ) -> None:
+        """The Redis broker's send: ``queued`` then the message, two round trips, no thread."""
+        assert self._publisher is not None
+        name = spec.name
+        with _TRACER.start_as_current_span(f"send {name}", kind=SpanKind.PRODUCER):
+            headers = inject_headers({"corral_sent": time.time()})
+            key = task_events_key(task_id)
+            queued = cast(Any, encode_event(QueuedEvent(task_name=name, queue=routing)))
+            pipe = self._streams.pipeline(transaction=False)
+            pipe.xadd(key, queued, maxlen=self._stream_settings.maxlen, approximate=True)
+            pipe.expire(key, self._stream_settings.ttl_s)
+            pipe.hincrby(METRICS_KEY, metric_field("sent", name), 1)
+            await pipe.execute()
+            await self._publisher.publish(
+                name,
+                task_id=task_id,
+                kwargs=message_kwargs(task_input, owner_id),
+                queue=routing,
+                priority=PRIORITY_NORMAL if priority is None else priority,
+                expires_s=spec.expires_s,
+                headers=headers,
+            )
+
+    async def aclose(self) -> None:
         self._sync_streams.close()
+        if self._broker is not None:
+            await self._broker.aclose()
 
     async def revoke(self, task_id: str) -> None:
         """Stop the task wherever it is: discarded if queued, its process killed if running."""

@@ -208,6 +208,6 @@ class Services:
         await self.hub.aclose()
         await self.results.aclose()
         await self.redis.aclose()
-        self.sender.close()
+        await self.sender.aclose()
         self.celery.close()
         await self.db.aclose()

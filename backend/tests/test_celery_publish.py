@@ -1,0 +1,182 @@
+"""The event-loop publisher writes Celery's own message, and real workers run what it sends.
+
+``RedisTaskPublisher`` replaces ``send_task``'s thread hop on the Redis broker. It must produce
+what kombu would push for the same call (compared field by field with a message ``send_task``
+really pushed to a real redis-server), land in the list kombu's consumer reads for each
+priority, and its sends must be answered by a real worker. A broker that cannot be reached is a
+``BrokerUnavailable`` with the reason on the task's stream, never a hang.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import AsyncIterator
+from datetime import datetime
+from typing import Any
+
+import pytest
+import redis
+import redis.asyncio as aioredis
+from celery import Celery
+
+from corral.app.celery_client import BrokerUnavailable, TaskSender, build_celery_client
+from corral.app.celery_publish import RedisTaskPublisher
+from corral.app.services import Services
+from corral.app.settings import AppSettings
+from corral.app.streams import TaskDone, long_poll_celery_result
+from corral.task_schemas import (
+    PRIORITY_NORMAL,
+    PRIORITY_STEPS,
+    PRIORITY_URGENT,
+    SYSTEM_ECHO,
+    EchoInput,
+    message_kwargs,
+    task_events_key,
+)
+from tests.support.bus import running_services
+from tests.support.procs import RedisServer, env_vars, free_port
+
+
+@pytest.fixture
+async def services(stack_env: dict[str, str], workers: Any) -> AsyncIterator[Services]:
+    async with running_services(stack_env) as svc:
+        yield svc
+
+
+def _kombu_message(
+    client: Celery, settings: AppSettings, queue: str, priority: int, **send: Any
+) -> tuple[str, Any]:
+    """What ``send_task`` pushes: (the list it went to, the decoded document)."""
+    broker = redis.Redis.from_url(settings.redis.broker_url)
+    try:
+        client.send_task(SYSTEM_ECHO.name, queue=queue, priority=priority, **send)
+        keys = [k.decode() for k in broker.keys(f"{queue}*")]
+        assert len(keys) == 1, keys
+        raw = broker.lrange(keys[0], 0, -1)
+        assert len(raw) == 1
+        return keys[0], json.loads(raw[0])
+    finally:
+        broker.delete(*broker.keys(f"{queue}*"), *broker.keys(f"_kombu.binding*{queue}"))
+        broker.close()
+
+
+@pytest.mark.parametrize("priority", [PRIORITY_URGENT, PRIORITY_NORMAL, 9])
+async def test_message_is_the_one_send_task_pushes(
+    stack_env: dict[str, str], priority: int
+) -> None:
+    with env_vars(stack_env):
+        settings = AppSettings()
+    queue = f"probe-{uuid.uuid4().hex[:8]}"
+    task_id = str(uuid.uuid4())
+    kwargs = message_kwargs(EchoInput(payload={"x": [1, "é"]}), "owner-1")
+    headers = {"corral_sent": 1.25, "traceparent": "00-" + "a" * 32 + "-" + "b" * 16 + "-01"}
+    client = build_celery_client(settings)  # one client: `reply_to` is per client and thread
+    their_key, theirs = _kombu_message(
+        client,
+        settings,
+        queue,
+        priority,
+        kwargs=kwargs,
+        task_id=task_id,
+        expires=600.0,
+        headers=headers,
+    )
+    broker = aioredis.Redis.from_url(settings.redis.broker_url)
+    try:
+        publisher = RedisTaskPublisher(client, broker, PRIORITY_STEPS)
+        mine = json.loads(
+            publisher.encode(
+                publisher.message(
+                    SYSTEM_ECHO.name,
+                    task_id=task_id,
+                    kwargs=kwargs,
+                    queue=queue,
+                    priority=priority,
+                    expires_s=600.0,
+                    headers=headers,
+                )
+            )
+        )
+    finally:
+        await broker.aclose()
+        client.close()
+
+    assert publisher.list_key(queue, priority) == their_key
+    # Only the fresh delivery tag and the expiry instant (computed at send time) may differ.
+    for doc in (theirs, mine):
+        uuid.UUID(doc["properties"].pop("delivery_tag"))
+    expiry = [datetime.fromisoformat(doc["headers"].pop("expires")) for doc in (theirs, mine)]
+    assert abs((expiry[0] - expiry[1]).total_seconds()) < 5
+    assert mine == theirs
+
+
+async def test_published_tasks_are_answered_by_a_real_worker_at_each_priority(
+    services: Services,
+) -> None:
+    assert services.sender._publisher is not None, "the Redis broker publishes from the loop"
+    for priority in (PRIORITY_URGENT, PRIORITY_NORMAL, None):
+        payload = {"priority": priority, "text": "héllo"}
+        task_id = await services.sender.send(
+            SYSTEM_ECHO, EchoInput(payload=payload), owner_id="u1", priority=priority
+        )
+        outcome = await long_poll_celery_result(
+            task_id, timeout_s=30, hub=services.hub, backend=services.results
+        )
+        assert isinstance(outcome, TaskDone), outcome
+        assert outcome.output["payload"] == payload
+
+
+async def test_urgent_messages_are_consumed_before_the_normal_backlog(
+    stack_env: dict[str, str], redis_server: RedisServer
+) -> None:
+    """Nobody consumes the probe queue: the lists show the order a worker would take them in."""
+    with env_vars(stack_env):
+        settings = AppSettings()
+    broker = aioredis.Redis.from_url(settings.redis.broker_url)
+    queue = f"probe-{uuid.uuid4().hex[:8]}"
+    publisher = RedisTaskPublisher(build_celery_client(settings), broker, PRIORITY_STEPS)
+    try:
+        for priority in (PRIORITY_NORMAL, PRIORITY_URGENT):
+            await publisher.publish(
+                SYSTEM_ECHO.name,
+                task_id=f"t-{priority}",
+                kwargs={},
+                queue=queue,
+                priority=priority,
+                expires_s=None,
+                headers={},
+            )
+        urgent = publisher.list_key(queue, PRIORITY_URGENT)
+        normal = publisher.list_key(queue, PRIORITY_NORMAL)
+        # kombu's Redis consumer pops from the lists in priority_steps order (lowest first).
+        polled = [publisher.list_key(queue, step) for step in sorted(PRIORITY_STEPS)]
+        assert polled.index(urgent) < polled.index(normal)
+        assert await broker.llen(urgent) == 1 and await broker.llen(normal) == 1
+    finally:
+        await broker.delete(*(await broker.keys(f"{queue}*")))
+        await broker.aclose()
+
+
+async def test_unreachable_broker_is_broker_unavailable_with_the_reason_on_the_stream(
+    stack_env: dict[str, str], redis_server: RedisServer
+) -> None:
+    with env_vars(stack_env):
+        settings = AppSettings()
+    closed_port = free_port()  # nothing listens here
+    client = build_celery_client(settings)
+    client.conf.broker_url = f"redis://127.0.0.1:{closed_port}/0"
+    streams = aioredis.Redis.from_url(settings.redis.streams_url, decode_responses=True)
+    sender = TaskSender(client, streams, settings.streams, settings.redis.streams_url)
+    task_id = str(uuid.uuid4())
+    try:
+        with pytest.raises(BrokerUnavailable, match="unreachable"):
+            await sender.send(SYSTEM_ECHO, EchoInput(payload={}), owner_id="u1", task_id=task_id)
+        entries = await streams.xrange(task_events_key(task_id))
+        types = [fields["type"] for _, fields in entries]
+        assert types == ["queued", "error"], entries
+        assert "could not queue" in entries[-1][1]["message"]
+    finally:
+        await sender.aclose()
+        await streams.aclose()
+        client.close()
