@@ -322,8 +322,12 @@ async def main() -> None:
             if not args.tracing_only:
                 await bench_long_poll(services, 20)  # warm-up
                 await asyncio.to_thread(bench_celery_get, services, 20)
-                lp = await bench_long_poll(services, args.n)
-                cg = await asyncio.to_thread(bench_celery_get, services, args.n)
+                # Interleaved rounds: a change of load during the run hits both methods alike.
+                lp, cg = [], []
+                rounds = 10
+                for _ in range(rounds):
+                    lp += await bench_long_poll(services, max(1, args.n // rounds))
+                    cg += await asyncio.to_thread(bench_celery_get, services, args.n // rounds)
                 po = await asyncio.to_thread(bench_polling, services, args.poll_n)
                 fan = await bench_fan_in(services, server.url, args.waits)
             with env_vars(traced_env):

@@ -22,6 +22,7 @@ from typing import Any
 from pydantic import ValidationError
 from sqlalchemy import insert, select, update
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from corral.app import idempotency
 from corral.app.auth.service import User
@@ -279,29 +280,51 @@ async def claim_call(
     """``prepare_call`` for a session given by id: it is read in the same transaction that
     claims the call number (one commit on the hot path, not two)."""
     async with services.db.session() as session:
-        if isinstance(row, str):
-            found = await repository.get_owned(session, row, user.id)
-            if found is None:
-                raise not_found(row)
-            row = found
-        if row.state != "active":
-            raise ProblemError(
-                409, "session-closed", f"session {row.id} is closed; create a new one"
-            )
-        files = [PythonInputFile.model_validate(f) for f in row.input_files]
-        known = {f.file_name for f in files}
-        added = [f for f in extra_files or [] if f.file_name not in known]
-        seq = await repository.next_seq(session, row.id)
-        values: dict[str, Any] = {}
-        if added:
-            files += added
-            values["input_files"] = [f.model_dump(mode="json") for f in files]
-        if restart:
-            values |= {"cells": [], "snapshot_key": None, "variables": []}
-        if values:
-            await session.execute(
-                update(ResearchSession).where(ResearchSession.id == row.id).values(**values)
-            )
+        row, task_input, route = await _claim_in(
+            services, session, user, row, code,
+            formats=formats, restart=restart, extra_files=extra_files,
+        )  # fmt: skip
+    if remember_code:
+        await services.redis.set(_cell_key(row.id, task_input.seq), code, ex=ROUTE_TTL_S)
+    return row, task_input, route
+
+
+async def _claim_in(
+    services: Services,
+    session: AsyncSession,
+    user: User,
+    row: ResearchSession | str,
+    code: str,
+    *,
+    formats: list[FigureFormat],
+    restart: bool = False,
+    extra_files: list[PythonInputFile] | None = None,
+) -> tuple[ResearchSession, SessionRunInput, str | None]:
+    """Read the session, claim the next call number and work out the route, in ``session``."""
+    if isinstance(row, str):
+        found = await repository.get_owned(session, row, user.id)
+        if found is None:
+            raise not_found(row)
+        row = found
+    if row.state != "active":
+        raise ProblemError(409, "session-closed", f"session {row.id} is closed; create a new one")
+    # The holder's liveness before the first write: no Redis round trip under the write lock.
+    alive = row.worker is not None and await _holder_alive(services, row.worker)
+    route = session_queue(row.worker) if alive and row.worker else None
+    files = [PythonInputFile.model_validate(f) for f in row.input_files]
+    known = {f.file_name for f in files}
+    added = [f for f in extra_files or [] if f.file_name not in known]
+    seq = await repository.next_seq(session, row.id)
+    values: dict[str, Any] = {}
+    if added:
+        files += added
+        values["input_files"] = [f.model_dump(mode="json") for f in files]
+    if restart:
+        values |= {"cells": [], "snapshot_key": None, "variables": []}
+    if values:
+        await session.execute(
+            update(ResearchSession).where(ResearchSession.id == row.id).values(**values)
+        )
     task_input = SessionRunInput(
         session_id=row.id,
         seq=seq,
@@ -312,10 +335,6 @@ async def claim_call(
         snapshot_key=None if restart else row.snapshot_key,
         restart=restart,
     )
-    if remember_code:
-        await services.redis.set(_cell_key(row.id, seq), code, ex=ROUTE_TTL_S)
-    alive = row.worker is not None and await _holder_alive(services, row.worker)
-    route = session_queue(row.worker) if alive and row.worker else None
     return row, task_input, route
 
 
@@ -426,21 +445,36 @@ async def run(
     timeout_s: float = 120.0,
 ) -> SessionRunResponse:
     formats = [FigureFormat.PNG, FigureFormat.SVG] if want_svg else [FigureFormat.PNG]
+    await services.users.ensure(user.id)  # before the transaction: it may write on its own
     async with _locks.hold(session_id):
-        row, task_input, route = await claim_call(
-            services, user, session_id, code, formats=formats, restart=restart
-        )
         task_id = str(uuid.uuid4())
         async with services.hub.subscribe(task_events_key(task_id)) as subscription:
-            await task_runs.submit(
+            # One commit for the call number and the run's row (each commit is ~5 ms on SQLite).
+            async with services.db.session() as session:
+                row, task_input, route = await _claim_in(
+                    services, session, user, session_id, code, formats=formats, restart=restart
+                )
+                waiting = await task_runs.insert_run(
+                    services,
+                    session,
+                    SESSION_RUN,
+                    task_input,
+                    owner_id=user.id,
+                    queue=SESSION_RUN.default_queue,
+                    tool="session",
+                    task_id=task_id,
+                    thread_id=row.thread_id,
+                    route=route,
+                )
+            await task_runs.dispatch(
                 services,
                 SESSION_RUN,
                 task_input,
                 owner_id=user.id,
-                tool="session",
+                queue=SESSION_RUN.default_queue,
                 task_id=task_id,
-                thread_id=row.thread_id,
                 route=route,
+                waiting=waiting,
             )
             await remember_route(services, task_id, route)
             outcome = await _wait(services, task_id, route, row.worker, timeout_s, subscription)

@@ -13,6 +13,7 @@ from typing import Any
 from pydantic import BaseModel
 from sqlalchemy import insert, update
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from corral.app import idempotency
 from corral.app.budgets import service as budgets
@@ -76,38 +77,23 @@ async def submit(
             earlier = await idempotency.find_recent(session, TaskRun, owner_id, idempotency_key)
         if earlier is not None:
             return earlier.id
-    fair = services.fair if route is None else None  # a session's route is one at a time
     waiting = False
     try:
         with _TRACER.start_as_current_span("task_runs insert"):  # the row and its commit
             async with services.db.session() as session:
-                # Daily budgets: a user whose spend is used up is refused before anything runs.
-                await budgets.check(
-                    session, services.budgets, owner_id, budgets.kinds_for_task(spec.name)
-                )
-                if fair is not None:  # fair share: past the cap, the run waits in SQL
-                    waiting = await fair.must_wait(session, owner_id, target.value)
-                await session.execute(
-                    insert(TaskRun).values(
-                        id=task_id,
-                        owner_id=owner_id,
-                        thread_id=thread_id,
-                        task_name=spec.name,
-                        queue=target.value,
-                        tool=tool,
-                        state="waiting" if waiting else "queued",
-                        pending={
-                            "input": task_input.model_dump(mode="json"),
-                            "priority": priority,
-                        }
-                        if waiting
-                        else None,
-                        created_at=utcnow(),
-                        attempts=0,
-                        usage_recorded=False,
-                        idempotency_key=idempotency_key,
-                        trace_id=current_trace_id(),
-                    )
+                waiting = await insert_run(
+                    services,
+                    session,
+                    spec,
+                    task_input,
+                    owner_id=owner_id,
+                    queue=target,
+                    tool=tool,
+                    priority=priority,
+                    task_id=task_id,
+                    thread_id=thread_id,
+                    route=route,
+                    idempotency_key=idempotency_key,
                 )
     except IntegrityError as exc:
         if idempotency_key is None or not idempotency.is_key_conflict(exc):
@@ -117,12 +103,7 @@ async def submit(
         if earlier is None:
             raise
         return earlier.id
-    if waiting:
-        assert fair is not None
-        await fair.announce(task_id, owner_id, target.value)
-        fair.wake()
-        return task_id
-    await send_claimed(
+    await dispatch(
         services,
         spec,
         task_input,
@@ -131,8 +112,86 @@ async def submit(
         task_id=task_id,
         priority=priority,
         route=route,
+        waiting=waiting,
     )
     return task_id
+
+
+async def insert_run(
+    services: Services,
+    session: AsyncSession,
+    spec: TaskSpec[Any, Any],
+    task_input: BaseModel,
+    *,
+    owner_id: str,
+    queue: Queue,
+    task_id: str,
+    tool: str | None = None,
+    priority: int | None = None,
+    thread_id: str | None = None,
+    route: str | None = None,
+    idempotency_key: str | None = None,
+) -> bool:
+    """The run's row, in the caller's transaction (``submit`` without its own commit, for a
+    caller with its own writes to make in the same commit); then ``dispatch`` after the commit.
+    True: fair share holds the run back (``waiting``). The caller has ``users.ensure``d the
+    owner before opening its transaction (that may write in a transaction of its own)."""
+    fair = services.fair if route is None else None  # a session's route is one at a time
+    # Daily budgets: a user whose spend is used up is refused before anything runs.
+    await budgets.check(session, services.budgets, owner_id, budgets.kinds_for_task(spec.name))
+    waiting = False
+    if fair is not None:  # fair share: past the cap, the run waits in SQL
+        waiting = await fair.must_wait(session, owner_id, queue.value)
+    await session.execute(
+        insert(TaskRun).values(
+            id=task_id,
+            owner_id=owner_id,
+            thread_id=thread_id,
+            task_name=spec.name,
+            queue=queue.value,
+            tool=tool,
+            state="waiting" if waiting else "queued",
+            pending={"input": task_input.model_dump(mode="json"), "priority": priority}
+            if waiting
+            else None,
+            created_at=utcnow(),
+            attempts=0,
+            usage_recorded=False,
+            idempotency_key=idempotency_key,
+            trace_id=current_trace_id(),
+        )
+    )
+    return waiting
+
+
+async def dispatch(
+    services: Services,
+    spec: TaskSpec[Any, Any],
+    task_input: BaseModel,
+    *,
+    owner_id: str,
+    queue: Queue,
+    task_id: str,
+    priority: int | None = None,
+    route: str | None = None,
+    waiting: bool = False,
+) -> None:
+    """After the row's commit: send the run, or (``waiting``) hand it to fair share."""
+    if waiting:
+        assert services.fair is not None
+        await services.fair.announce(task_id, owner_id, queue.value)
+        services.fair.wake()
+        return
+    await send_claimed(
+        services,
+        spec,
+        task_input,
+        owner_id=owner_id,
+        queue=queue,
+        task_id=task_id,
+        priority=priority,
+        route=route,
+    )
 
 
 async def send_claimed(
