@@ -2,11 +2,13 @@
 
 Without this, the first task on every child pays for what is built lazily: the ``openai.OpenAI``
 client (an httpx client with its SSL context, ~20-60 ms), openai's lazily imported resource and
-response-type modules, pydantic's validators for a chat completion, a DuckDB connection's
-extension load, and the result backend's Redis connection. Two parallel steps landing on two fresh
-children then start hundreds of milliseconds apart (issue 16). The heavy modules themselves
-(openai, duckdb, pyarrow) are imported in the parent before the fork; this builds the per-process
-objects. The sandbox is warmed by ``python_tool_task`` in its own ``worker_process_init`` handler.
+response-type modules, its request type hints, nested chunk models and platform headers (``uname
+-p`` in a subprocess), pydantic's validators for a chat completion, a DuckDB connection's
+extension load, and the Redis connections of the result backend and of the event streams. Two
+parallel steps landing on two fresh children then start far apart (issue 16: 384-456 ms before
+any warm-up; ``bench/diamond.py`` measures it). The heavy modules themselves (openai, duckdb,
+pyarrow) are imported in the parent before the fork; this builds the per-process objects. The
+sandbox is warmed by ``python_tool_task`` in its own ``worker_process_init`` handler.
 
 Every step is best effort: a warm-up failure is logged and never stops the child.
 """
@@ -45,9 +47,44 @@ def _warm_llm() -> None:
     ChatCompletion.model_validate(
         {"id": "w", "object": "chat.completion", "created": 0, "model": "w", "choices": []}
     )
-    ChatCompletionChunk.model_validate(
-        {"id": "w", "object": "chat.completion.chunk", "created": 0, "model": "w", "choices": []}
+    chunk = {
+        "id": "w",
+        "object": "chat.completion.chunk",
+        "created": 0,
+        "model": "w",
+        "choices": [
+            {"index": 0, "delta": {"role": "assistant", "content": "w"}, "finish_reason": None}
+        ],
+        "usage": {
+            "prompt_tokens": 1,
+            "completion_tokens": 1,
+            "total_tokens": 2,
+            "prompt_tokens_details": {"cached_tokens": 0},
+        },
+    }
+    ChatCompletionChunk.model_validate(chunk)
+    _warm_openai_internals(chunk)
+    for config in settings.llm.models:
+        _ = client_for(config).default_headers  # platform headers: `uname -p` runs once
+
+
+def _warm_openai_internals(chunk: dict[str, Any]) -> None:
+    """What openai builds on a child's first call (measured: ~8 ms of its first task): the
+    request parameters' type hints and the stream's nested chunk models (private helpers)."""
+    from openai._models import construct_type
+    from openai._utils import maybe_transform
+    from openai.types.chat import ChatCompletionChunk, completion_create_params
+
+    maybe_transform(
+        {
+            "messages": [{"role": "user", "content": "w"}],
+            "model": "w",
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        },
+        completion_create_params.CompletionCreateParamsStreaming,
     )
+    construct_type(type_=ChatCompletionChunk, value=chunk)
 
 
 def _warm_duckdb() -> None:
@@ -60,10 +97,14 @@ def _warm_duckdb() -> None:
 
 
 def _warm_backend() -> None:
+    from corral.tasks.stream_notifier import _client as streams_client
+
     client = getattr(app.backend, "client", None)
     ping = getattr(client, "ping", None)
     if callable(ping):
         ping()
+    # The first Redis command of a task (the prerun counter, `started`) uses the streams pool.
+    streams_client(settings.redis.streams_url).ping()
 
 
 def warm_child(queues: set[str]) -> dict[str, float]:
