@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import statistics
 import sys
@@ -98,11 +99,15 @@ async def generate(api: httpx.AsyncClient, concurrent: bool) -> float:
     return time.perf_counter() - began
 
 
+LAST_RUN: list[str] = []
+
+
 async def pipeline(api: httpx.AsyncClient, steps: list[dict[str, Any]]) -> float:
     began = time.perf_counter()
     resp = await api.post("/api/pipelines/runs", json={"steps": steps, "input": {"query": "q"}})
     resp.raise_for_status()
     run_id = resp.json()["run_id"]
+    LAST_RUN[:] = [run_id]
     async with api.stream("GET", f"/api/pipelines/runs/{run_id}/events", timeout=120) as events:
         event = ""
         async for line in events.aiter_lines():
@@ -165,6 +170,8 @@ async def main(runs: int, latency_ms: int) -> None:
                     gen = statistics.median([await generate(api, concurrent) for _ in range(runs)])
                     pipe = statistics.median([await pipeline(api, steps) for _ in range(runs)])
                     rows.append((label, base, gen, pipe))
+                    if label == "10-step chain":
+                        timeline = await chain_timeline(api, redis.url, fake, latency_ms)
     finally:
         worker.stop()
         fake.stop()
@@ -184,6 +191,54 @@ async def main(runs: int, latency_ms: int) -> None:
             f"| {pipe / base:>14.2f}x | {(pipe - base) * 1000 / STEPS:>16.1f} |"
         )
     print(f"\n({check_requests} provider requests served)")
+    print("\nWhere a chained step's time goes (last chain run, median over steps 1-9, ms):")
+    print("| segment | ms |")
+    print("|---|---|")
+    for name, value in timeline.items():
+        print(f"| {name} | {value:.1f} |")
+
+
+async def chain_timeline(
+    api: httpx.AsyncClient, redis_url: str, fake: FakeOpenAI, latency_ms: int
+) -> dict[str, float]:
+    """Per chained step, from the task streams' entry ids and the provider's arrival times."""
+    import redis as redis_sync
+
+    from corral.config import RedisSettings
+    from corral.task_schemas import task_events_key
+
+    run = (await api.get(f"/api/pipelines/runs/{LAST_RUN[0]}")).json()
+    client = redis_sync.Redis.from_url(
+        f"{redis_url}/{RedisSettings().streams_db}", decode_responses=True
+    )
+    arrivals = {r.prompt: r.received_at for r in fake.requests()}  # the newest of each prompt
+    rows: list[dict[str, float]] = []
+    for step in run["steps"]:
+        (task_id,) = step["task_ids"]
+        at = {
+            fields["type"]: int(entry.split("-")[0]) / 1000
+            for entry, fields in client.xrange(task_events_key(task_id))
+        }
+        if step["name"] == "s0":
+            at["request"] = at["started"]
+        else:
+            mark = f"step {step['name'][1:]} after"
+            at["request"] = max(t for p, t in arrivals.items() if p.startswith(mark))
+        rows.append(at)
+    client.close()
+    segments: dict[str, list[float]] = {}
+    for prev, cur in itertools.pairwise(rows):
+        parts = {
+            "app: previous done -> queued (wake, SQL row, send)": cur["queued"] - prev["done"],
+            "broker + worker pick-up: queued -> started": cur["started"] - cur["queued"],
+            "worker: started -> request at provider": cur["request"] - cur["started"],
+            f"provider answer + worker: request -> done, minus {latency_ms} ms": cur["done"]
+            - cur["request"]
+            - latency_ms / 1000,
+        }
+        for name, value in parts.items():
+            segments.setdefault(name, []).append(value * 1000)
+    return {name: statistics.median(values) for name, values in segments.items()}
 
 
 if __name__ == "__main__":
