@@ -14,6 +14,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from corral.app.auth.users import ensure_user_in
 from corral.app.clock import now
@@ -205,11 +206,15 @@ class PipelineRunRepository:
 
     async def cancel_requested(self, run_id: str) -> bool:
         async with self._db.session() as session:
-            return bool(
-                await session.scalar(
-                    select(PipelineRunRow.cancel_requested).where(PipelineRunRow.id == run_id)
-                )
+            return await self.cancel_requested_in(session, run_id)
+
+    @staticmethod
+    async def cancel_requested_in(session: AsyncSession, run_id: str) -> bool:
+        return bool(
+            await session.scalar(
+                select(PipelineRunRow.cancel_requested).where(PipelineRunRow.id == run_id)
             )
+        )
 
     async def publish(self, run_id: str, event: _Event) -> str:
         key = events_key(run_id)

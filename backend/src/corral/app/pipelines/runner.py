@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import uuid
 from collections.abc import Coroutine
 from graphlib import TopologicalSorter
 from typing import Any
@@ -76,6 +77,10 @@ class StepCancelled(Exception):
     pass
 
 
+class StepNotStarted(Exception):
+    """The run was cancelled before the step's task was sent: the step is skipped."""
+
+
 class PipelineRunner:
     def __init__(self, services: Services, repo: PipelineRunRepository, run: PipelineRun) -> None:
         self.services = services
@@ -126,15 +131,12 @@ class PipelineRunner:
         sorter.prepare()
         blocking: dict[str, str] = {}  # step -> why its dependants cannot run
         while sorter.is_active():
-            cancelled = await self.repo.cancel_requested(self.run.run_id)
+            # The cancel flag is read where each step's task is recorded (`_call`, one
+            # transaction), not here: a read per step on the critical path saved.
             for name in sorter.get_ready():
                 blockers = [d for d in self.defs[name].depends_on if d in blocking]
-                if blockers or cancelled:
-                    why = (
-                        f"dependency {blockers[0]} {blocking[blockers[0]]}"
-                        if blockers
-                        else "the run was cancelled"
-                    )
+                if blockers:
+                    why = f"dependency {blockers[0]} {blocking[blockers[0]]}"
                     await self._set(
                         name,
                         status="skipped",
@@ -154,7 +156,9 @@ class PipelineRunner:
                 name = self._running.pop(task)
                 status = task.result()
                 if status != "done" and not (status == "failed" and self.defs[name].optional):
-                    blocking[name] = "failed" if status == "failed" else "was cancelled"
+                    blocking[name] = {"failed": "failed", "skipped": "was skipped"}.get(
+                        status, "was cancelled"
+                    )
                 sorter.done(name)
 
     def _raise_persist_errors(self) -> None:
@@ -286,6 +290,14 @@ class PipelineRunner:
                     response="", parsed=None, responses=[], error=exc.error.model_dump()
                 )
             return "failed"
+        except StepNotStarted as exc:
+            await self._set(
+                step.name,
+                status="skipped",
+                finished_at=now(),
+                error=StepError(type="Skipped", message=f"not run: {exc}"),
+            )
+            return "skipped"
         except StepCancelled as exc:
             await self._set(
                 step.name,
@@ -396,14 +408,7 @@ class PipelineRunner:
             first = exc.errors(include_url=False)[0]
             raise StepFailed("InvalidPrompt", f"{first['loc']}: {first['msg']}") from None
         try:
-            task_id = await task_runs.submit(
-                self.services,
-                LLM_GENERATE,
-                task_input,
-                owner_id=run.owner_id,
-                tool="pipeline",
-                priority=message_priority(run.definition.urgent),
-            )
+            task_id = await self._submit(task_input)
         except BrokerUnavailable as exc:
             raise StepFailed("BrokerUnavailable", str(exc)) from exc
         except ProblemError as exc:  # e.g. the owner's daily token budget is used up
@@ -440,6 +445,39 @@ class PipelineRunner:
                 await self._cancel_task(task_id)
                 raise StepFailed("Timeout", f"no answer within step_timeout_s={timeout_s:g}")
         raise AssertionError(f"unhandled outcome {outcome!r}")
+
+    async def _submit(self, task_input: LLMGenerateInput) -> str:
+        """The step's run row, in the transaction that reads the run's cancel flag; then send."""
+        run, services = self.run, self.services
+        priority = message_priority(run.definition.urgent)
+        queue = LLM_GENERATE.default_queue
+        task_id = str(uuid.uuid4())
+        await services.users.ensure(run.owner_id)
+        async with services.db.session() as session:
+            if await self.repo.cancel_requested_in(session, run.run_id):
+                raise StepNotStarted("the run was cancelled")
+            waiting = await task_runs.insert_run(
+                services,
+                session,
+                LLM_GENERATE,
+                task_input,
+                owner_id=run.owner_id,
+                queue=queue,
+                task_id=task_id,
+                tool="pipeline",
+                priority=priority,
+            )
+        await task_runs.dispatch(
+            services,
+            LLM_GENERATE,
+            task_input,
+            owner_id=run.owner_id,
+            queue=queue,
+            task_id=task_id,
+            priority=priority,
+            waiting=waiting,
+        )
+        return task_id
 
     async def _cancel_task(self, task_id: str) -> None:
         try:
