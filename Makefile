@@ -63,7 +63,7 @@ fuzz: sync
 		$(UV) run --frozen pytest tests/test_api_fuzz.py -q
 
 bench: sync
-	cd $(BACKEND) && for b in roundtrip http_invoke task_runs python_tool pipeline analysis mcp turns; do \
+	cd $(BACKEND) && for b in roundtrip http_invoke task_runs python_tool pipeline diamond sse_fanout sessions analysis mcp turns; do \
 		test -f ../bench/$$b.py && $(UV) run --frozen python ../bench/$$b.py || exit 1; done
 
 clean-data:

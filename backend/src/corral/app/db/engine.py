@@ -23,7 +23,6 @@ from sqlalchemy.ext.asyncio import (
 )
 
 from corral.app.db.settings import DatabaseSettings
-from corral.app.db.write_gate import WriteGate
 
 BACKEND_DIR = Path(__file__).resolve().parents[4]
 MIGRATIONS_DIR = BACKEND_DIR / "alembic"
@@ -88,8 +87,6 @@ class Database:
         self.settings = settings
         self.engine = build_engine(settings)
         self.sessionmaker = async_sessionmaker(self.engine, expire_on_commit=False)
-        # SQLite: this process's writers queue here instead of sleeping in SQLite's busy handler.
-        self.write_gate = WriteGate(settings.sqlite_busy_timeout_s) if settings.is_sqlite else None
 
     @property
     def dialect(self) -> str:
@@ -98,19 +95,13 @@ class Database:
     @asynccontextmanager
     async def session(self) -> AsyncIterator[AsyncSession]:
         """A unit of work: committed when the block ends normally, rolled back otherwise."""
-        gate = self.write_gate
         async with self.sessionmaker() as session:
-            if gate is not None:
-                gate.attach(session)
             try:
                 yield session
                 await session.commit()
             except BaseException:
                 await session.rollback()
                 raise
-            finally:
-                if gate is not None:
-                    gate.release(session)
 
     async def current_revision(self) -> str | None:
         async with self.engine.connect() as conn:
