@@ -62,9 +62,15 @@ fuzz: sync
 	cd $(BACKEND) && CORRAL_FUZZ_SECONDS=$${CORRAL_FUZZ_SECONDS:-600} CORRAL_FUZZ_SEED=$$RANDOM \
 		$(UV) run --frozen pytest tests/test_api_fuzz.py -q
 
+# Every bench in one run, under 10 minutes on a 2-core machine: the slow ones with fewer
+# repetitions than their defaults (run a bench alone for the full numbers).
+BENCHES := roundtrip http_invoke task_runs "python_tool --runs 6" pipeline diamond \
+	"sse_fanout --seconds 10 --baseline 3" "sessions --runs 12 --restore-runs 2" analysis mcp turns
 bench: sync
-	cd $(BACKEND) && for b in roundtrip http_invoke task_runs python_tool pipeline diamond sse_fanout sessions analysis mcp turns; do \
-		test -f ../bench/$$b.py && $(UV) run --frozen python ../bench/$$b.py || exit 1; done
+	@cd $(BACKEND) && start=$$(date +%s) && for b in $(BENCHES); do \
+		set -- $$b; name=$$1; shift; \
+		$(UV) run --frozen python ../bench/$$name.py "$$@" || exit 1; done; \
+		echo "make bench: every bench in $$(( $$(date +%s) - start )) s"
 
 clean-data:
 	rm -rf .corral

@@ -101,9 +101,9 @@ async def upload(url: str, headers: dict[str, str], content: bytes, name: str) -
 
 def run(runs: int, big_rows: int) -> None:
     from corral.app.auth.service import issue_dev_token
-    from corral.app.datasets import sample
     from corral.app.main import create_app
     from corral.app.settings import AppSettings
+    from corral.tasks.circuit import sample
     from tests.support.fake_openai import FakeOpenAI, Reply
     from tests.support.llm_env import LLM_API_KEY, llm_env
     from tests.support.procs import (

@@ -136,7 +136,12 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    import _machine
+    import importlib.util
 
+    # This folder is off the path (see above): load the sibling module by file.
+    spec = importlib.util.spec_from_file_location("_machine", HERE / "_machine.py")
+    assert spec is not None and spec.loader is not None
+    _machine = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(_machine)
     _machine.announce(__file__)
     sys.exit(main())

@@ -340,5 +340,6 @@ def main() -> int:
 if __name__ == "__main__":
     import _machine
 
-    _machine.announce(__file__)
+    if "--child" not in sys.argv:  # the child's stdout is one JSON line for the parent
+        _machine.announce(__file__)
     sys.exit(main())
