@@ -64,8 +64,9 @@ fuzz: sync
 
 # Every bench in one run, under 10 minutes on a 2-core machine: the slow ones with fewer
 # repetitions than their defaults (run a bench alone for the full numbers).
-BENCHES := roundtrip http_invoke task_runs "python_tool --runs 6" pipeline diamond \
-	"sse_fanout --seconds 10 --baseline 3" "sessions --runs 12 --restore-runs 2" analysis mcp turns
+BENCHES := "roundtrip --trace-n 100 --poll-n 2" http_invoke task_runs "python_tool --runs 4" \
+	pipeline "diamond --trials 2" "sse_fanout --seconds 10 --baseline 3" \
+	"sessions --runs 8 --restore-runs 1" analysis mcp turns
 bench: sync
 	@cd $(BACKEND) && start=$$(date +%s) && for b in $(BENCHES); do \
 		set -- $$b; name=$$1; shift; \

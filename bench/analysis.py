@@ -99,6 +99,24 @@ async def upload(url: str, headers: dict[str, str], content: bytes, name: str) -
     return str(resp.json()["id"])
 
 
+def wait_ready(url: str, headers: dict[str, str], dataset_id: str, timeout_s: float = 300) -> None:
+    """The sample is built (and an upload read) by a circuit_q task: wait for `ready`."""
+    import httpx
+
+    deadline = time.monotonic() + timeout_s
+    status = "?"
+    while time.monotonic() < deadline:
+        resp = httpx.get(f"{url}/api/datasets/{dataset_id}", headers=headers, timeout=10)
+        ok = resp.status_code == 200
+        status = resp.json().get("status", "?") if ok else str(resp.status_code)
+        if status == "ready":
+            return
+        if status == "failed":
+            raise SystemExit(f"dataset {dataset_id} failed: {resp.text[:500]}")
+        time.sleep(0.2)
+    raise SystemExit(f"dataset {dataset_id} not ready after {timeout_s:.0f} s (last: {status})")
+
+
 def run(runs: int, big_rows: int) -> None:
     from corral.app.auth.service import issue_dev_token
     from corral.app.main import create_app
@@ -156,6 +174,8 @@ def run(runs: int, big_rows: int) -> None:
             with UvicornThread(create_app(settings), port=port) as server:
                 headers = {"Authorization": f"Bearer {issue_dev_token(settings.auth)}"}
                 big_id = asyncio.run(upload(server.url, headers, big.read_bytes(), "big.parquet"))
+                for dataset_id in (sample.SAMPLE_ID, big_id):  # built/read by circuit_q first
+                    wait_ready(server.url, headers, dataset_id)
                 results = {}
                 for label, dataset_id, path, n in (
                     (f"{sample.SAMPLE_ROWS:,} rows (sample)", sample.SAMPLE_ID, small, runs),
