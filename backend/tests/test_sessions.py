@@ -295,6 +295,25 @@ async def test_fork_bomb_stays_in_its_session(api: httpx.AsyncClient) -> None:
     _shared["other"] = other
 
 
+async def test_restart_after_the_process_limit_is_used_up_gets_a_new_sandbox(
+    api: httpx.AsyncClient,
+) -> None:
+    """Children left sleeping hold the sandbox's process limit, so the zygote cannot fork a
+    fresh kernel: the restart must start a new sandbox rather than fail (seen in CI after the
+    fork bomb, whose copies outlived their cell)."""
+    sid = await new_session(api)
+    hog = (
+        "import os, time\nkids = 0\nwhile True:\n    try:\n        pid = os.fork()\n"
+        "    except OSError:\n        break\n    if pid == 0:\n        time.sleep(600)\n"
+        "        os._exit(0)\n    kids += 1\n"
+    )
+    assert (await ok(api, sid, hog + "kids > 0"))["last_expr"] == "True"
+    body = await run(api, sid, "'kids' in globals()", restart=True)
+    assert body["status"] == "done", body
+    assert body["output"]["last_expr"] == "False"
+    assert (await ok(api, sid, "1 + 1"))["last_expr"] == "2"
+
+
 async def test_restart_empties_the_namespace(api: httpx.AsyncClient) -> None:
     sid = await shared(api)
     body = await run(api, sid, "'x' in globals()", restart=True)

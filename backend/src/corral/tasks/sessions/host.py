@@ -243,6 +243,16 @@ class SessionHost:
             raise CallError(
                 "StaleSessionCall", f"call {req['seq']} was already run in this session"
             )
+        forked = False
+        if session is not None:
+            try:
+                forked = session.ensure_kernel(self.conf.start_timeout_s)
+            except SandboxGone:
+                # The sandbox died under the fork (e.g. a fork bomb's leftovers still held the
+                # process limit): a fresh sandbox, restored like any lost session.
+                log.warning("session sandbox gone at fork; starting a new one", session=session_id)
+                self._drop(session_id)
+                session = None
         if session is None:
             session, warm = self._new_session(req, limits.memory_mb)
             self._announce()
@@ -250,11 +260,7 @@ class SessionHost:
             if key and not req.get("restart"):
                 self._restore(session, key, notes)
                 restored = True
-        elif (
-            session.ensure_kernel(self.conf.start_timeout_s)
-            and session.snapshot_key
-            and not req.get("restart")
-        ):
+        elif forked and session.snapshot_key and not req.get("restart"):
             # The kernel died in an earlier call: same sandbox, fresh fork, last snapshot.
             self._restore(session, session.snapshot_key, notes)
             restored = True
