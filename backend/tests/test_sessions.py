@@ -15,6 +15,7 @@ Speed: starting a sandbox (the zygote's imports) is what costs, so the tests sha
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -233,6 +234,51 @@ async def test_calls_to_one_session_run_one_at_a_time_in_order(api: httpx.AsyncC
     assert out["last_expr"] == repr([0, 0, 1, 1, 2, 2, 3, 3])  # never interleaved
     times = await ok(api, sid, "all(a[1] <= b[1] for a, b in zip(log, log[1:]))")
     assert times["last_expr"] == "True"
+
+
+def run_row(stack: Stack, task_id: str) -> dict[str, Any]:
+    """The run's ``task_runs`` row, read straight from SQL (no API read syncs it first)."""
+    import sqlite3
+
+    path = stack.env["CORRAL_DATABASE__URL"].removeprefix("sqlite+aiosqlite:///")
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        db.row_factory = sqlite3.Row
+        row = db.execute("SELECT * FROM task_runs WHERE id = ?", (task_id,)).fetchone()
+    assert row is not None, task_id
+    return dict(row)
+
+
+async def test_a_call_commits_its_run_with_the_call(stack: Stack, api: httpx.AsyncClient) -> None:
+    """The answer is sent after one commit that holds the call and the run's end: a read
+    right after it sees the run done, started and charged, with no tracker to wait for."""
+    sid = await shared(api)
+    body = await run(api, sid, "sum(range(10))")
+    assert body["status"] == "done", body
+    row = run_row(stack, body["task_id"])
+    assert row["state"] == "done" and row["finished_at"] and row["started_at"], row
+    assert row["worker"] and row["attempts"] == 1, row  # from the `started` event
+    assert row["cpu_s"] is not None, row
+
+
+async def test_a_call_whose_caller_stopped_waiting_is_kept_and_recorded(
+    stack: Stack, api: httpx.AsyncClient
+) -> None:
+    """A call answered ``timeout`` still counts: the next call builds on its state, and its
+    run and cell are recorded when it ends (the tracker takes over from the caller)."""
+    sid = await shared(api)
+    cells = (await api.get(f"/api/sessions/{sid}")).json()["cells"]
+    body = await run(api, sid, "import time; time.sleep(1.5); late = 7", timeout_s=0.3)
+    assert body["status"] == "timeout", body
+    assert run_row(stack, body["task_id"])["state"] in {"queued", "running"}
+    # Sent before the first is recorded: it runs after it, on the state it left.
+    assert (await ok(api, sid, "late * 6"))["last_expr"] == "42"
+    deadline = time.monotonic() + 30
+    while (row := run_row(stack, body["task_id"]))["state"] != "done":
+        assert time.monotonic() < deadline, row
+        await asyncio.sleep(0.1)
+    info = (await api.get(f"/api/sessions/{sid}")).json()
+    assert info["cells"] == cells + 2, info
+    assert {v["name"] for v in info["variables"]} >= {"late"}
 
 
 async def test_escape_checks_inside_a_forked_kernel(api: httpx.AsyncClient) -> None:

@@ -181,6 +181,9 @@ class Services:
 
     async def start_background(self) -> None:
         """Follow runs left open by an earlier process and start the periodic reconcile."""
+        from corral.app.sessions import service as sessions  # it records calls as runs end
+
+        sessions.install(self)
         await self.tracker.resume(timeout_s=self.settings.max_invoke_timeout_s + 3600)
         from corral.app.turns.runner import TurnManager  # it drives the chat loop (imports us)
 

@@ -44,6 +44,12 @@ def snapshot_key(owner_id: str, session_id: str, seq: int) -> str:
     return f"{owner_id}/{SESSION_SNAPSHOT_KIND}/{session_id}-{seq}"
 
 
+def snapshot_seq(key: str | None) -> int:
+    """The call a snapshot was taken after (``snapshot_key``'s ``seq``); 0 for no snapshot."""
+    tail = (key or "").rpartition("-")[2]
+    return int(tail) if tail.isdigit() else 0
+
+
 class SessionRunInput(BaseModel):
     model_config = ConfigDict(extra="forbid")
 

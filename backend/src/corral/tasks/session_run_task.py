@@ -8,6 +8,8 @@ exceptions and limits are normal output, as in ``python.run``.
 from __future__ import annotations
 
 import shutil
+import tempfile
+import uuid
 from pathlib import Path
 
 from corral.task_schemas import (
@@ -22,7 +24,6 @@ from corral.tasks._base import TaskContext, TaskUserError, corral_task
 from corral.tasks.celery_app import settings
 from corral.tasks.python_tool_task import SandboxError, _upload_figures
 from corral.tasks.sandbox import SandboxLimits, SandboxResult
-from corral.tasks.sandbox._common import new_run_dir
 from corral.tasks.sessions.client import HostUnavailable, call_host
 
 # A session's answer may name these; anything else from the host is an infrastructure error.
@@ -41,10 +42,11 @@ def session_limits(params: SessionRunInput) -> SandboxLimits:
 def session_run(ctx: TaskContext, params: SessionRunInput) -> SessionRunOutput:
     """Hand the call to the session host, upload the figures it left, return references."""
     limits = session_limits(params)
-    run_dir = new_run_dir(settings.sandbox.work_dir)
+    # Made by the host only when the call leaves files (most calls leave none).
+    output_dir = (settings.sandbox.work_dir or Path(tempfile.gettempdir())) / (
+        f"corral-run-{uuid.uuid4().hex}"
+    )
     try:
-        output_dir = run_dir / "output"
-        output_dir.mkdir()
         request = {
             "op": "run",
             "session_id": params.session_id,
@@ -74,7 +76,7 @@ def session_run(ctx: TaskContext, params: SessionRunInput) -> SessionRunOutput:
         result = SandboxResult(stdout="", stderr="", output_files=files)
         figures, notes = _upload_figures(ctx, result)
     finally:
-        shutil.rmtree(run_dir, ignore_errors=True)
+        shutil.rmtree(output_dir, ignore_errors=True)
     error = answer.get("error")
     return SessionRunOutput(
         session_id=params.session_id,

@@ -40,15 +40,19 @@ from corral.app.streams import (
     TaskTimedOut,
     long_poll_celery_result,
 )
+from corral.app.streams.long_poll import OnEvent
 from corral.app.task_runs import service as task_runs
 from corral.task_schemas import (
     SESSION_CLOSE,
     SESSION_RUN,
+    DoneEvent,
     FigureFormat,
     PythonInputFile,
     PythonLimitOverrides,
     SessionCloseInput,
     SessionRunInput,
+    StartedEvent,
+    TaskEvent,
     VariableInfo,
     session_queue,
     task_events_key,
@@ -253,40 +257,65 @@ async def prepare_call(
     formats: list[FigureFormat],
     restart: bool = False,
     extra_files: list[PythonInputFile] | None = None,
-    remember_code: bool = False,
 ) -> tuple[SessionRunInput, str | None]:
     """The task input of the next call and its route (the holder's queue, or None: python_q).
-
-    ``remember_code``: keep the code in Redis until ``finish_call`` records it (the chat's
-    ``run_python`` presents the output without its arguments at hand)."""
-    _, task_input, route = await claim_call(
-        services, user, row, code, formats=formats, restart=restart, extra_files=extra_files,
-        remember_code=remember_code,
-    )  # fmt: skip
-    return task_input, route
-
-
-async def claim_call(
-    services: Services,
-    user: User,
-    row: ResearchSession | str,
-    code: str,
-    *,
-    formats: list[FigureFormat],
-    restart: bool = False,
-    extra_files: list[PythonInputFile] | None = None,
-    remember_code: bool = False,
-) -> tuple[ResearchSession, SessionRunInput, str | None]:
-    """``prepare_call`` for a session given by id: it is read in the same transaction that
-    claims the call number (one commit on the hot path, not two)."""
+    The call is recorded when its run's end is (``_record_finished``)."""
     async with services.db.session() as session:
         row, task_input, route = await _claim_in(
             services, session, user, row, code,
             formats=formats, restart=restart, extra_files=extra_files,
         )  # fmt: skip
-    if remember_code:
-        await services.redis.set(_cell_key(row.id, task_input.seq), code, ex=ROUTE_TTL_S)
-    return row, task_input, route
+    _expect(row.id, task_input.seq, code, _claimed(row, restart))
+    return task_input, route
+
+
+def _claimed(row: ResearchSession, restart: bool) -> repository.Claimed:
+    return repository.Claimed([] if restart else list(row.cells), row.last_call_at)
+
+
+def _closed(session_id: str) -> ProblemError:
+    return ProblemError(409, "session-closed", f"session {session_id} is closed; create a new one")
+
+
+_HOLDERS_MAX = 10_000
+_holders: dict[str, str] = {}  # session id -> its holder at the last call seen here (a guess)
+
+
+async def _claim_by_id(
+    services: Services, session: AsyncSession, user: User, session_id: str
+) -> tuple[ResearchSession, int, bool]:
+    """Claim the next call number of an active session the user owns in one statement, with
+    the holder's lease checked meanwhile (the holder this process saw last, if any).
+
+    Returns the row (as claimed), the call number and whether its holder is alive."""
+    guess = _holders.get(session_id)
+    lease = asyncio.ensure_future(_holder_alive(services, guess)) if guess else None
+    try:
+        row = await repository.claim_next(session, session_id, user.id)
+    except BaseException:
+        if lease is not None:
+            lease.cancel()
+        raise
+    if row is None:
+        if lease is not None:
+            lease.cancel()
+        found = await repository.get_owned(session, session_id, user.id)
+        raise not_found(session_id) if found is None else _closed(session_id)
+    if lease is not None and row.worker == guess:
+        alive = await lease
+    else:
+        if lease is not None:
+            lease.cancel()
+        alive = row.worker is not None and await _holder_alive(services, row.worker)
+    return row, row.seq, alive
+
+
+def remember_holder(session_id: str, worker: str | None) -> None:
+    if not worker:
+        return
+    if len(_holders) >= _HOLDERS_MAX and session_id not in _holders:
+        _holders.clear()
+    _holders[session_id] = worker
 
 
 async def _claim_in(
@@ -302,19 +331,17 @@ async def _claim_in(
 ) -> tuple[ResearchSession, SessionRunInput, str | None]:
     """Read the session, claim the next call number and work out the route, in ``session``."""
     if isinstance(row, str):
-        found = await repository.get_owned(session, row, user.id)
-        if found is None:
-            raise not_found(row)
-        row = found
-    if row.state != "active":
-        raise ProblemError(409, "session-closed", f"session {row.id} is closed; create a new one")
-    # The holder's liveness before the first write: no Redis round trip under the write lock.
-    alive = row.worker is not None and await _holder_alive(services, row.worker)
+        row, seq, alive = await _claim_by_id(services, session, user, row)
+    else:
+        if row.state != "active":
+            raise _closed(row.id)
+        # The holder's liveness before the first write: no Redis round trip under the write lock.
+        alive = row.worker is not None and await _holder_alive(services, row.worker)
+        seq = await repository.next_seq(session, row.id)
     route = session_queue(row.worker) if alive and row.worker else None
     files = [PythonInputFile.model_validate(f) for f in row.input_files]
     known = {f.file_name for f in files}
     added = [f for f in extra_files or [] if f.file_name not in known]
-    seq = await repository.next_seq(session, row.id)
     values: dict[str, Any] = {}
     if added:
         files += added
@@ -339,17 +366,16 @@ async def _claim_in(
 
 
 async def finish_call(
-    services: Services, user: User, output: dict[str, Any], code: str | None
+    services: Services, user: User, output: dict[str, Any], *, call: _Call | None = None
 ) -> dict[str, Any]:
-    """Record a call's outcome in SQL and turn figure keys into URLs."""
-    if code is None:  # the chat's run_python: the code kept by ``prepare_call``
-        key = _cell_key(str(output["session_id"]), int(output["seq"]))
-        kept = await services.redis.getdel(key)
-        code = kept.decode() if isinstance(kept, bytes) else kept
-    async with services.db.session() as session:
-        await repository.record_call(
-            session, str(output["session_id"]), int(output["seq"]), output, code
-        )
+    """Turn figure keys into URLs; with ``call`` (a run no tracker follows), record the run's
+    end first, which records the call too (``_record_finished``), in one commit."""
+    if call is not None and call.done is not None:
+        async with services.db.session() as session:
+            await services.tracker.apply(
+                call.task_id, *call.done, started=call.started, session=session
+            )
+    remember_holder(str(output["session_id"]), output.get("worker"))
     figures = []
     for figure in output.get("figures") or []:
         url = await services.storage.presign_get(figure["key"], expires_s=FIGURE_URL_TTL_S)
@@ -357,15 +383,39 @@ async def finish_call(
     return {**output, "figures": figures}
 
 
+_PENDING_MAX = 1_000
+# (session id, call number) -> the call's code and what its claim read of the row, until the
+# run's end is recorded (in this process; a run finished elsewhere is recorded without them).
+_pending: dict[tuple[str, int], tuple[str, repository.Claimed]] = {}
+
+
+def _expect(session_id: str, seq: int, code: str, claimed: repository.Claimed) -> None:
+    if len(_pending) >= _PENDING_MAX:  # calls whose end this process never saw: oldest first
+        del _pending[next(iter(_pending))]
+    _pending[(session_id, seq)] = (code, claimed)
+
+
+async def _record_finished(session: AsyncSession, task_id: str, state: str, output: Any) -> None:
+    """The tracker's hook for ``session.run``: a finished call is recorded in the same commit
+    as its run, whoever records that (the waiting request, a watcher after the caller left,
+    the reconciler), so a call the caller stopped waiting for is still recorded."""
+    if state != "done" or not isinstance(output, dict) or "session_id" not in output:
+        return
+    session_id, seq = str(output["session_id"]), int(output["seq"])
+    code, claimed = _pending.pop((session_id, seq), (None, None))
+    await repository.record_call(session, session_id, seq, output, code, claimed)
+
+
+def install(services: Services) -> None:
+    """Record session calls when their runs end (before the tracker resumes old runs)."""
+    services.tracker.on_finish(SESSION_RUN.name, _record_finished)
+
+
 ROUTE_TTL_S = 86_400
 
 
 def _route_key(task_id: str) -> str:
     return f"corral:sessions:route:{task_id}"
-
-
-def _cell_key(session_id: str, seq: int) -> str:
-    return f"corral:sessions:cell:{session_id}:{seq}"
 
 
 async def remember_route(services: Services, task_id: str, route: str | None) -> None:
@@ -421,7 +471,7 @@ def worker_lost_message(worker: str | None) -> str:
 
 async def _wait(
     services: Services, task_id: str, route: str | None, worker: str | None, timeout_s: float,
-    subscription: Any,
+    subscription: Any, on_event: OnEvent | None = None,
 ) -> Any:  # fmt: skip
     """The task's outcome; ``None`` if the holder died while we waited (the call is revoked)."""
     poll = long_poll_celery_result(
@@ -430,6 +480,7 @@ async def _wait(
         hub=services.hub,
         backend=services.results,
         subscription=subscription,
+        on_event=on_event,
     )
     return await watch_holder(services, task_id, worker if route is not None else None, poll)
 
@@ -466,6 +517,7 @@ async def run(
                     thread_id=row.thread_id,
                     route=route,
                 )
+            _expect(row.id, task_input.seq, code, _claimed(row, restart))
             await task_runs.dispatch(
                 services,
                 SESSION_RUN,
@@ -475,16 +527,49 @@ async def run(
                 task_id=task_id,
                 route=route,
                 waiting=waiting,
+                watch=False,  # this request records the run's end and the call in one commit
             )
-            await remember_route(services, task_id, route)
-            outcome = await _wait(services, task_id, route, row.worker, timeout_s, subscription)
-        return await _respond(services, user, session_id, task_id, outcome, code, row.worker)
+            call = _Call(task_id, row.worker)
+            recorded = False
+            try:
+                await remember_route(services, task_id, route)
+                outcome = await _wait(
+                    services, task_id, route, row.worker, timeout_s, subscription, call.note
+                )
+                if isinstance(outcome, TaskFailed | TaskCancelled) or outcome is None:
+                    _pending.pop((row.id, task_input.seq), None)  # ended without a cell
+                response = await _respond(services, user, session_id, outcome, call)
+                recorded = call.done is not None and isinstance(outcome, TaskDone)
+                return response
+            finally:
+                if not recorded:  # stopped waiting, or an outcome this request did not record
+                    services.tracker.watch(
+                        task_id, timeout_s=task_runs.watch_timeout_s(services, SESSION_RUN)
+                    )
+
+
+@dataclass
+class _Call:
+    """One call in flight: its run, the holder it was sent to, and the run's ``started`` and
+    ``done`` entries as the waiter saw them."""
+
+    task_id: str
+    worker: str | None
+    started: tuple[str, TaskEvent] | None = None
+    done: tuple[str, TaskEvent] | None = None
+
+    async def note(self, entry_id: str, event: TaskEvent) -> None:
+        if isinstance(event, StartedEvent):
+            self.started = (entry_id, event)
+        elif isinstance(event, DoneEvent):
+            self.done = (entry_id, event)
 
 
 async def _respond(
-    services: Services, user: User, session_id: str, task_id: str, outcome: Any, code: str,
-    worker: str | None,
-) -> SessionRunResponse:  # fmt: skip
+    services: Services, user: User, session_id: str, outcome: Any, call: _Call
+) -> SessionRunResponse:
+    task_id = call.task_id
+
     def error(kind: str, message: str, status: str = "error") -> SessionRunResponse:
         return SessionRunResponse(
             session_id=session_id,
@@ -495,9 +580,9 @@ async def _respond(
 
     match outcome:
         case None:
-            return error("SessionWorkerLost", worker_lost_message(worker))
+            return error("SessionWorkerLost", worker_lost_message(call.worker))
         case TaskDone(output=output):
-            presented = await finish_call(services, user, output, code)
+            presented = await finish_call(services, user, output, call=call)
             return SessionRunResponse(
                 session_id=session_id, task_id=task_id, status="done", output=presented
             )

@@ -128,6 +128,7 @@ class StreamHub:
         self._control_key = f"corral:hub:{uuid.uuid4().hex}:control"
         self._control_last = "0-0"
         self._wake_pending = False
+        self._reading: dict[str, str] = {}  # the cursors of the XREAD in flight
         self._task: asyncio.Task[None] | None = None
         self._closed = False
         self.lag_s = 0.0  # seconds from an entry's write to its delivery, last read
@@ -170,7 +171,11 @@ class StreamHub:
         parse_entry_id(last_id)  # reject malformed cursors before they reach Redis
         sub = Subscription(self, key, last_id)
         self._subs.setdefault(key, set()).add(sub)
-        self._wake()
+        # The XREAD in flight already reads ``key`` from this cursor or an earlier one (another
+        # waiter on the same task): it delivers to this subscription too, no wake needed.
+        reading = self._reading.get(key)
+        if reading is None or parse_entry_id(reading) > sub._last:
+            self._wake()
         return sub
 
     def _remove(self, sub: Subscription) -> None:
@@ -206,6 +211,7 @@ class StreamHub:
         backoff = 0.05
         while not self._closed:
             cursors = self._cursors()
+            self._reading = cursors
             try:
                 response: Any = await self._reader.xread(
                     cast(Any, cursors), count=self._batch, block=self._block_ms

@@ -175,8 +175,11 @@ async def dispatch(
     priority: int | None = None,
     route: str | None = None,
     waiting: bool = False,
+    watch: bool = True,
 ) -> None:
-    """After the row's commit: send the run, or (``waiting``) hand it to fair share."""
+    """After the row's commit: send the run, or (``waiting``) hand it to fair share.
+    ``watch=False``: the caller waits for the outcome and records it (or calls
+    ``tracker.watch`` if it stops waiting first), so no tracker follows the run."""
     if waiting:
         assert services.fair is not None
         await services.fair.announce(task_id, owner_id, queue.value)
@@ -191,6 +194,7 @@ async def dispatch(
         task_id=task_id,
         priority=priority,
         route=route,
+        watch=watch,
     )
 
 
@@ -204,8 +208,9 @@ async def send_claimed(
     task_id: str,
     priority: int | None = None,
     route: str | None = None,
+    watch: bool = True,
 ) -> None:
-    """Publish a run whose row is committed as ``queued`` and follow it."""
+    """Publish a run whose row is committed as ``queued`` and follow it (``watch``)."""
     target = queue
     try:
         await services.sender.send(
@@ -222,7 +227,8 @@ async def send_claimed(
             task_id, "error", error_type="BrokerUnavailable", error_message=str(exc)
         )
         raise
-    services.tracker.watch(task_id, timeout_s=watch_timeout_s(services, spec))
+    if watch:
+        services.tracker.watch(task_id, timeout_s=watch_timeout_s(services, spec))
 
 
 async def get_owned(services: Services, task_id: str, owner_id: str) -> TaskRun:

@@ -14,13 +14,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
 import redis.asyncio as aioredis
 import structlog
 from sqlalchemy import func, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from corral.app.db import Database
 from corral.app.db.base import utcnow
@@ -78,6 +79,10 @@ def object_refs(output: Any, owner_id: str, limit: int = _MAX_REFS) -> list[dict
     return found
 
 
+FinishHook = Callable[[AsyncSession, str, str, Any], Awaitable[None]]
+"""``(session, task_id, state, output)``, called once per run when its end is recorded."""
+
+
 class TaskRunTracker:
     def __init__(
         self,
@@ -92,7 +97,13 @@ class TaskRunTracker:
         self.streams = streams
         self._watchers: dict[str, asyncio.Task[None]] = {}
         self._synced: dict[str, str] = {}  # task id -> newest non-terminal entry applied by sync
+        self._finish_hooks: dict[str, FinishHook] = {}
         self._closed = False
+
+    def on_finish(self, task_name: str, hook: FinishHook) -> None:
+        """Run ``hook`` in the transaction that records the end of each ``task_name`` run
+        (whoever records it: a waiting request, a watcher, a sync, the reconciler)."""
+        self._finish_hooks[task_name] = hook
 
     # -- following live ------------------------------------------------------------------------
 
@@ -188,10 +199,13 @@ class TaskRunTracker:
         event: TaskEvent,
         *,
         started: tuple[str, TaskEvent] | None = None,
+        session: AsyncSession | None = None,
     ) -> str | None:
         """Write what ``event`` changes; returns the new state, or ``None`` if nothing changed.
 
         ``started``: the run's ``started`` entry when it was coalesced into a terminal one.
+        ``session``: write a terminal event in the caller's transaction (a request recording
+        its own writes in the same commit), not in one of the tracker's own.
         """
         when = repository.entry_time(entry_id)
         extra: dict[str, Any] = {}
@@ -208,8 +222,9 @@ class TaskRunTracker:
         if isinstance(event, DoneEvent):
             output = await self._output(task_id, event)
             changed = await self.finish(
-                task_id, "done", when=when, entry_id=entry_id, output=output, extra=extra
-            )
+                task_id, "done", when=when, entry_id=entry_id, output=output, extra=extra,
+                session=session,
+            )  # fmt: skip
             return "done" if changed else None
         if isinstance(event, ErrorEvent):
             state = "lost" if event.error_type == LOST_ERROR_TYPE else "error"
@@ -221,6 +236,7 @@ class TaskRunTracker:
                 error_type=event.error_type,
                 error_message=event.message,
                 extra=extra,
+                session=session,
             )
             return state if changed else None
         if isinstance(event, CancelledEvent):
@@ -232,6 +248,7 @@ class TaskRunTracker:
                 error_type="Cancelled",
                 error_message=event.reason,
                 extra=extra,
+                session=session,
             )
             return "cancelled" if changed else None
         return None
@@ -278,43 +295,68 @@ class TaskRunTracker:
         error_type: str | None = None,
         error_message: str | None = None,
         extra: dict[str, Any] | None = None,
+        session: AsyncSession | None = None,
     ) -> bool:
         """Record the end of a run once; True if this call did. A different later outcome is
-        recorded in ``ignored_outcomes`` and changes nothing else."""
-        when = when or utcnow()
-        async with self._db.session() as session:
-            row = await session.get(TaskRun, task_id)
-            if row is None:
-                return False
-            if row.state not in _OPEN:
-                if state != row.state or error_type != row.error_type:
-                    self._record_ignored(row, state, error_type, when)
-                return False
-            refs = object_refs(output, row.owner_id) if state == "done" else []
-            values: dict[str, Any] = {
-                "state": state,
-                "finished_at": when,
-                "last_event_at": when,
-                "error_type": error_type,
-                "error_message": error_message[:10_000] if error_message else None,
-                "output_refs": [r["key"] for r in refs] or None,
-            }
-            if entry_id is not None:
-                values["last_event_id"] = entry_id
-            if state == "done":
-                values["rows_scanned"] = usage.rows_scanned_in_output(output)
-            values |= extra or {}
-            result: Any = await session.execute(
-                update(TaskRun)
-                .where(TaskRun.id == task_id, TaskRun.state.in_(_OPEN))
-                .values(**values)
-            )
-            if not result.rowcount:
-                return False
-            if state == "done":
-                await self._add_artifacts(session, row, refs)
-                if not row.usage_recorded:
-                    self._add_usage(session, row, output, when)
+        recorded in ``ignored_outcomes`` and changes nothing else. ``session``: in the
+        caller's transaction (committed by the caller)."""
+        scope: contextlib.AbstractAsyncContextManager[AsyncSession] = (
+            contextlib.nullcontext(session) if session is not None else self._db.session()
+        )
+        async with scope as session:
+            return await self._finish_in(
+                session, task_id, state, when=when or utcnow(), entry_id=entry_id,
+                output=output, error_type=error_type, error_message=error_message, extra=extra,
+            )  # fmt: skip
+
+    async def _finish_in(
+        self,
+        session: AsyncSession,
+        task_id: str,
+        state: str,
+        *,
+        when: datetime,
+        entry_id: str | None,
+        output: Any,
+        error_type: str | None,
+        error_message: str | None,
+        extra: dict[str, Any] | None,
+    ) -> bool:
+        row = await session.get(TaskRun, task_id)
+        if row is None:
+            return False
+        if row.state not in _OPEN:
+            if state != row.state or error_type != row.error_type:
+                self._record_ignored(row, state, error_type, when)
+            return False
+        refs = object_refs(output, row.owner_id) if state == "done" else []
+        values: dict[str, Any] = {
+            "state": state,
+            "finished_at": when,
+            "last_event_at": when,
+            "error_type": error_type,
+            "error_message": error_message[:10_000] if error_message else None,
+            "output_refs": [r["key"] for r in refs] or None,
+        }
+        if entry_id is not None:
+            values["last_event_id"] = entry_id
+        needs_usage = state == "done" and not row.usage_recorded
+        if state == "done":
+            values["rows_scanned"] = usage.rows_scanned_in_output(output)
+        if needs_usage:
+            values["usage_recorded"] = True  # in this statement: no second UPDATE at the flush
+        values |= extra or {}
+        result: Any = await session.execute(
+            update(TaskRun).where(TaskRun.id == task_id, TaskRun.state.in_(_OPEN)).values(**values)
+        )
+        if not result.rowcount:
+            return False
+        if state == "done":
+            await self._add_artifacts(session, row, refs)
+            if needs_usage:
+                self._add_usage(session, row, output, when)
+        if (hook := self._finish_hooks.get(row.task_name)) is not None:
+            await hook(session, row.id, state, output)
         return True
 
     @staticmethod
@@ -370,4 +412,3 @@ class TaskRunTracker:
                 task_run_id=row.id,
                 when=when,
             )
-        row.usage_recorded = True

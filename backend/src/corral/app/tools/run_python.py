@@ -83,7 +83,6 @@ async def _build_input(
             args.code,
             formats=task_input.figure_formats,
             extra_files=files,
-            remember_code=True,
         )
         return Dispatch(SESSION_RUN, session_input, route), None
     return task_input, None
@@ -95,7 +94,7 @@ async def _present(output: Any, call: ToolCall) -> Any:
     if "session_id" in output:  # ran in the thread's session: record where it lives now
         from corral.app.sessions import service as sessions
 
-        return await sessions.finish_call(call.services, call.user, output, None)
+        return await sessions.finish_call(call.services, call.user, output)
     figures = []
     for figure in output.get("figures") or []:
         url = await call.services.storage.presign_get(figure["key"], expires_s=FIGURE_URL_TTL_S)

@@ -27,7 +27,7 @@ from typing import Any
 import redis
 import structlog
 
-from corral.task_schemas.sessions import live_sessions_key, worker_lease_key
+from corral.task_schemas.sessions import live_sessions_key, snapshot_seq, worker_lease_key
 from corral.tasks.logging_setup import configure_logging
 from corral.tasks.object_store import ObjectNotFound, ObjectStoreError, get_object_store
 from corral.tasks.sandbox import SandboxFailure
@@ -235,8 +235,10 @@ class SessionHost:
         key = req.get("snapshot_key")
         if key and not snapshots.key_belongs(key, req["owner_id"], session_id):
             key = None
-        if session is not None and key and session.snapshot_key != key:
+        if session is not None and key and snapshot_seq(key) > snapshot_seq(session.snapshot_key):
             # The app recorded a newer snapshot (another worker ran a call): memory is stale.
+            # An older one means the app has not recorded this memory's last call yet (its
+            # caller stopped waiting): memory is the newer state, and is kept.
             self._drop(session_id)
             session = None
         if session is not None and req["seq"] <= session.seq:

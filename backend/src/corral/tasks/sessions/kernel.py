@@ -237,8 +237,11 @@ def _write_files(header: dict[str, Any], payload: bytes, output_dir: Path, limit
                  result: SandboxResult) -> None:  # fmt: skip
     """The files the kernel sent, written with caps, O_EXCL and O_NOFOLLOW (names untrusted)."""
     files = header.get("files")
-    if not isinstance(files, list):
+    if not isinstance(files, list) or not files:
         return
+    # Private (0700) and new: the pool child named it, and it is made only for calls with files.
+    output_dir.parent.mkdir(parents=True, exist_ok=True)
+    output_dir.mkdir(mode=0o700)
     offset, budget = 0, limits.output_max_mb * MB
     for item in files[: limits.max_output_files]:
         name, size = (
