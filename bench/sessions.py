@@ -5,7 +5,8 @@
 Stack: `make up`'s processes (``python -m corral.devstack`` on a private data dir and port: its
 Redis, SQLite, one worker per queue with 2 processes, python_q as the sandbox user with bwrap,
 the app under uvicorn). Rows (p50/p95):
-- baselines: the ``echo`` tool on python_q, and stateless ``run_python`` ``print(1)``;
+- baselines: the ``echo`` tool on python_q (measured alongside each new-session and warm call
+  too, so it sees the same load), and stateless ``run_python`` ``print(1)``;
 - new session, first ``print(1)`` (``POST /api/sessions`` + first ``run``; the kernel is forked
   from a warm zygote);
 - warm session, next call ``x + 1``;
@@ -84,9 +85,8 @@ async def measure(stack: Any, runs: int, restore_runs: int) -> dict[str, list[fl
             )
         sids = []
         for _ in range(runs):
-            await asyncio.sleep(
-                3.0
-            )  # let the warm pools refill (production: sessions arrive apart)
+            await asyncio.sleep(3.0)  # the warm pool refills (production: sessions arrive apart)
+            out["echo"].append((await timed(c, "POST", "/api/tools/echo/invoke", echo))[0])
             t = time.perf_counter()
             _, made = await timed(c, "POST", "/api/sessions", {})
             await timed(c, "POST", f"/api/sessions/{made['id']}/run", {"code": "print(1)"})
@@ -96,7 +96,8 @@ async def measure(stack: Any, runs: int, restore_runs: int) -> dict[str, list[fl
         _, made = await timed(c, "POST", "/api/sessions", {})
         sid = made["id"]
         await timed(c, "POST", f"/api/sessions/{sid}/run", {"code": "x = 41"})
-        for _ in range(runs):
+        for _ in range(runs):  # paired with an echo each: the baseline under the same load
+            out["echo"].append((await timed(c, "POST", "/api/tools/echo/invoke", echo))[0])
             took, done = await timed(c, "POST", f"/api/sessions/{sid}/run", {"code": "x + 1"})
             out["warm x + 1"].append(took)
             out.setdefault("warm x + 1" + HOST, []).append(done["output"]["duration_s"])
