@@ -9,6 +9,8 @@ priority, and its sends must be answered by a real worker. A broker that cannot 
 
 from __future__ import annotations
 
+import asyncio
+import base64
 import json
 import uuid
 from collections.abc import AsyncIterator
@@ -21,19 +23,22 @@ import redis.asyncio as aioredis
 from celery import Celery
 
 from corral.app.celery_client import BrokerUnavailable, TaskSender, build_celery_client
-from corral.app.celery_publish import RedisTaskPublisher
+from corral.app.celery_publish import RedisTaskPublisher, same_server_dbs
 from corral.app.services import Services
 from corral.app.settings import AppSettings
-from corral.app.streams import TaskDone, long_poll_celery_result
+from corral.app.streams import StreamHub, TaskDone, long_poll_celery_result
 from corral.task_schemas import (
     PRIORITY_NORMAL,
     PRIORITY_STEPS,
     PRIORITY_URGENT,
     SYSTEM_ECHO,
     EchoInput,
+    Queue,
     message_kwargs,
     task_events_key,
 )
+from corral.task_schemas.metrics import METRICS_KEY
+from corral.task_schemas.metrics import field as metric_field
 from tests.support.bus import running_services
 from tests.support.procs import RedisServer, env_vars, free_port
 
@@ -180,3 +185,78 @@ async def test_unreachable_broker_is_broker_unavailable_with_the_reason_on_the_s
         await sender.aclose()
         await streams.aclose()
         client.close()
+
+
+async def test_one_round_trip_send_queues_then_pushes_and_carries_the_hubs_wake(
+    stack_env: dict[str, str], redis_server: RedisServer
+) -> None:
+    """Broker and streams on one server: ``queued``, the counter, the hub's wake and the
+    message go in one script. Nobody consumes the probe queue, so the list shows the message;
+    a subscription made before the send is served by the wake the send carried."""
+    with env_vars(stack_env):
+        settings = AppSettings()
+    client = build_celery_client(settings)
+    streams = aioredis.Redis.from_url(settings.redis.streams_url, decode_responses=True)
+    broker = aioredis.Redis.from_url(settings.redis.broker_url)
+    hub = StreamHub(settings.redis.streams_url)
+    await hub.start()
+    sender = TaskSender(client, streams, settings.streams, settings.redis.streams_url, hub)
+    assert sender._dbs == (settings.redis.streams_db, settings.redis.broker_db)
+    queue = f"probe-{uuid.uuid4().hex[:8]}"
+    task_id = str(uuid.uuid4())
+    sent_before = int(await streams.hget(METRICS_KEY, metric_field("sent", SYSTEM_ECHO.name)) or 0)
+    writes_before = await _stream_writes(streams)
+    try:
+        await asyncio.sleep(0.05)  # the hub's reader is blocked on its XREAD
+        async with hub.subscribe(task_events_key(task_id)) as sub:
+            await sender.send(
+                SYSTEM_ECHO,
+                EchoInput(payload={"x": 1}),
+                owner_id="u1",
+                queue=Queue.LLM,
+                task_id=task_id,
+                route=queue,
+            )
+            _, first = await asyncio.wait_for(sub.get(), 2)
+        assert first.type == "queued" and first.queue == queue
+        # One XADD for `queued`, one for the wake: the hub sent no wake of its own.
+        assert await _stream_writes(streams) - writes_before == 2
+        sent = int(await streams.hget(METRICS_KEY, metric_field("sent", SYSTEM_ECHO.name)) or 0)
+        assert sent == sent_before + 1
+        lists = await broker.keys(f"{queue}*")
+        assert len(lists) == 1, lists
+        raw = await broker.lrange(lists[0], 0, -1)
+        assert len(raw) == 1
+        doc = json.loads(raw[0])
+        assert doc["headers"]["id"] == task_id and doc["headers"]["task"] == SYSTEM_ECHO.name
+        assert doc["properties"]["delivery_info"] == {"exchange": "", "routing_key": queue}
+        body = json.loads(base64.b64decode(doc["body"]))
+        assert body[1] == message_kwargs(EchoInput(payload={"x": 1}), "u1")
+    finally:
+        await broker.delete(*(await broker.keys(f"{queue}*")))
+        await sender.aclose()
+        await hub.aclose()
+        await broker.aclose()
+        await streams.aclose()
+        client.close()
+
+
+async def _stream_writes(client: aioredis.Redis) -> int:
+    stats = await client.info("commandstats")
+    return int(stats.get("cmdstat_xadd", {}).get("calls", 0))
+
+
+@pytest.mark.parametrize(
+    ("streams", "broker", "expected"),
+    [
+        ("redis://127.0.0.1:6380/1", "redis://127.0.0.1:6380/0", (1, 0)),
+        ("redis://:pw@h:1/2", "redis://:pw@h:1/5", (2, 5)),
+        ("redis://127.0.0.1:6380/1", "redis://127.0.0.1:6381/0", None),  # another server
+        ("redis://u:a@h:1/1", "redis://u:b@h:1/0", None),  # other credentials: maybe not ours
+        ("rediss://h:1/1?ssl_cert_reqs=none", "rediss://h:1/0?ssl_cert_reqs=none", (1, 0)),
+    ],
+)
+def test_one_round_trip_only_on_one_server(
+    streams: str, broker: str, expected: tuple[int, int] | None
+) -> None:
+    assert same_server_dbs(streams, broker) == expected

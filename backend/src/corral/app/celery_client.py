@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import anyio
 import redis
@@ -22,7 +22,7 @@ from celery.backends.redis import RedisBackend
 from opentelemetry.trace import SpanKind
 from pydantic import BaseModel
 
-from corral.app.celery_publish import RedisTaskPublisher
+from corral.app.celery_publish import RedisTaskPublisher, same_server_dbs
 from corral.app.redis_pools import async_pool, sync_pool
 from corral.app.settings import AppSettings
 from corral.config import StreamSettings
@@ -52,6 +52,9 @@ from corral.task_schemas.events import TERMINAL_EVENT_TYPES
 from corral.task_schemas.metrics import METRICS_KEY
 from corral.task_schemas.metrics import field as metric_field
 from corral.telemetry import inject_headers, tracer
+
+if TYPE_CHECKING:
+    from corral.app.streams._hub import StreamHub
 
 _TRACER = tracer()
 
@@ -135,8 +138,12 @@ class TaskSender:
         streams: aioredis.Redis,
         stream_settings: StreamSettings,
         streams_url: str,
+        hub: StreamHub | None = None,
     ) -> None:
+        """``hub``: the process's stream hub, whose reader wakes ride with sends (one round
+        trip for both) when the broker and the streams share a Redis server."""
         self.client = client
+        self._hub = hub
         self._streams = streams
         # Used from the send thread: `queued` and the message go out in one hop off the loop.
         self._sync_streams = redis.Redis.from_pool(
@@ -157,6 +164,7 @@ class TaskSender:
         self._route_urgent = broker_kind(broker_url) == "amqp"
         self._broker: aioredis.Redis | None = None
         self._publisher: RedisTaskPublisher | None = None
+        self._dbs: tuple[int, int] | None = None  # (streams, broker) on one Redis server
         if not self._route_urgent:  # Redis broker: publish from the loop, no thread hop
             self._broker = aioredis.Redis.from_pool(
                 async_pool(
@@ -168,6 +176,7 @@ class TaskSender:
                 )
             )
             self._publisher = RedisTaskPublisher(client, self._broker, PRIORITY_STEPS)
+            self._dbs = same_server_dbs(streams_url, broker_url)
 
     async def publish_outcome(self, task_id: str, event: _Event) -> tuple[bool, str]:
         """Write a terminal ``event`` if the task has no outcome yet: ``(True, entry_id)``;
@@ -290,27 +299,51 @@ class TaskSender:
         task_id: str,
         priority: int | None,
     ) -> None:
-        """The Redis broker's send: ``queued`` then the message, two round trips, no thread."""
-        assert self._publisher is not None
+        """The Redis broker's send, no thread: ``queued`` then the message, in one round trip
+        (one script) when the streams and the broker share a server, else two."""
+        publisher = self._publisher
+        assert publisher is not None
         name = spec.name
         with _TRACER.start_as_current_span(f"send {name}", kind=SpanKind.PRODUCER):
             headers = inject_headers({"corral_sent": time.time()})
             key = task_events_key(task_id)
-            queued = cast(Any, encode_event(QueuedEvent(task_name=name, queue=routing)))
-            pipe = self._streams.pipeline(transaction=False)
-            pipe.xadd(key, queued, maxlen=self._stream_settings.maxlen, approximate=True)
-            pipe.expire(key, self._stream_settings.ttl_s)
-            pipe.hincrby(METRICS_KEY, metric_field("sent", name), 1)
-            await pipe.execute()
-            await self._publisher.publish(
+            queued = encode_event(QueuedEvent(task_name=name, queue=routing))
+            level = PRIORITY_NORMAL if priority is None else priority
+            message = publisher.message(
                 name,
                 task_id=task_id,
                 kwargs=message_kwargs(task_input, owner_id),
                 queue=routing,
-                priority=PRIORITY_NORMAL if priority is None else priority,
+                priority=level,
                 expires_s=spec.expires_s,
                 headers=headers,
             )
+            if self._dbs is not None:
+                wake = self._hub.take_wake() if self._hub is not None else None
+                try:
+                    await publisher.queue_and_push(
+                        self._dbs,
+                        stream=key,
+                        queued=queued,
+                        maxlen=self._stream_settings.maxlen,
+                        ttl_s=self._stream_settings.ttl_s,
+                        metric=metric_field("sent", name),
+                        queue=routing,
+                        priority=level,
+                        message=message,
+                        wake=wake,
+                    )
+                except BaseException:
+                    if wake is not None and self._hub is not None:
+                        self._hub.wake_later()  # other waiters counted on that wake
+                    raise
+                return
+            pipe = self._streams.pipeline(transaction=False)
+            pipe.xadd(key, cast(Any, queued), maxlen=self._stream_settings.maxlen, approximate=True)
+            pipe.expire(key, self._stream_settings.ttl_s)
+            pipe.hincrby(METRICS_KEY, metric_field("sent", name), 1)
+            await pipe.execute()
+            await publisher.push(routing, level, message)
 
     async def aclose(self) -> None:
         self._sync_streams.close()

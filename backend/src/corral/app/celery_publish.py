@@ -17,12 +17,15 @@ import base64
 from bisect import bisect
 from collections.abc import Sequence
 from typing import Any
+from urllib.parse import urlsplit
 from uuid import uuid4
 
 import redis.asyncio as aioredis
 from celery import Celery
 from kombu.serialization import dumps as serialize
 from kombu.utils.json import dumps as json_dumps
+
+from corral.task_schemas.metrics import METRICS_KEY
 
 # kombu's Redis channel: priorities live in lists named `<queue><sep><step>` (step 0 = `queue`).
 _PRIORITY_SEP = "\x06\x16"
@@ -38,6 +41,7 @@ class RedisTaskPublisher:
         self._broker = broker
         self._steps = sorted(priority_steps)
         self._serializer = str(app.conf.task_serializer)
+        self._queue_and_push = broker.register_script(_QUEUE_AND_PUSH)
 
     def list_key(self, queue: str, priority: int) -> str:
         """The Redis list kombu's consumer reads ``priority`` of ``queue`` from."""
@@ -89,6 +93,33 @@ class RedisTaskPublisher:
     def encode(self, message: dict[str, Any]) -> str:
         return str(json_dumps(message))  # type: ignore[no-untyped-call]
 
+    async def queue_and_push(
+        self,
+        dbs: tuple[int, int],
+        *,
+        stream: str,
+        queued: dict[str, str],
+        maxlen: int,
+        ttl_s: int,
+        metric: str,
+        queue: str,
+        priority: int,
+        message: dict[str, Any],
+        wake: str | None = None,
+    ) -> None:
+        """Write a task's ``queued`` entry (with its expiry and the sent counter) and push its
+        message in one round trip, on a server holding both databases ``dbs``: (streams,
+        broker). ``wake``: a stream hub's control stream to wake (``StreamHub.take_wake``)."""
+        fields = [part for pair in queued.items() for part in pair]
+        await self._queue_and_push(
+            keys=[stream, METRICS_KEY, self.list_key(queue, priority), *([wake] if wake else [])],
+            args=[*dbs, maxlen, ttl_s, metric, self.encode(message), *fields],
+        )
+
+    async def push(self, queue: str, priority: int, message: dict[str, Any]) -> None:
+        """``LPUSH`` a ``message`` made by ``message``."""
+        await self._broker.lpush(self.list_key(queue, priority), self.encode(message))
+
     async def publish(
         self,
         name: str,
@@ -111,3 +142,33 @@ class RedisTaskPublisher:
             headers=headers,
         )
         await self._broker.lpush(self.list_key(queue, priority), self.encode(message))
+
+
+# ``queued`` on the streams database, then the message on the broker's: one round trip, in
+# this order, and all or nothing (a script runs alone; SELECT inside one does not change the
+# caller's connection).
+_QUEUE_AND_PUSH = """
+redis.call('SELECT', ARGV[1])
+local fields = {}
+for i = 7, #ARGV do fields[#fields + 1] = ARGV[i] end
+redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[3], '*', unpack(fields))
+redis.call('EXPIRE', KEYS[1], ARGV[4])
+redis.call('HINCRBY', KEYS[2], ARGV[5], 1)
+if #KEYS > 3 then  -- a stream hub's wake (as StreamHub._send_wake writes it)
+  redis.call('XADD', KEYS[4], 'MAXLEN', '~', 100, '*', 'w', '1')
+  redis.call('EXPIRE', KEYS[4], 3600)
+end
+redis.call('SELECT', ARGV[2])
+return redis.call('LPUSH', KEYS[3], ARGV[6])
+"""
+
+
+def same_server_dbs(streams_url: str, broker_url: str) -> tuple[int, int] | None:
+    """``(streams db, broker db)`` when both URLs name one Redis server, else ``None``."""
+    streams, broker = urlsplit(streams_url), urlsplit(broker_url)
+    if streams._replace(path="") != broker._replace(path=""):
+        return None
+    try:
+        return int(streams.path.strip("/") or 0), int(broker.path.strip("/") or 0)
+    except ValueError:
+        return None

@@ -149,7 +149,7 @@ class Services:
         hub = StreamHub(settings.redis.streams_url)
         await hub.start()
         storage = await build_object_store(settings.storage)
-        sender = TaskSender(celery, redis, settings.streams, settings.redis.streams_url)
+        sender = TaskSender(celery, redis, settings.streams, settings.redis.streams_url, hub)
         results = ResultBackendReader(
             celery, settings.redis.backend_url, client_name=f"{hub.client_name}-backend"
         )

@@ -190,7 +190,21 @@ class StreamHub:
             self._wake_pending = True
             asyncio.get_running_loop().create_task(self._send_wake())
 
+    def take_wake(self) -> str | None:
+        """The control stream to write a wake entry to, if this hub owes its reader a wake:
+        for a sender about to write to this Redis anyway (one round trip for both). The hub
+        then sends none; a sender whose write fails calls ``wake_later``."""
+        if not self._wake_pending:
+            return None
+        self._wake_pending = False
+        return self._control_key
+
+    def wake_later(self) -> None:
+        self._wake()
+
     async def _send_wake(self) -> None:
+        if not self._wake_pending:  # a sender took it (``take_wake``)
+            return
         # Cleared before the write: a subscription added after this point schedules its own wake.
         self._wake_pending = False
         try:
