@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import redis
@@ -59,6 +60,49 @@ def test_done_is_written_with_the_result(redis_server: RedisServer) -> None:
     failed = _Request(SYSTEM_ECHO.name)
     backend.store_result(failed.id, ValueError("x"), states.FAILURE, request=failed)
     assert client.xlen(task_events_key(failed.id)) == 0  # errors come from the failure signal
+
+
+def test_a_store_is_one_round_trip_and_never_overwrites_success(
+    redis_server: RedisServer,
+) -> None:
+    """Celery reads the key before each store to keep a SUCCESS; here that check is inside the
+    storing script: one command per store, and a late STARTED (a redelivery after the result)
+    or a second SUCCESS changes nothing and announces nothing."""
+    backend = _backend(redis_server)
+    client = redis.Redis.from_url(f"{redis_server.url}/{RedisSettings().streams_db}")
+    req = _Request(SYSTEM_ECHO.name)
+    backend.store_result(req.id, {"pid": 1}, states.STARTED, request=req)  # connected
+    sent = _sent_commands(
+        redis_server,
+        lambda: backend.store_result(req.id, {"answer": 42}, states.SUCCESS, request=req),
+    )
+    assert [c.split()[0].upper() for c in sent] == ["EVAL"], sent
+    assert backend.get_task_meta(req.id)["result"] == {"answer": 42}
+    backend.store_result(req.id, {"pid": 2}, states.STARTED, request=req)
+    backend.store_result(req.id, {"answer": 0}, states.SUCCESS, request=req)
+    meta = backend.get_task_meta(req.id)
+    assert meta["status"] == states.SUCCESS and meta["result"] == {"answer": 42}
+    assert [decode_event(f).type for _, f in client.xrange(task_events_key(req.id))] == ["done"]
+    failed = _Request(SYSTEM_ECHO.name)
+    backend.store_result(failed.id, ValueError("x"), states.FAILURE, request=failed)
+    assert backend.get_task_meta(failed.id)["status"] == states.FAILURE
+    assert client.ttl(backend.get_key_for_task(failed.id)) > 0
+
+
+def _sent_commands(redis_server: RedisServer, action: Callable[[], object]) -> list[str]:
+    """The commands clients sent while ``action`` ran (MONITOR; a script's own calls are not
+    round trips and are left out, and so is the marker client's handshake)."""
+    marker = f"end-{uuid.uuid4().hex}"
+    watcher = redis.Redis.from_url(redis_server.url, socket_timeout=5)
+    with watcher.monitor() as monitor:
+        action()
+        redis.Redis.from_url(redis_server.url).echo(marker)
+        sent = []
+        while marker not in (command := monitor.next_command())["command"]:
+            if command.get("client_type") != "lua" and "HELLO" not in command["command"]:
+                sent.append(str(command["command"]))
+    watcher.close()
+    return sent
 
 
 async def test_separate_streams_database_still_gets_done(
