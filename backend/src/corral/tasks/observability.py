@@ -51,7 +51,7 @@ from corral.task_schemas.metrics import (
 )
 from corral.tasks.celery_app import settings
 from corral.tasks.run_clock import cpu_now
-from corral.tasks.stream_notifier import _client
+from corral.tasks.stream_notifier import _client, add_deferred, defer_increments
 from corral.telemetry import (
     current_trace_id,
     extract_context,
@@ -91,6 +91,7 @@ def _incr(fields: list[str], floats: dict[str, float] | None = None) -> None:
     run that would tell an operator nothing)."""
     try:
         pipe = _client(settings.redis.streams_url).pipeline(transaction=False)
+        add_deferred(pipe, settings.redis.streams_url)
         for name in fields:
             pipe.hincrby(METRICS_KEY, name, 1)
         for name, value in (floats or {}).items():
@@ -122,7 +123,9 @@ def _task_started(task_id: str, task: Task, **_: Any) -> None:
             attributes={"celery.task_name": task.name, "queue_wait_s": wait_s},
         )
         span.end(end_time=int(now_wall * 1e9))
-    _incr(fields, floats)
+    # With the `started` entry's write (or the next one), not a round trip before the task.
+    counts: dict[str, int | float] = {name: 1 for name in fields}
+    defer_increments(settings.redis.streams_url, METRICS_KEY, {**counts, **floats})
 
 
 def _finished(task: Task, task_id: str, outcome: str) -> None:

@@ -64,6 +64,28 @@ def _client(url: str) -> redis.Redis:
         return client
 
 
+# Counters that ride with this process's next write to a database (by URL): the task counters
+# a task's start bumps go out with its `started` entry instead of in a round trip of their own.
+_deferred: dict[str, list[tuple[str, str, int | float]]] = {}
+
+
+def defer_increments(url: str, key: str, counts: dict[str, int | float]) -> None:
+    """Add ``counts`` to hash ``key`` with the next pipeline this process sends to ``url``."""
+    with _lock:
+        _deferred.setdefault(url, []).extend((key, name, n) for name, n in counts.items())
+
+
+def add_deferred(pipe: Any, url: str) -> None:
+    """Put the increments deferred for ``url`` into ``pipe`` (which the caller executes)."""
+    with _lock:
+        pending = _deferred.pop(url, [])
+    for key, name, amount in pending:
+        if isinstance(amount, int):
+            pipe.hincrby(key, name, amount)
+        else:
+            pipe.hincrbyfloat(key, name, amount)
+
+
 class StreamNotifier:
     """Writes events of one task; every write bounds the stream (MAXLEN ~) and renews its TTL."""
 
@@ -82,7 +104,8 @@ class StreamNotifier:
             self.key, cast(Any, encode_event(event)), maxlen=self._settings.maxlen, approximate=True
         )
         pipe.expire(self.key, self._settings.ttl_s)
-        entry_id, _ = pipe.execute()
+        add_deferred(pipe, self._url)
+        entry_id = pipe.execute()[0]
         return entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
 
     def publish_outcome(self, event: _Event) -> tuple[bool, str]:
