@@ -111,6 +111,38 @@ async def test_diamond_runs_middle_steps_concurrently_and_last_sees_both(
     assert run["usage"]["total_tokens"] > 0
 
 
+async def test_step_tasks_are_recorded_with_their_steps(
+    api: httpx.AsyncClient, fake_llm: FakeOpenAI, stack_env: dict[str, str]
+) -> None:
+    """No tracker follows a step's task: the runner records each task's end in its step's
+    save. Read straight from SQL (an API read would sync rows from the streams first)."""
+    from sqlalchemy import text
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    fake_llm.respond_with(answer)
+    resp = await start(api, DIAMOND, input={"query": "q"})
+    assert resp.status_code == 202, resp.text
+    run = await wait_run(api, resp.json()["run_id"])
+    assert run["status"] == "succeeded", run
+    task_ids = [t for s in run["steps"] for t in s["task_ids"]]
+    assert len(task_ids) == 4
+    engine = create_async_engine(stack_env["CORRAL_DATABASE__URL"])
+    try:
+        async with engine.connect() as conn:
+            rows = (
+                await conn.execute(
+                    text("SELECT id, state, started_at, attempts, worker FROM task_runs"),
+                )
+            ).all()
+    finally:
+        await engine.dispose()
+    found = {r.id: r for r in rows if r.id in task_ids}
+    assert set(found) == set(task_ids)
+    for row in found.values():
+        assert row.state == "done" and row.started_at is not None, row
+        assert row.attempts == 1 and row.worker, row
+
+
 async def test_events_stream_step_transitions_and_resumes(
     api: httpx.AsyncClient, fake_llm: FakeOpenAI
 ) -> None:

@@ -10,6 +10,7 @@ writes its steps; each transition writes one step row and the run's usage in one
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -135,10 +136,17 @@ class PipelineRunRepository:
                 added += 1
         return added
 
-    async def save_step(self, run: PipelineRun, name: str) -> None:
-        """One step's state and the run's usage, in one transaction."""
+    async def save_step(
+        self,
+        run: PipelineRun,
+        name: str,
+        also: Callable[[AsyncSession], Awaitable[None]] | None = None,
+    ) -> None:
+        """One step's state and the run's usage, in one transaction (with ``also``'s writes)."""
         step = run.step(name)
         async with self._db.session() as session:
+            if also is not None:
+                await also(session)
             await session.execute(
                 update(PipelineStepRow)
                 .where(PipelineStepRow.run_id == run.run_id, PipelineStepRow.name == name)

@@ -11,9 +11,11 @@ cancels the steps' tasks; this scheduler sees both and stops launching.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import uuid
 from collections.abc import Coroutine
+from dataclasses import dataclass
 from graphlib import TopologicalSorter
 from typing import Any
 
@@ -93,6 +95,13 @@ class PipelineRunner:
         self._running: dict[asyncio.Task[StepStatus], str] = {}
         # A finished step's save + progress event, off the critical path (see _run_step).
         self._persisting: set[asyncio.Task[None]] = set()
+        # Each step's finished tasks, recorded with the step's end (no tracker follows them).
+        self._task_ends: dict[str, list[_TaskEnd]] = {}
+        # Steps scheduled whose first task is not sent yet: a finished step's save waits for
+        # them, so their rows' commits do not queue behind it on SQLite's write lock.
+        self._sending: set[str] = set()
+        self._sent = asyncio.Condition()
+        self._to_persist: dict[str, dict[str, Any]] = {}  # finished steps' saves, not started
 
     def _ancestor_sets(self) -> dict[str, set[str]]:
         found: dict[str, set[str]] = {}
@@ -146,8 +155,10 @@ class PipelineRunner:
                     blocking[name] = "was skipped"
                     sorter.done(name)
                     continue
+                self._sending.add(name)
                 task = asyncio.create_task(self._run_step(self.defs[name]), name=f"step:{name}")
                 self._running[task] = name
+            self._start_persists()  # after the successors are scheduled: they send first
             if not self._running:
                 continue
             finished, _ = await asyncio.wait(self._running, return_when=asyncio.FIRST_COMPLETED)
@@ -160,6 +171,16 @@ class PipelineRunner:
                         status, "was cancelled"
                     )
                 sorter.done(name)
+        self._start_persists()
+
+    def _start_persists(self) -> None:
+        """Save the finished steps; each waits for the steps scheduled so far to send first."""
+        while self._to_persist:
+            name, changes = self._to_persist.popitem()
+            persist = asyncio.create_task(
+                self._set(name, after_sends=True, **changes), name=f"persist:{name}"
+            )
+            self._persisting.add(persist)
 
     def _raise_persist_errors(self) -> None:
         """A failed save of a finished step fails the run, as if it had been awaited inline."""
@@ -198,6 +219,7 @@ class PipelineRunner:
         """Stop every running step (their tasks too) and record why, within a deadline."""
         try:
             async with asyncio.timeout(10):
+                self._start_persists()
                 for task in self._running:
                     task.cancel()
                 if self._running:
@@ -236,12 +258,22 @@ class PipelineRunner:
 
     # -- state ---------------------------------------------------------------------------------
 
-    async def _set(self, name: str, *, sent_task: str | None = None, **changes: Any) -> None:
+    async def _set(
+        self,
+        name: str,
+        *,
+        sent_task: str | None = None,
+        after_sends: bool = False,
+        **changes: Any,
+    ) -> None:
         """Apply changes to a step, save it, and publish the transition if any.
 
         ``sent_task``: a task was sent for the step (added under the lock: a group's variants
-        are sent concurrently)."""
+        are sent concurrently). ``after_sends``: save once the steps scheduled so far have sent
+        their tasks (a finished step's save, off its successors' critical path)."""
         async with self._lock:
+            if after_sends:
+                await self._sends_done()
             step = self.run.step(name)
             before = step.status
             if sent_task is not None:
@@ -251,7 +283,12 @@ class PipelineRunner:
             for key, value in changes.items():
                 setattr(step, key, value)
             self.run.usage = sum((s.usage for s in self.run.steps), TokenUsage())
-            await self.repo.save_step(self.run, name)
+            ends = self._task_ends.pop(name, []) if step.status in TERMINAL_STEP else []
+            try:
+                await self.repo.save_step(self.run, name, also=self._record_ends(ends))
+            except BaseException:
+                self._follow(ends)  # not recorded here: the tracker records them
+                raise
             if step.status == before:
                 return
             data = {
@@ -273,6 +310,37 @@ class PipelineRunner:
                 ),
             )
 
+    async def _sends_done(self, limit_s: float = 5.0) -> None:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(limit_s), self._sent:
+                await self._sent.wait_for(lambda: not self._sending)
+
+    async def _mark_sent(self, name: str) -> None:
+        if name in self._sending:
+            self._sending.discard(name)
+            async with self._sent:
+                self._sent.notify_all()
+
+    def _record_ends(self, ends: list[_TaskEnd]) -> Any:
+        """The step's finished tasks' ends, recorded in the step's save (its transaction)."""
+        if not ends:
+            return None
+        tracker = self.services.tracker
+
+        async def record(session: Any) -> None:
+            for end in ends:
+                if end.done is not None:
+                    await tracker.apply(
+                        end.task_id, *end.done, started=end.started, session=session
+                    )
+
+        return record
+
+    def _follow(self, ends: list[_TaskEnd]) -> None:
+        timeout_s = task_runs.watch_timeout_s(self.services, LLM_GENERATE)
+        for end in ends:
+            self.services.tracker.watch(end.task_id, timeout_s=timeout_s)
+
     def _namespace(self, step: StepDef) -> dict[str, Any]:
         values: dict[str, Any] = dict(self.run.definition.input)
         values.update({n: self.outputs[n] for n in self._ancestors[step.name] if n in self.outputs})
@@ -282,7 +350,10 @@ class PipelineRunner:
 
     async def _run_step(self, step: StepDef) -> StepStatus:
         try:
-            output, model, usage = await self._produce(step)
+            try:
+                output, model, usage = await self._produce(step)
+            finally:  # e.g. a template error before anything was sent
+                await self._mark_sent(step.name)
         except StepFailed as exc:
             await self._set(step.name, status="failed", error=exc.error, finished_at=now())
             if step.optional:
@@ -307,21 +378,16 @@ class PipelineRunner:
             )
             return "cancelled"
         self.outputs[step.name] = StepValue(output)
-        # The scheduler sends the successors as soon as this returns; the step's save and its
-        # `done` progress event follow concurrently. The lock is FIFO and this task takes it
-        # first, so `done` is still published before any successor's `queued`.
-        persist = asyncio.create_task(
-            self._set(
-                step.name,
-                status="done",
-                output=output,
-                model=model,
-                usage=usage,
-                finished_at=now(),
-            ),
-            name=f"persist:{step.name}",
-        )
-        self._persisting.add(persist)
+        # The scheduler sends the successors as soon as this returns and then starts the step's
+        # save, which waits for their rows' commits (SQLite's one write lock) but takes the
+        # FIFO lock first, so `done` is still published before any successor's `queued`.
+        self._to_persist[step.name] = {
+            "status": "done",
+            "output": output,
+            "model": model,
+            "usage": usage,
+            "finished_at": now(),
+        }
         return "done"
 
     async def _produce(self, step: StepDef) -> tuple[dict[str, Any], str, TokenUsage]:
@@ -408,7 +474,10 @@ class PipelineRunner:
             first = exc.errors(include_url=False)[0]
             raise StepFailed("InvalidPrompt", f"{first['loc']}: {first['msg']}") from None
         try:
-            task_id = await self._submit(task_input)
+            try:
+                task_id = await self._submit(task_input)
+            finally:  # before `_set` below: a finished step's save waits for this under the lock
+                await self._mark_sent(step.name)
         except BrokerUnavailable as exc:
             raise StepFailed("BrokerUnavailable", str(exc)) from exc
         except ProblemError as exc:  # e.g. the owner's daily token budget is used up
@@ -418,11 +487,18 @@ class PipelineRunner:
         if await self.repo.cancel_requested(run.run_id):
             await self._cancel_task(task_id)
 
+        end = _TaskEnd(task_id)
+
         async def on_event(entry_id: str, event: TaskEvent) -> None:
-            if isinstance(event, StartedEvent) and run.step(step.name).status == "queued":
-                await self._set(step.name, status="running", started_at=now())
+            if isinstance(event, StartedEvent):
+                end.started = (entry_id, event)
+                if run.step(step.name).status == "queued":
+                    await self._set(step.name, status="running", started_at=now())
+            elif isinstance(event, DoneEvent):
+                end.done = (entry_id, event)
 
         timeout_s = run.definition.step_timeout_s
+        outcome: Any = None
         try:
             outcome = await long_poll_celery_result(
                 task_id,
@@ -434,6 +510,11 @@ class PipelineRunner:
         except asyncio.CancelledError:
             await asyncio.shield(self._cancel_task(task_id))
             raise
+        finally:
+            if isinstance(outcome, TaskDone) and end.done is not None:
+                self._task_ends.setdefault(step.name, []).append(end)
+            else:  # an outcome this runner does not record, or it stopped waiting
+                self._follow([end])
         match outcome:
             case TaskDone(output=output):
                 return LLMGenerateOutput.model_validate(output)
@@ -476,6 +557,7 @@ class PipelineRunner:
             task_id=task_id,
             priority=priority,
             waiting=waiting,
+            watch=False,  # `_call` waits for it and records its end with the step's
         )
         return task_id
 
@@ -486,6 +568,15 @@ class PipelineRunner:
             pass
         except Exception as exc:
             log.warning("could not cancel step task", task_id=task_id, error=repr(exc))
+
+
+@dataclass
+class _TaskEnd:
+    """A step's task as its waiter saw it end: its ``started`` and ``done`` entries."""
+
+    task_id: str
+    started: tuple[str, TaskEvent] | None = None
+    done: tuple[str, TaskEvent] | None = None
 
 
 async def _all_or_nothing(
