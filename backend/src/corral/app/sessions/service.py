@@ -418,12 +418,18 @@ def _route_key(task_id: str) -> str:
     return f"corral:sessions:route:{task_id}"
 
 
+def route_worker(route: str | None) -> str | None:
+    """The one worker a route (a session holder's own queue) names; ``None`` for a shared queue."""
+    if route is None or not route.startswith(session_queue("")):
+        return None
+    return route[len(session_queue("")) :] or None
+
+
 async def remember_route(services: Services, task_id: str, route: str | None) -> None:
     """Note which one worker a task was routed to, so any waiter can watch that worker."""
-    if route is None or not route.startswith(f"{session_queue('')}"):
-        return
-    worker = route[len(session_queue("")) :]
-    await services.redis.set(_route_key(task_id), worker, ex=ROUTE_TTL_S)
+    worker = route_worker(route)
+    if worker is not None:
+        await services.redis.set(_route_key(task_id), worker, ex=ROUTE_TTL_S)
 
 
 async def routed_worker(services: Services, task_id: str) -> str | None:

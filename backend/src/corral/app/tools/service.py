@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import ValidationError
 
@@ -65,6 +65,25 @@ async def start(
 ) -> tuple[Tool, str]:
     """Validate and send; returns the tool and the task id. With ``idempotency_key``, a task
     this user started with the same key within 24 h is returned instead (nothing is sent)."""
+    tool, sent, _ = await _start(
+        services, user, name, arguments,
+        task_id=task_id, thread_id=thread_id, idempotency_key=idempotency_key,
+    )  # fmt: skip
+    return tool, sent
+
+
+async def _start(
+    services: Services,
+    user: User,
+    name: str,
+    arguments: dict[str, Any],
+    *,
+    task_id: str | None = None,
+    thread_id: str | None = None,
+    idempotency_key: str | None = None,
+) -> tuple[Tool, str, str | None]:
+    """``start``, also returning the one worker the task was routed to (``None``: a shared
+    queue, or a task an earlier request sent)."""
     tool = get_tool(name)
     try:
         args = tool.arguments.model_validate(arguments)
@@ -78,7 +97,7 @@ async def start(
         if earlier is not None:
             if earlier.tool != tool.name:
                 raise IdempotencyKeyReused(idempotency_key, earlier.tool or earlier.task_name)
-            return tool, earlier.id
+            return tool, earlier.id, None
     call = ToolCall(user=user, services=services, thread_id=thread_id)
     built, queue = await tool.build_input(args, call)
     if isinstance(built, Dispatch):
@@ -98,7 +117,7 @@ async def start(
         route=route,
     )
     await sessions.remember_route(services, task_id, route)
-    return tool, task_id
+    return tool, task_id, sessions.route_worker(route)
 
 
 async def wait(
@@ -109,9 +128,12 @@ async def wait(
     timeout_s: float,
     on_event: OnEvent | None = None,
     subscription: Subscription | None = None,
+    holder: str | Literal["ask"] | None = "ask",
 ) -> InvokeResponse:
+    """``holder``: the worker the task was routed to, if the caller sent it (else looked up)."""
     # A task on one worker's own queue (a session's holder) fails at once if that worker dies.
-    holder = await sessions.routed_worker(services, task_id)
+    if holder == "ask":
+        holder = await sessions.routed_worker(services, task_id)
     poll = long_poll_celery_result(
         task_id,
         timeout_s=timeout_s,
@@ -168,9 +190,11 @@ async def invoke(
     A repeated ``idempotency_key`` waits on the first request's task instead of sending."""
     task_id = str(uuid.uuid4())
     async with services.hub.subscribe(task_events_key(task_id)) as subscription:
-        tool, sent = await start(
+        tool, sent, holder = await _start(
             services, user, name, arguments, task_id=task_id, idempotency_key=idempotency_key
         )
         if sent == task_id:
-            return await wait(services, user, tool, task_id, timeout_s, subscription=subscription)
+            return await wait(
+                services, user, tool, task_id, timeout_s, subscription=subscription, holder=holder
+            )
     return await wait(services, user, tool, sent, timeout_s)
