@@ -64,9 +64,9 @@ fuzz: sync
 
 # Every bench in one run, under 10 minutes on a 2-core machine: the slow ones with fewer
 # repetitions than their defaults (run a bench alone for the full numbers).
-BENCHES := "roundtrip --trace-n 100 --poll-n 2" http_invoke task_runs "python_tool --runs 4" \
+BENCHES := "roundtrip --trace-n 100 --poll-n 2 --waits 5000" http_invoke task_runs "python_tool --runs 3" \
 	pipeline "diamond --trials 2" "sse_fanout --seconds 10 --baseline 3" \
-	"sessions --runs 8 --restore-runs 1" analysis mcp turns
+	"sessions --runs 8 --restore-runs 1" analysis "mcp --n 100" "turns --runs 100"
 bench: sync
 	@cd $(BACKEND) && start=$$(date +%s) && for b in $(BENCHES); do \
 		set -- $$b; name=$$1; shift; \

@@ -537,8 +537,9 @@ async def run(
             )
             call = _Call(task_id, row.worker)
             recorded = False
+            # For other waiters (a re-attach watches the holder); not on this call's path.
+            noted = asyncio.ensure_future(remember_route(services, task_id, route))
             try:
-                await remember_route(services, task_id, route)
                 outcome = await _wait(
                     services, task_id, route, row.worker, timeout_s, subscription, call.note
                 )
@@ -548,6 +549,8 @@ async def run(
                 recorded = call.done is not None and isinstance(outcome, TaskDone)
                 return response
             finally:
+                with contextlib.suppress(Exception):
+                    await noted
                 if not recorded:  # stopped waiting, or an outcome this request did not record
                     services.tracker.watch(
                         task_id, timeout_s=task_runs.watch_timeout_s(services, SESSION_RUN)
