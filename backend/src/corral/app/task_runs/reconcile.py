@@ -193,9 +193,10 @@ class Reconciler:
             log.info("not lost after all", task_id=task_id, outcome=first)
             await self.tracker.sync([task_id])
             return False
-        return await self.tracker.finish(
-            task_id, "lost", error_type=LOST_ERROR_TYPE, error_message=reason
-        )
+        # The outcome is ours: the row is `lost` whether this write or the task's watcher (which
+        # saw the same event on the stream, and may get there first) records it.
+        await self.tracker.finish(task_id, "lost", error_type=LOST_ERROR_TYPE, error_message=reason)
+        return True
 
     async def run_forever(self) -> None:
         interval = self.settings.reconcile_interval_s
