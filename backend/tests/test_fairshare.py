@@ -79,6 +79,17 @@ async def test_backlog_of_one_user_does_not_starve_another(
         cancelled = a_ids.pop()
         waiting = sum(1 for s, *_ in _runs(db_path, a_ids).values() if s == "waiting")
         assert waiting > A_TASKS // 3, waiting
+        # A release cut off between its commit and its send (the SIGKILL above may land there;
+        # make sure one does): the row says queued, nothing went to the broker.
+        with sqlite3.connect(db_path) as conn:
+            cut = conn.execute(
+                "SELECT id FROM task_runs WHERE owner_id = 'user-a' AND state = 'waiting'"
+                " ORDER BY created_at LIMIT 1"
+            ).fetchone()[0]
+            conn.execute(
+                "UPDATE task_runs SET state = 'queued', last_event_at = created_at WHERE id = ?",
+                (cut,),
+            )
         with app_process(env, database, tmp_path, **fair) as again:  # it resumes releasing
 
             def all_done() -> bool:

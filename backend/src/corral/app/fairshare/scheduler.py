@@ -51,6 +51,8 @@ class FairShare:
         # back again: runs ending then need no sweep (the timer still sweeps every interval,
         # for backlogs other app processes hold).
         self._backlog = True
+        self._started = utcnow()
+        self._recovered = False  # the first sweep re-sends releases an earlier process cut off
 
     # -- admission -------------------------------------------------------------------------
 
@@ -151,11 +153,50 @@ class FairShare:
         ):
             return 0
         try:
-            return await self._release_all()
+            resent = 0
+            if not self._recovered:
+                resent = await self._resend_unsent()
+                self._recovered = True
+            return resent + await self._release_all()
         finally:
             with contextlib.suppress(Exception):
                 if await redis.get(_LEASE_KEY) == self._token:
                     await redis.delete(_LEASE_KEY)
+
+    async def _resend_unsent(self) -> int:
+        """Send the released runs an earlier process committed as ``queued`` but died before
+        sending (``_send_one`` commits, then sends). Such a run still holds its input
+        (``pending``) and its stream's newest event is ``waiting`` (or it has none): a send
+        writes ``queued`` to the stream first, in the same script as the broker's message.
+        Without this, the run would hold one of its user's slots until reconcile calls it lost.
+        Runs this process released are not candidates (only rows last touched before it
+        started), and only the lease holder sweeps, so no run is sent twice."""
+        from corral.app.task_runs.repository import last_events
+
+        async with self.services.db.session() as session:
+            rows = (
+                await session.execute(
+                    select(TaskRun.id, TaskRun.pending)
+                    .where(
+                        TaskRun.state == "queued",
+                        TaskRun.pending.is_not(None),
+                        TaskRun.last_event_at < self._started,
+                    )
+                    .limit(self.settings.release_batch)
+                )
+            ).all()
+        if not rows:
+            return 0
+        newest = await last_events(self.services.tracker.streams, [r[0] for r in rows])
+        sent = 0
+        for task_id, _pending in rows:
+            item = newest.get(task_id)
+            if item is not None and item[1].type != "waiting":
+                continue  # it was sent: the tracker and reconcile follow it
+            log.warning("re-sending a released run its sender did not send", task_id=task_id)
+            await self._send_claimed_row(task_id)
+            sent += 1
+        return sent
 
     async def _release_all(self) -> int:
         async with self.services.db.session() as session:
@@ -213,13 +254,10 @@ class FairShare:
         return sent
 
     async def _send_one(self, task_id: str) -> bool:
-        from corral.app.task_runs.service import send_claimed  # it imports us
-
         async with self.services.db.session() as session:
             row = await session.get(TaskRun, task_id)
             if row is None or row.state != "waiting":
                 return False
-            pending = dict(row.pending or {})
             claimed: Any = await session.execute(
                 update(TaskRun)
                 .where(TaskRun.id == task_id, TaskRun.state == "waiting")
@@ -227,18 +265,29 @@ class FairShare:
             )
             if not claimed.rowcount:
                 return False  # another process won it
-            owner_id, task_name, queue = row.owner_id, row.task_name, row.queue
-        spec = get_spec(task_name)
+        await self._send_claimed_row(task_id, row)
+        return True
+
+    async def _send_claimed_row(self, task_id: str, row: TaskRun | None = None) -> None:
+        """Send a run fair share has moved to ``queued``, from its row's ``pending`` input."""
+        from corral.app.task_runs.service import send_claimed  # it imports us
+
+        if row is None:
+            async with self.services.db.session() as session:
+                row = await session.get(TaskRun, task_id)
+            if row is None:
+                return
+        pending = dict(row.pending or {})
+        spec = get_spec(row.task_name)
         await send_claimed(
             self.services,
             spec,
             spec.input_model.model_validate(pending.get("input") or {}),
-            owner_id=owner_id,
-            queue=Queue(queue),
+            owner_id=row.owner_id,
+            queue=Queue(row.queue),
             task_id=task_id,
             priority=pending.get("priority"),
         )
-        return True
 
 
 def _release_order(row: Any) -> tuple[int, Any, str]:
