@@ -99,3 +99,33 @@ def test_input_files_need_distinct_names() -> None:
         )  # fmt: skip
     with pytest.raises(ValidationError):
         PythonInputFile(key="u/uploads/a", name="../etc/passwd")
+
+
+def test_session_frames_split_and_joined_arrive_whole() -> None:
+    """The host's frame parser hands a large payload over without copying it, and whatever
+    follows a frame in the same read stays for the next one."""
+    from corral.tasks.sessions.zygote import FrameReader, encode_frame
+
+    big = os.urandom(3 << 20)
+    stream = encode_frame({"op": "snapshot"}, big) + encode_frame({"op": "ran"}, b"tail")
+    stream += encode_frame({"op": "exited", "status": 0})
+    reader = FrameReader(max_payload=8 << 20)
+    reader.feed(stream[:1000])
+    assert reader.next() is None  # half a frame: wait for more
+    reader.feed(stream[1000:-3])
+    header, payload = reader.next() or ({}, bytearray())
+    assert header == {"op": "snapshot"} and payload == big
+    assert reader.next() == ({"op": "ran"}, bytearray(b"tail"))
+    assert reader.next() is None  # the last frame lacks 3 bytes
+    reader.feed(stream[-3:])
+    assert reader.next() == ({"op": "exited", "status": 0}, bytearray())
+    assert payload == big  # later frames did not touch the buffer handed out
+
+
+def test_session_snapshot_round_trips_from_parts() -> None:
+    from corral.tasks.sessions import snapshot as snapshots
+
+    blob = bytearray(os.urandom(1 << 16))
+    snap = snapshots.Snapshot(seq=3, cells=["x = 1"], blob=memoryview(blob), names=["x"])
+    back = snapshots.decode(bytearray(b"".join(snapshots.encode(snap))))
+    assert (back.seq, back.cells, back.names, bytes(back.blob)) == (3, ["x = 1"], ["x"], blob)

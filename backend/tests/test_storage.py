@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import io
 import json
+import os
 import secrets
 import tempfile
 import uuid
@@ -336,6 +337,19 @@ async def test_worker_store_and_app_agree(stack: Stack, tmp_path: Path) -> None:
         store.download_to(f"{OWNER}/uploads/{uuid.uuid4().hex}", tmp_path / "x", max_bytes=5)
     with pytest.raises(tasks_store.InvalidKey):
         store.put_bytes("../../etc/passwd", b"x", "text/plain")
+
+    # Large objects (session snapshots) are written from parts and read into one buffer.
+    big = bytearray(os.urandom(3 << 20))
+    parts_key = tasks_store.new_key(OWNER, "scratch")
+    stored = store.put_parts(parts_key, [b"head", memoryview(big)[1:], b""], "application/x-a")
+    assert stored.size == 4 + len(big) - 1
+    back = store.read_bytes(parts_key, max_bytes=stored.size)
+    assert isinstance(back, bytearray) and back == b"head" + big[1:]
+    assert (await fetch(stack, parts_key)).content == bytes(back)  # the app reads it too
+    with pytest.raises(tasks_store.ObjectTooLarge, match="over the"):
+        store.read_bytes(parts_key, max_bytes=stored.size - 1)
+    with pytest.raises(tasks_store.ObjectNotFound):
+        store.read_bytes(f"{OWNER}/scratch/{uuid.uuid4().hex}", max_bytes=5)
 
     store.delete(key)
     async with stack.client() as c:

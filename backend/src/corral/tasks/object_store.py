@@ -17,10 +17,10 @@ import re
 import shutil
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO, Protocol
+from typing import TYPE_CHECKING, BinaryIO, Protocol, TypeAlias
 
 from corral.config import StorageSettings
 
@@ -39,6 +39,8 @@ CONTENT_TYPE_RE = re.compile(
     r"(?:\s*;\s*[a-z0-9_.-]{1,32}=[A-Za-z0-9_.-]{1,64})*"
 )
 _CHUNK = 1 << 16
+_BIG_CHUNK = 1 << 20
+Buffer: TypeAlias = bytes | bytearray | memoryview  # what a large object is written from
 
 
 class ObjectStoreError(Exception):
@@ -102,7 +104,16 @@ class ObjectStore(Protocol):
 
     def put_bytes(self, key: str, data: bytes, content_type: str) -> StoredObject: ...
 
+    def put_parts(self, key: str, parts: Sequence[Buffer], content_type: str) -> StoredObject:
+        """One object from several buffers, written where they lie (no joined copy where the
+        store allows: a 100 MB session snapshot is a header plus the pickled state)."""
+        ...
+
     def download_to(self, key: str, path: str | Path, max_bytes: int) -> StoredObject: ...
+
+    def read_bytes(self, key: str, max_bytes: int) -> bytearray:
+        """The whole object in one writable buffer (no temp file, no second copy)."""
+        ...
 
     def delete(self, key: str) -> None: ...
 
@@ -115,6 +126,39 @@ def _copy_capped(src: BinaryIO, dst: BinaryIO, max_bytes: int, key: str) -> int:
             raise ObjectTooLarge(f"object {key} is larger than the {max_bytes}-byte limit")
         dst.write(chunk)
     return total
+
+
+def _check_size(key: str, size: int, max_bytes: int) -> None:
+    if size > max_bytes:
+        raise ObjectTooLarge(f"object {key} is {size} bytes, over the {max_bytes}-byte limit")
+
+
+def _read_all(src: BinaryIO, key: str, size: int, max_bytes: int) -> bytearray:
+    """``size`` bytes (the object's stated length) into one buffer, then check that nothing
+    follows (an object that grew since its head is still held to ``max_bytes``)."""
+    buf = bytearray(size)
+    view = memoryview(buf)
+    readinto = getattr(src, "readinto", None)  # a file: straight into the buffer
+    got = 0
+    while got < size:
+        if readinto is not None:
+            n = readinto(view[got:size]) or 0
+        else:
+            chunk = src.read(min(_BIG_CHUNK, size - got))
+            n = len(chunk)
+            view[got : got + n] = chunk
+        if not n:
+            raise StoreUnavailable(f"object {key} ended after {got} of its {size} bytes")
+        got += n
+    view.release()
+    extra = src.read(_CHUNK)
+    while extra:
+        size += len(extra)
+        if size > max_bytes:
+            raise ObjectTooLarge(f"object {key} is larger than the {max_bytes}-byte limit")
+        buf += extra
+        extra = src.read(_CHUNK)
+    return buf
 
 
 @contextlib.contextmanager
@@ -147,7 +191,7 @@ class LocalObjectStore:
     def meta_path(self, key: str) -> Path:
         return self.root / "meta" / f"{check_key(key)}.json"
 
-    def _write(self, key: str, src: BinaryIO, content_type: str) -> StoredObject:
+    def _write(self, key: str, src: BinaryIO | Sequence[Buffer], content_type: str) -> StoredObject:
         content_type = check_content_type(content_type)
         data, meta = self.data_path(key), self.meta_path(key)
         tmp = data.parent / f".tmp-{uuid.uuid4().hex}"
@@ -157,7 +201,11 @@ class LocalObjectStore:
             meta.parent.mkdir(parents=True, exist_ok=True)
             try:
                 with tmp.open("xb") as out:
-                    shutil.copyfileobj(src, out, _CHUNK)
+                    if isinstance(src, Sequence):
+                        for part in src:
+                            out.write(part)
+                    else:
+                        shutil.copyfileobj(src, out, _CHUNK)
                 size = tmp.stat().st_size
                 meta_tmp.write_text(json.dumps({"content_type": content_type, "size": size}))
                 os.replace(meta_tmp, meta)
@@ -173,9 +221,21 @@ class LocalObjectStore:
             return self._write(key, src, content_type)
 
     def put_bytes(self, key: str, data: bytes, content_type: str) -> StoredObject:
-        import io
+        return self.put_parts(key, [data], content_type)
 
-        return self._write(key, io.BytesIO(data), content_type)
+    def put_parts(self, key: str, parts: Sequence[Buffer], content_type: str) -> StoredObject:
+        return self._write(key, parts, content_type)
+
+    def read_bytes(self, key: str, max_bytes: int) -> bytearray:
+        info = self.head(key)
+        if info is None:
+            raise ObjectNotFound(f"no object {key}")
+        _check_size(key, info.size, max_bytes)
+        try:
+            with _local_errors(key), self.data_path(key).open("rb", buffering=0) as src:
+                return _read_all(src, key, info.size, max_bytes)
+        except FileNotFoundError as exc:
+            raise ObjectNotFound(f"no object {key}") from exc
 
     def head(self, key: str) -> StoredObject | None:
         try:
@@ -192,10 +252,7 @@ class LocalObjectStore:
         info = self.head(key)
         if info is None:
             raise ObjectNotFound(f"no object {key}")
-        if info.size > max_bytes:
-            raise ObjectTooLarge(
-                f"object {key} is {info.size} bytes, over the {max_bytes}-byte limit"
-            )
+        _check_size(key, info.size, max_bytes)
         try:
             with self.data_path(key).open("rb") as src, Path(path).open("wb") as dst:
                 size = _copy_capped(src, dst, max_bytes, key)
@@ -287,6 +344,22 @@ class S3ObjectStore:
             self.client.put_object(Bucket=self.bucket, Key=key, Body=data, ContentType=content_type)
         return StoredObject(key, len(data), content_type)
 
+    def put_parts(self, key: str, parts: Sequence[Buffer], content_type: str) -> StoredObject:
+        # One PUT of the joined parts: the network copy dwarfs the join's.
+        return self.put_bytes(key, b"".join(parts), content_type)
+
+    def read_bytes(self, key: str, max_bytes: int) -> bytearray:
+        info = self.head(key)
+        if info is None:
+            raise ObjectNotFound(f"no object {key}")
+        _check_size(key, info.size, max_bytes)
+        with self._call("download", key):
+            body = self.client.get_object(Bucket=self.bucket, Key=key)["Body"]
+            try:
+                return _read_all(body, key, info.size, max_bytes)  # type: ignore[arg-type]
+            finally:
+                body.close()
+
     def head(self, key: str) -> StoredObject | None:
         check_key(key)
         from botocore.exceptions import ClientError
@@ -305,10 +378,7 @@ class S3ObjectStore:
         info = self.head(key)
         if info is None:
             raise ObjectNotFound(f"no object {key}")
-        if info.size > max_bytes:
-            raise ObjectTooLarge(
-                f"object {key} is {info.size} bytes, over the {max_bytes}-byte limit"
-            )
+        _check_size(key, info.size, max_bytes)
         with self._call("download", key):
             body = self.client.get_object(Bucket=self.bucket, Key=key)["Body"]
             try:

@@ -166,7 +166,7 @@ class SessionHost:
     def _restore(self, session: LiveSession, key: str, notes: list[str]) -> None:
         max_bytes = self.conf.max_snapshot_mb << 20
         try:
-            snap = snapshots.load(self.store, key, max_bytes, self.settings.sandbox.work_dir)
+            snap = snapshots.load(self.store, key, max_bytes)
         except ObjectNotFound:
             notes.append("the session's snapshot is gone; it starts empty")
             return

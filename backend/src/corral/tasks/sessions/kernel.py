@@ -92,7 +92,7 @@ class LiveSession:
             "op": "run", "code": code, "cpu_s": limits.cpu_s, "formats": list(formats),
             "max_files": limits.max_output_files, "max_file_bytes": limits.max_file_mb * MB,
         })  # fmt: skip
-        frame: tuple[dict[str, Any], bytes] | None
+        frame: tuple[dict[str, Any], bytearray] | None
         try:
             frame = self.zygote.receive(started + limits.wall_s, out.feed, err.feed)
         except SandboxGone:
@@ -139,8 +139,8 @@ class LiveSession:
         self.last_used = time.monotonic()
         return outcome
 
-    def _answer(self, frame: tuple[dict[str, Any], bytes] | None, want: str,
-                what: str) -> tuple[dict[str, Any], bytes]:  # fmt: skip
+    def _answer(self, frame: tuple[dict[str, Any], bytearray] | None, want: str,
+                what: str) -> tuple[dict[str, Any], bytearray]:  # fmt: skip
         """The kernel's answer, or an explicit error saying how the kernel ended."""
         if frame is None:
             raise SandboxFailure(f"the session did not answer the {what} request in time")
@@ -153,7 +153,7 @@ class LiveSession:
             raise KernelLost(f"the session's process ended during the {what} ({_ended(status)})")
         raise SandboxFailure(f"unexpected answer to the {what} request: {header.get('op')!r}")
 
-    def take_snapshot(self, timeout_s: float) -> tuple[dict[str, Any], bytes]:
+    def take_snapshot(self, timeout_s: float) -> tuple[dict[str, Any], bytearray]:
         with self.zygote.wide_pipes():
             self.zygote.send({"op": "snapshot"})
             frame = self.zygote.receive(time.monotonic() + timeout_s)
@@ -203,7 +203,7 @@ class KernelLost(SandboxFailure):
 
 
 def _call_cpu(before: float | None, after: float | None,
-              frame: tuple[dict[str, Any], bytes] | None, result: SandboxResult,
+              frame: tuple[dict[str, Any], bytearray] | None, result: SandboxResult,
               limits: SandboxLimits) -> float:  # fmt: skip
     """CPU seconds of one call, for the budget ledger: the session cgroup's count when the host
     delegates one (the user's code cannot touch it), else the kernel's own rusage."""
@@ -233,8 +233,8 @@ def _exit_reason(status: int) -> Any:
     return None
 
 
-def _write_files(header: dict[str, Any], payload: bytes, output_dir: Path, limits: SandboxLimits,
-                 result: SandboxResult) -> None:  # fmt: skip
+def _write_files(header: dict[str, Any], payload: bytearray, output_dir: Path,
+                 limits: SandboxLimits, result: SandboxResult) -> None:  # fmt: skip
     """The files the kernel sent, written with caps, O_EXCL and O_NOFOLLOW (names untrusted)."""
     files = header.get("files")
     if not isinstance(files, list) or not files:

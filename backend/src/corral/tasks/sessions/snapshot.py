@@ -10,13 +10,11 @@ from __future__ import annotations
 
 import json
 import struct
-import tempfile
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from corral.task_schemas.sessions import SESSION_SNAPSHOT_KIND, snapshot_key
-from corral.tasks.object_store import ObjectStore
+from corral.tasks.object_store import Buffer, ObjectStore
 
 HEAD = struct.Struct(">Q")
 CONTENT_TYPE = "application/octet-stream"
@@ -26,7 +24,7 @@ CONTENT_TYPE = "application/octet-stream"
 class Snapshot:
     seq: int
     cells: list[str]
-    blob: bytes
+    blob: Buffer  # never copied on its way between the kernel and the store
     unpicklable: list[str] = field(default_factory=list)
     names: list[str] = field(default_factory=list)
 
@@ -37,7 +35,8 @@ def key_belongs(key: str, owner_id: str, session_id: str) -> bool:
     return key.startswith(prefix) and key[len(prefix) :].isdigit()
 
 
-def encode(snapshot: Snapshot) -> bytes:
+def encode(snapshot: Snapshot) -> list[Buffer]:
+    """The object's parts: the header, then the blob as it lies."""
     header: dict[str, Any] = {
         "seq": snapshot.seq,
         "cells": snapshot.cells,
@@ -45,16 +44,17 @@ def encode(snapshot: Snapshot) -> bytes:
         "names": snapshot.names,
     }
     raw = json.dumps(header).encode()
-    return HEAD.pack(len(raw)) + raw + snapshot.blob
+    return [HEAD.pack(len(raw)) + raw, snapshot.blob]
 
 
-def decode(data: bytes) -> Snapshot:
+def decode(data: bytearray | bytes) -> Snapshot:
+    """The blob is a view into ``data``, not a copy."""
     (hlen,) = HEAD.unpack_from(data)
     header = json.loads(data[HEAD.size : HEAD.size + hlen])
     return Snapshot(
         seq=int(header["seq"]),
         cells=[str(c) for c in header.get("cells") or []],
-        blob=data[HEAD.size + hlen :],
+        blob=memoryview(data)[HEAD.size + hlen :],
         unpicklable=[str(n) for n in header.get("unpicklable") or []],
         names=[str(n) for n in header.get("names") or []],
     )
@@ -62,11 +62,9 @@ def decode(data: bytes) -> Snapshot:
 
 def save(store: ObjectStore, owner_id: str, session_id: str, snapshot: Snapshot) -> str:
     key = snapshot_key(owner_id, session_id, snapshot.seq)
-    store.put_bytes(key, encode(snapshot), CONTENT_TYPE)
+    store.put_parts(key, encode(snapshot), CONTENT_TYPE)
     return key
 
 
-def load(store: ObjectStore, key: str, max_bytes: int, work_dir: Path | None) -> Snapshot:
-    with tempfile.NamedTemporaryFile(dir=work_dir, prefix="snapshot-") as tmp:
-        store.download_to(key, tmp.name, max_bytes)
-        return decode(Path(tmp.name).read_bytes())
+def load(store: ObjectStore, key: str, max_bytes: int) -> Snapshot:
+    return decode(store.read_bytes(key, max_bytes))

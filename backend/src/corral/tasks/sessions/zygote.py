@@ -35,6 +35,7 @@ from typing import Any, TypeVar
 
 import structlog
 
+from corral.tasks.object_store import Buffer
 from corral.tasks.sandbox import SandboxFailure, cgroups
 from corral.tasks.sandbox import seccomp as seccomp_filter
 from corral.tasks.sandbox.bwrap import MPL_CACHE, BwrapSandbox, _rlimits
@@ -90,7 +91,7 @@ class FrameReader:
     def feed(self, data: bytes) -> None:
         self.buf += data
 
-    def next(self) -> tuple[dict[str, Any], bytes] | None:
+    def next(self) -> tuple[dict[str, Any], bytearray] | None:
         if len(self.buf) < HEAD.size:
             return None
         hlen, plen = HEAD.unpack_from(self.buf)
@@ -99,11 +100,12 @@ class FrameReader:
         end = HEAD.size + hlen + plen
         if len(self.buf) < end:
             return None
-        view = memoryview(self.buf)
-        header = json.loads(bytes(view[HEAD.size : HEAD.size + hlen]))
-        payload = bytes(view[HEAD.size + hlen : end])  # one copy, even for a large snapshot
-        view.release()
-        del self.buf[:end]
+        header = json.loads(bytes(self.buf[HEAD.size : HEAD.size + hlen]))
+        # The payload keeps the buffer it arrived in (a 100 MB snapshot is not copied): what
+        # follows the frame moves to a new buffer, and dropping the prefix is O(1).
+        payload, self.buf = self.buf, self.buf[end:]
+        del payload[end:]
+        del payload[: HEAD.size + hlen]
         if not isinstance(header, dict):
             raise SandboxFailure("session sent a malformed frame")
         return header, payload
@@ -146,7 +148,7 @@ class ZygoteSandbox:
     def alive(self) -> bool:
         return self.proc.poll() is None
 
-    def send(self, header: dict[str, Any], payload: bytes = b"") -> None:
+    def send(self, header: dict[str, Any], payload: Buffer = b"") -> None:
         raw = json.dumps(header).encode()
         try:
             for part in (HEAD.pack(len(raw), len(payload)) + raw, payload):
@@ -161,7 +163,7 @@ class ZygoteSandbox:
         deadline: float,
         on_stdout: Callable[[bytes], None] | None = None,
         on_stderr: Callable[[bytes], None] | None = None,
-    ) -> tuple[dict[str, Any], bytes] | None:
+    ) -> tuple[dict[str, Any], bytearray] | None:
         """The next frame, feeding stdout/stderr meanwhile; ``None`` at the deadline."""
         fds: dict[int, Callable[[bytes], None]] = {self.out_fd: self.reader.feed}
         fds[self.stdout_fd] = on_stdout or (lambda _b: None)
