@@ -34,7 +34,7 @@ sys.path.append(str(Path(__file__).resolve().parent))  # _devstack: after site-p
 import psutil  # noqa: E402
 from _devstack import Devstack  # noqa: E402
 
-ECHO = {"arguments": {"payload": 1}, "timeout_s": 60}
+ECHO = {"arguments": {"payload": 1, "queue": "llm_q"}, "timeout_s": 60}  # the queue get() uses
 
 
 def pct(values: list[float], q: float) -> float:

@@ -66,6 +66,61 @@ async def test_invoke_timeout_then_follow(api: httpx.AsyncClient) -> None:
     assert body["task_id"] in body["error"]["message"]
 
 
+async def _row(stack_env: dict[str, str], task_id: str) -> dict[str, object]:
+    """A run's row straight from SQL (an API read would first sync it from the stream)."""
+    from sqlalchemy import text
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    engine = create_async_engine(stack_env["CORRAL_DATABASE__URL"])
+    try:
+        async with engine.connect() as conn:
+            row = (
+                await conn.execute(
+                    text(
+                        "SELECT state, started_at, finished_at, attempts, worker FROM task_runs"
+                        " WHERE id = :id"
+                    ),
+                    {"id": task_id},
+                )
+            ).one()
+    finally:
+        await engine.dispose()
+    return dict(row._mapping)
+
+
+async def _row_when(
+    stack_env: dict[str, str], task_id: str, state: str, timeout_s: float = 20
+) -> dict[str, object]:
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while (row := await _row(stack_env, task_id))["state"] != state:
+        assert asyncio.get_running_loop().time() < deadline, row
+        await asyncio.sleep(0.05)
+    return row
+
+
+async def test_invoke_records_its_own_run(
+    api: httpx.AsyncClient, stack_env: dict[str, str]
+) -> None:
+    """The request that waited records the run's end with its start in one write (no tracker
+    follows it); one whose caller got ``timeout`` is handed to the tracker and still ends
+    recorded. Both read straight from SQL."""
+    body = (await api.post("/api/tools/echo/invoke", json={"arguments": {"payload": 1}})).json()
+    assert body["status"] == "done", body
+    row = await _row_when(stack_env, body["task_id"], "done")
+    assert row["started_at"] and row["finished_at"] and row["attempts"] == 1 and row["worker"]
+
+    failed = await api.post("/api/tools/fail/invoke", json={"arguments": {"message": "x"}})
+    row = await _row_when(stack_env, failed.json()["task_id"], "error")
+    assert row["started_at"] and row["attempts"] == 1, row
+
+    late = await api.post(
+        "/api/tools/echo/invoke", json={"arguments": {"sleep_s": 1.0}, "timeout_s": 0.2}
+    )
+    assert late.json()["status"] == "timeout"
+    row = await _row_when(stack_env, late.json()["task_id"], "done")
+    assert row["started_at"] and row["attempts"] == 1 and row["worker"], row
+
+
 async def test_bad_requests_get_clear_4xx(api: httpx.AsyncClient) -> None:
     unknown = await api.post("/api/tools/nope/invoke", json={})
     assert unknown.status_code == 404 and "echo" in unknown.json()["detail"]

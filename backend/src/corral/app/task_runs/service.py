@@ -64,11 +64,13 @@ async def submit(
     thread_id: str | None = None,
     route: str | None = None,
     idempotency_key: str | None = None,
+    watch: bool = True,
 ) -> str:
     """Commit the run's row, then publish the task; returns the task id. ``route``: a queue of
     one worker (a session's holder), see ``TaskSender.send``. With ``idempotency_key``, a run
     the owner created with the same key within 24 h is returned instead and nothing is sent
-    (``corral.app.idempotency``)."""
+    (``corral.app.idempotency``). ``watch=False``: the caller waits and records the run
+    (``task_runs.waited.WaitedRun``), so no tracker follows it."""
     target = services.sender.resolve_queue(spec, queue)
     task_id = task_id or str(uuid.uuid4())
     await services.users.ensure(owner_id)
@@ -113,6 +115,7 @@ async def submit(
         priority=priority,
         route=route,
         waiting=waiting,
+        watch=watch,
     )
     return task_id
 

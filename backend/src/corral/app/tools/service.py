@@ -22,6 +22,7 @@ from corral.app.streams import (
 )
 from corral.app.streams.long_poll import OnEvent
 from corral.app.task_runs import service as task_runs
+from corral.app.task_runs.waited import WaitedRun
 from corral.app.tools.registry import TOOLS, Dispatch, Tool, ToolCall
 from corral.app.tools.schemas import InvokeError, InvokeResponse
 from corral.task_schemas import task_events_key
@@ -81,9 +82,11 @@ async def _start(
     task_id: str | None = None,
     thread_id: str | None = None,
     idempotency_key: str | None = None,
+    watch: bool = True,
 ) -> tuple[Tool, str, str | None]:
     """``start``, also returning the one worker the task was routed to (``None``: a shared
-    queue, or a task an earlier request sent)."""
+    queue, or a task an earlier request sent). ``watch=False``: the caller records the run
+    (``WaitedRun``); once the task is sent that holds even if this raises."""
     tool = get_tool(name)
     try:
         args = tool.arguments.model_validate(arguments)
@@ -115,8 +118,14 @@ async def _start(
         thread_id=thread_id,
         idempotency_key=idempotency_key,
         route=route,
+        watch=watch,
     )
-    await sessions.remember_route(services, task_id, route)
+    try:
+        await sessions.remember_route(services, task_id, route)
+    except BaseException:
+        if not watch:  # sent, and its caller will not wait for it: the tracker records it
+            services.tracker.watch(task_id, timeout_s=task_runs.watch_timeout_s(services, spec))
+        raise
     return tool, task_id, sessions.route_worker(route)
 
 
@@ -191,10 +200,16 @@ async def invoke(
     task_id = str(uuid.uuid4())
     async with services.hub.subscribe(task_events_key(task_id)) as subscription:
         tool, sent, holder = await _start(
-            services, user, name, arguments, task_id=task_id, idempotency_key=idempotency_key
-        )
-        if sent == task_id:
-            return await wait(
-                services, user, tool, task_id, timeout_s, subscription=subscription, holder=holder
-            )
+            services, user, name, arguments,
+            task_id=task_id, idempotency_key=idempotency_key, watch=False,
+        )  # fmt: skip
+        if sent == task_id:  # this request sent it: it records the run too (no tracker)
+            run = WaitedRun(task_id)
+            try:
+                return await wait(
+                    services, user, tool, task_id, timeout_s,
+                    on_event=run.note, subscription=subscription, holder=holder,
+                )  # fmt: skip
+            finally:
+                run.settle(services, task_runs.watch_timeout_s(services, tool.task))
     return await wait(services, user, tool, sent, timeout_s)
