@@ -15,7 +15,6 @@ import contextlib
 import json
 import uuid
 from collections.abc import Coroutine
-from dataclasses import dataclass
 from graphlib import TopologicalSorter
 from typing import Any
 
@@ -51,6 +50,7 @@ from corral.app.streams import (
     long_poll_celery_result,
 )
 from corral.app.task_runs import service as task_runs
+from corral.app.task_runs.waited import WaitedRun
 from corral.task_schemas import (
     LLM_GENERATE,
     CancelledEvent,
@@ -96,7 +96,7 @@ class PipelineRunner:
         # A finished step's save + progress event, off the critical path (see _run_step).
         self._persisting: set[asyncio.Task[None]] = set()
         # Each step's finished tasks, recorded with the step's end (no tracker follows them).
-        self._task_ends: dict[str, list[_TaskEnd]] = {}
+        self._task_ends: dict[str, list[WaitedRun]] = {}
         # Steps scheduled whose first task is not sent yet: a finished step's save waits for
         # them, so their rows' commits do not queue behind it on SQLite's write lock.
         self._sending: set[str] = set()
@@ -321,25 +321,22 @@ class PipelineRunner:
             async with self._sent:
                 self._sent.notify_all()
 
-    def _record_ends(self, ends: list[_TaskEnd]) -> Any:
+    def _record_ends(self, ends: list[WaitedRun]) -> Any:
         """The step's finished tasks' ends, recorded in the step's save (its transaction)."""
         if not ends:
             return None
-        tracker = self.services.tracker
+        services = self.services
 
         async def record(session: Any) -> None:
             for end in ends:
-                if end.done is not None:
-                    await tracker.apply(
-                        end.task_id, *end.done, started=end.started, session=session
-                    )
+                await end.record(services, session)
 
         return record
 
-    def _follow(self, ends: list[_TaskEnd]) -> None:
+    def _follow(self, ends: list[WaitedRun]) -> None:
         timeout_s = task_runs.watch_timeout_s(self.services, LLM_GENERATE)
         for end in ends:
-            self.services.tracker.watch(end.task_id, timeout_s=timeout_s)
+            end.follow(self.services, timeout_s)
 
     def _namespace(self, step: StepDef) -> dict[str, Any]:
         values: dict[str, Any] = dict(self.run.definition.input)
@@ -487,15 +484,12 @@ class PipelineRunner:
         if await self.repo.cancel_requested(run.run_id):
             await self._cancel_task(task_id)
 
-        end = _TaskEnd(task_id)
+        end = WaitedRun(task_id)
 
         async def on_event(entry_id: str, event: TaskEvent) -> None:
-            if isinstance(event, StartedEvent):
-                end.started = (entry_id, event)
-                if run.step(step.name).status == "queued":
-                    await self._set(step.name, status="running", started_at=now())
-            elif isinstance(event, DoneEvent):
-                end.done = (entry_id, event)
+            await end.note(entry_id, event)
+            if isinstance(event, StartedEvent) and run.step(step.name).status == "queued":
+                await self._set(step.name, status="running", started_at=now())
 
         timeout_s = run.definition.step_timeout_s
         outcome: Any = None
@@ -511,7 +505,7 @@ class PipelineRunner:
             await asyncio.shield(self._cancel_task(task_id))
             raise
         finally:
-            if isinstance(outcome, TaskDone) and end.done is not None:
+            if isinstance(outcome, TaskDone) and end.ended is not None:
                 self._task_ends.setdefault(step.name, []).append(end)
             else:  # an outcome this runner does not record, or it stopped waiting
                 self._follow([end])
@@ -568,15 +562,6 @@ class PipelineRunner:
             pass
         except Exception as exc:
             log.warning("could not cancel step task", task_id=task_id, error=repr(exc))
-
-
-@dataclass
-class _TaskEnd:
-    """A step's task as its waiter saw it end: its ``started`` and ``done`` entries."""
-
-    task_id: str
-    started: tuple[str, TaskEvent] | None = None
-    done: tuple[str, TaskEvent] | None = None
 
 
 async def _all_or_nothing(

@@ -42,17 +42,15 @@ from corral.app.streams import (
 )
 from corral.app.streams.long_poll import OnEvent
 from corral.app.task_runs import service as task_runs
+from corral.app.task_runs.waited import WaitedRun
 from corral.task_schemas import (
     SESSION_CLOSE,
     SESSION_RUN,
-    DoneEvent,
     FigureFormat,
     PythonInputFile,
     PythonLimitOverrides,
     SessionCloseInput,
     SessionRunInput,
-    StartedEvent,
-    TaskEvent,
     VariableInfo,
     session_queue,
     task_events_key,
@@ -370,11 +368,9 @@ async def finish_call(
 ) -> dict[str, Any]:
     """Turn figure keys into URLs; with ``call`` (a run no tracker follows), record the run's
     end first, which records the call too (``_record_finished``), in one commit."""
-    if call is not None and call.done is not None:
+    if call is not None and call.ended is not None:
         async with services.db.session() as session:
-            await services.tracker.apply(
-                call.task_id, *call.done, started=call.started, session=session
-            )
+            await call.record(services, session)
     remember_holder(str(output["session_id"]), output.get("worker"))
     figures = []
     for figure in output.get("figures") or []:
@@ -535,7 +531,7 @@ async def run(
                 waiting=waiting,
                 watch=False,  # this request records the run's end and the call in one commit
             )
-            call = _Call(task_id, row.worker)
+            call = _Call(task_id, worker=row.worker)
             recorded = False
             # For other waiters (a re-attach watches the holder); not on this call's path.
             noted = asyncio.ensure_future(remember_route(services, task_id, route))
@@ -546,32 +542,20 @@ async def run(
                 if isinstance(outcome, TaskFailed | TaskCancelled) or outcome is None:
                     _pending.pop((row.id, task_input.seq), None)  # ended without a cell
                 response = await _respond(services, user, session_id, outcome, call)
-                recorded = call.done is not None and isinstance(outcome, TaskDone)
+                recorded = call.ended is not None and isinstance(outcome, TaskDone)
                 return response
             finally:
                 with contextlib.suppress(Exception):
                     await noted
                 if not recorded:  # stopped waiting, or an outcome this request did not record
-                    services.tracker.watch(
-                        task_id, timeout_s=task_runs.watch_timeout_s(services, SESSION_RUN)
-                    )
+                    call.follow(services, task_runs.watch_timeout_s(services, SESSION_RUN))
 
 
 @dataclass
-class _Call:
-    """One call in flight: its run, the holder it was sent to, and the run's ``started`` and
-    ``done`` entries as the waiter saw them."""
+class _Call(WaitedRun):
+    """One call in flight: its run (as its waiter saw it) and the holder it was sent to."""
 
-    task_id: str
-    worker: str | None
-    started: tuple[str, TaskEvent] | None = None
-    done: tuple[str, TaskEvent] | None = None
-
-    async def note(self, entry_id: str, event: TaskEvent) -> None:
-        if isinstance(event, StartedEvent):
-            self.started = (entry_id, event)
-        elif isinstance(event, DoneEvent):
-            self.done = (entry_id, event)
+    worker: str | None = None
 
 
 async def _respond(

@@ -19,6 +19,8 @@ from corral.app.background import ShuttingDown
 from corral.task_schemas import StartedEvent, TaskEvent, is_terminal
 
 if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncSession
+
     from corral.app.services import Services
 
 log = structlog.get_logger(__name__)
@@ -37,26 +39,40 @@ class WaitedRun:
         elif is_terminal(event):
             self.ended = (entry_id, event)
 
+    async def record(self, services: Services, session: AsyncSession | None = None) -> bool:
+        """Write the end this caller saw, with its start, in ``session`` (the caller's own
+        transaction, for writes that belong with it) or in one of the tracker's. False: no end
+        seen yet."""
+        if self.ended is None:
+            return False
+        await services.tracker.apply(
+            self.task_id, *self.ended, started=self.started, session=session
+        )
+        return True
+
+    def follow(self, services: Services, timeout_s: float) -> None:
+        """Hand the run to the tracker (its caller stopped waiting, or will not record it)."""
+        services.tracker.watch(self.task_id, timeout_s=timeout_s)
+
     def settle(self, services: Services, watch_timeout_s: float) -> None:
         """After the wait, whatever its outcome: record the end this caller saw, off the
         response's path; or, if it saw none, let the tracker follow the run."""
         if self.ended is None:
-            services.tracker.watch(self.task_id, timeout_s=watch_timeout_s)
+            self.follow(services, watch_timeout_s)
             return
         try:
             services.background.spawn(
-                f"record-run:{self.task_id}", self._record(services, watch_timeout_s)
+                f"record-run:{self.task_id}", self._record_or_follow(services, watch_timeout_s)
             )
         except (ShuttingDown, ValueError):
             # Shutting down: the next process resumes the run (still queued or running in
             # SQL) and records it from its stream.
             log.info("run left for the next process to record", task_id=self.task_id)
 
-    async def _record(self, services: Services, watch_timeout_s: float) -> None:
-        assert self.ended is not None
+    async def _record_or_follow(self, services: Services, watch_timeout_s: float) -> None:
         try:
-            await services.tracker.apply(self.task_id, *self.ended, started=self.started)
+            await self.record(services)
         except Exception as exc:  # e.g. the database is briefly locked: the tracker retries
             log.warning("could not record a run's end; the tracker follows it",
                         task_id=self.task_id, error=repr(exc))  # fmt: skip
-            services.tracker.watch(self.task_id, timeout_s=watch_timeout_s)
+            self.follow(services, watch_timeout_s)
