@@ -90,6 +90,15 @@ async def test_backlog_of_one_user_does_not_starve_another(
                 "UPDATE task_runs SET state = 'queued', last_event_at = created_at WHERE id = ?",
                 (cut,),
             )
+            # A run fair share never held (no input kept) and whose stream is gone is not
+            # fair share's to send: only the reconciler may end it.
+            conn.execute(
+                "INSERT INTO task_runs (id, owner_id, task_name, queue, state, pending,"
+                " created_at, last_event_at, attempts, usage_recorded)"
+                " SELECT 'not-held', owner_id, task_name, queue, 'queued', 'null', created_at,"
+                " created_at, 0, 0 FROM task_runs WHERE id = ?",
+                (cut,),
+            )
         with app_process(env, database, tmp_path, **fair) as again:  # it resumes releasing
 
             def all_done() -> bool:
@@ -118,6 +127,7 @@ async def test_backlog_of_one_user_does_not_starve_another(
             ).fetchone()[0]
         assert attempts == 1
         assert _runs(db_path, [cancelled])[cancelled][:2] == ("cancelled", None)
+        assert _runs(db_path, ["not-held"])["not-held"][:2] == ("queued", None)
     finally:
         worker.stop()
         redis.stop()

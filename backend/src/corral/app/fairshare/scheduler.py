@@ -179,7 +179,8 @@ class FairShare:
                     select(TaskRun.id, TaskRun.pending)
                     .where(
                         TaskRun.state == "queued",
-                        TaskRun.pending.is_not(None),
+                        # Only fair share's releases hold an input (others store JSON null).
+                        TaskRun.pending["input"].is_not(None),
                         TaskRun.last_event_at < self._started,
                     )
                     .limit(self.settings.release_batch)
@@ -189,8 +190,10 @@ class FairShare:
             return 0
         newest = await last_events(self.services.tracker.streams, [r[0] for r in rows])
         sent = 0
-        for task_id, _pending in rows:
+        for task_id, pending in rows:
             item = newest.get(task_id)
+            if not isinstance(pending, dict) or "input" not in pending:
+                continue
             if item is not None and item[1].type != "waiting":
                 continue  # it was sent: the tracker and reconcile follow it
             log.warning("re-sending a released run its sender did not send", task_id=task_id)
