@@ -349,6 +349,12 @@ class S3ObjectStore:
         return self.put_bytes(key, b"".join(parts), content_type)
 
     def read_bytes(self, key: str, max_bytes: int) -> bytearray:
+        with self._body(key, max_bytes) as (info, body):
+            return _read_all(body, key, info.size, max_bytes)
+
+    @contextlib.contextmanager
+    def _body(self, key: str, max_bytes: int) -> Iterator[tuple[StoredObject, BinaryIO]]:
+        """The object's size checked against ``max_bytes``, then its body, closed after."""
         info = self.head(key)
         if info is None:
             raise ObjectNotFound(f"no object {key}")
@@ -356,7 +362,7 @@ class S3ObjectStore:
         with self._call("download", key):
             body = self.client.get_object(Bucket=self.bucket, Key=key)["Body"]
             try:
-                return _read_all(body, key, info.size, max_bytes)  # type: ignore[arg-type]
+                yield info, body  # type: ignore[misc]
             finally:
                 body.close()
 
@@ -375,17 +381,8 @@ class S3ObjectStore:
         return StoredObject(key, int(reply["ContentLength"]), content_type)
 
     def download_to(self, key: str, path: str | Path, max_bytes: int) -> StoredObject:
-        info = self.head(key)
-        if info is None:
-            raise ObjectNotFound(f"no object {key}")
-        _check_size(key, info.size, max_bytes)
-        with self._call("download", key):
-            body = self.client.get_object(Bucket=self.bucket, Key=key)["Body"]
-            try:
-                with Path(path).open("wb") as dst:
-                    size = _copy_capped(body, dst, max_bytes, key)  # type: ignore[arg-type]
-            finally:
-                body.close()
+        with self._body(key, max_bytes) as (info, body), Path(path).open("wb") as dst:
+            size = _copy_capped(body, dst, max_bytes, key)
         return StoredObject(key, size, info.content_type)
 
     def delete(self, key: str) -> None:

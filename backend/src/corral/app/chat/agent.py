@@ -351,7 +351,7 @@ class ChatTurn:
         if error is None:
             pending.subscription = self.services.hub.subscribe(task_events_key(task_id))
             try:
-                pending.tool, _ = await tools_service.start(
+                pending.tool, _, _ = await tools_service.start(
                     self.services,
                     self.user,
                     call.name,

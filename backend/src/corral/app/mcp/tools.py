@@ -109,7 +109,7 @@ class ToolCalls:
                 return await self._in_session(ctx, caller, mcp_session, arguments)
             task_id = str(uuid.uuid4())
             async with services.hub.subscribe(task_events_key(task_id)) as subscription:
-                tool, sent = await tools_service.start(
+                tool, sent, _ = await tools_service.start(
                     services, user, params.name, arguments, task_id=task_id
                 )
                 response = await self._wait(ctx, caller, tool, sent, subscription)

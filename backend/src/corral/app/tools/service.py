@@ -63,30 +63,13 @@ async def start(
     task_id: str | None = None,
     thread_id: str | None = None,
     idempotency_key: str | None = None,
-) -> tuple[Tool, str]:
-    """Validate and send; returns the tool and the task id. With ``idempotency_key``, a task
-    this user started with the same key within 24 h is returned instead (nothing is sent)."""
-    tool, sent, _ = await _start(
-        services, user, name, arguments,
-        task_id=task_id, thread_id=thread_id, idempotency_key=idempotency_key,
-    )  # fmt: skip
-    return tool, sent
-
-
-async def _start(
-    services: Services,
-    user: User,
-    name: str,
-    arguments: dict[str, Any],
-    *,
-    task_id: str | None = None,
-    thread_id: str | None = None,
-    idempotency_key: str | None = None,
     watch: bool = True,
 ) -> tuple[Tool, str, str | None]:
-    """``start``, also returning the one worker the task was routed to (``None``: a shared
-    queue, or a task an earlier request sent). ``watch=False``: the caller records the run
-    (``WaitedRun``); once the task is sent that holds even if this raises."""
+    """Validate and send; returns the tool, the task id and the one worker the task was routed
+    to (``None``: a shared queue, or a task an earlier request sent). With
+    ``idempotency_key``, a task this user started with the same key within 24 h is returned
+    instead (nothing is sent). ``watch=False``: the caller records the run (``WaitedRun``);
+    once the task is sent that holds even if this raises."""
     tool = get_tool(name)
     try:
         args = tool.arguments.model_validate(arguments)
@@ -199,7 +182,7 @@ async def invoke(
     A repeated ``idempotency_key`` waits on the first request's task instead of sending."""
     task_id = str(uuid.uuid4())
     async with services.hub.subscribe(task_events_key(task_id)) as subscription:
-        tool, sent, holder = await _start(
+        tool, sent, holder = await start(
             services, user, name, arguments,
             task_id=task_id, idempotency_key=idempotency_key, watch=False,
         )  # fmt: skip
