@@ -44,13 +44,18 @@ def pct(values: list[float], q: float) -> float:
 
 def celery_client(stack: Devstack) -> Any:
     """A plain Celery client on the stack's broker and result backend (the baseline)."""
-    import re
-
     from celery import Celery
+
+    broker = stack_broker_url(stack)
+    return Celery(broker=broker, backend=broker.removesuffix("/0") + "/1")
+
+
+def stack_broker_url(stack: Devstack) -> str:
+    import re
 
     title = " ".join(stack.child("redis-server").cmdline())  # "redis-server 127.0.0.1:PORT"
     port = re.search(r":(\d+)", title).group(1)  # type: ignore[union-attr]
-    return Celery(broker=f"redis://127.0.0.1:{port}/0", backend=f"redis://127.0.0.1:{port}/1")
+    return f"redis://127.0.0.1:{port}/0"
 
 
 def raw_round_trip(app: Any) -> float:
@@ -82,46 +87,121 @@ async def sequential(stack: Devstack, app: Any, n: int) -> tuple[list[float], li
     return http, raw
 
 
+class LeanConnection:
+    """One keep-alive HTTP/1.1 connection that costs next to nothing per request.
+
+    The load generator shares this machine's two cores with the stack it measures: httpx with
+    300 connections spent ~9 ms of CPU per request, more than the app, and every millisecond of
+    it came out of the server's share. Requests are written as bytes; answers are read by their
+    ``Content-Length`` (the app's JSON answers always carry one).
+    """
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+
+    @classmethod
+    async def open(cls, url: str) -> LeanConnection:
+        host, port = url.removeprefix("http://").split(":")
+        return cls(*await asyncio.open_connection(host, int(port)))
+
+    async def request(
+        self, method: str, path: str, token: str, body: bytes = b""
+    ) -> tuple[int, bytes]:
+        head = (
+            f"{method} {path} HTTP/1.1\r\nHost: bench\r\nAuthorization: Bearer {token}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+        )
+        self.writer.write(head.encode() + body)
+        header = await self.reader.readuntil(b"\r\n\r\n")
+        status = int(header[9:12])
+        length = 0
+        for line in header.split(b"\r\n")[1:]:
+            name, _, value = line.partition(b":")
+            if name.strip().lower() == b"content-length":
+                length = int(value)
+        return status, await self.reader.readexactly(length)
+
+    def close(self) -> None:
+        self.writer.close()
+
+
 async def http_burst(
-    stack: Devstack, users: int, per_user: int, profile: str | None = None
-) -> tuple[float, int]:
-    import httpx
+    stack: Devstack, users: int, per_user: int, rounds: int, profile: str | None = None
+) -> tuple[float, int, dict[str, float]]:
+    """``users x per_user`` connections, each invoking ``rounds`` times in a row."""
+    import json
 
     from tests.support.assistant import dev_token
 
     secret = (stack.data_dir / "dev-secret").read_text().strip()
-    limits = httpx.Limits(max_connections=users * per_user)
+    body = json.dumps(ECHO).encode()
     errors = 0
 
-    async def one(client: httpx.AsyncClient, token: str) -> None:
+    async def one(conn: LeanConnection, token: str) -> None:
         nonlocal errors
-        resp = await client.post(
-            "/api/tools/echo/invoke", json=ECHO, headers={"Authorization": f"Bearer {token}"}
-        )
-        if resp.status_code != 200 or resp.json()["status"] != "done":
-            errors += 1
+        for _ in range(rounds):
+            status, answer = await conn.request("POST", "/api/tools/echo/invoke", token, body)
+            if status != 200 or json.loads(answer)["status"] != "done":
+                errors += 1
 
     tokens = [dev_token(f"bench-user-{u}", secret) for u in range(users)]
-    async with httpx.AsyncClient(base_url=stack.url, timeout=120, limits=limits) as client:
-        for token in tokens:  # first sight creates the user: not part of the timing
-            await client.get("/api/me", headers={"Authorization": f"Bearer {token}"})
-        spy = start_profile(stack, profile) if profile else None
-        procs = {"app": stack.child("uvicorn"), "bench client": psutil.Process()}
-        procs |= {f"worker {q}": stack.child(f"-Q {q}") for q in ("llm_q",)}
-        own = {"bench client"}  # its children are the whole stack
-        cpu0 = {name: _cpu(p, name not in own) for name, p in procs.items()}
-        t0 = time.perf_counter()
-        await asyncio.gather(*(one(client, t) for t in tokens for _ in range(per_user)))
-        took = time.perf_counter() - t0
-        used = ", ".join(
-            f"{name} {(_cpu(p, name not in own) - cpu0[name]) / took * 100:.0f} %"
-            for name, p in procs.items()
-        )
-        print(f"CPU during the HTTP burst (of one core): {used}")
-        if spy is not None:
-            spy.send_signal(signal.SIGINT)  # py-spy writes its profile and exits
-            spy.wait(60)
-        return took, errors
+    pairs = [(await LeanConnection.open(stack.url), t) for t in tokens for _ in range(per_user)]
+    for conn, token in pairs:  # first sight creates the user: not part of the timing
+        status, _ = await conn.request("GET", "/api/me", token)
+        assert status == 200, status
+    spy = start_profile(stack, profile) if profile else None
+    meter = CpuMeter(stack, {"app": stack.child("uvicorn")})
+    t0 = time.perf_counter()
+    await asyncio.gather(*(one(conn, token) for conn, token in pairs))
+    took = time.perf_counter() - t0
+    total = len(pairs) * rounds
+    used = meter.per_task(total)
+    print(f"Redis commands per HTTP invoke in the burst: {meter.commands_per_task(total)}")
+    if spy is not None:
+        spy.send_signal(signal.SIGINT)  # py-spy writes its profile and exits
+        spy.wait(60)
+    for conn, _ in pairs:
+        conn.close()
+    return took, errors, used
+
+
+class CpuMeter:
+    """CPU seconds the stack's processes (and this one) spend between start and ``per_task``."""
+
+    def __init__(self, stack: Devstack, procs: dict[str, psutil.Process]) -> None:
+        self.procs = procs | {
+            "worker llm_q": stack.child("-Q llm_q"),
+            "redis": stack.child("redis-server"),
+            "bench client": psutil.Process(),
+        }
+        self.start = {name: _cpu(p, name != "bench client") for name, p in self.procs.items()}
+        self.redis = stack_redis(stack)
+        self.calls = _command_calls(self.redis)
+
+    def commands_per_task(self, tasks: int) -> str:
+        """Redis commands per task during the burst (both databases), the busiest first."""
+        now = _command_calls(self.redis)
+        diff = {name: now[name] - self.calls.get(name, 0) for name in now}
+        top = sorted(diff.items(), key=lambda kv: -kv[1])[:8]
+        return ", ".join(f"{name} {calls / tasks:.1f}" for name, calls in top if calls)
+
+    def per_task(self, tasks: int) -> dict[str, float]:
+        """Milliseconds of CPU per task, by process."""
+        return {
+            name: (_cpu(p, name != "bench client") - self.start[name]) / tasks * 1000
+            for name, p in self.procs.items()
+        }
+
+
+def stack_redis(stack: Devstack) -> Any:
+    import redis
+
+    return redis.Redis.from_url(stack_broker_url(stack))
+
+
+def _command_calls(client: Any) -> dict[str, int]:
+    stats = client.info("commandstats")
+    return {name.removeprefix("cmdstat_"): int(v["calls"]) for name, v in stats.items()}
 
 
 def _cpu(proc: psutil.Process, children: bool = True) -> float:
@@ -140,19 +220,22 @@ def start_profile(stack: Devstack, out: str) -> subprocess.Popen[bytes]:
     """py-spy on the app process (``pip install py-spy``), folded stacks to ``out``."""
     app = stack.child("uvicorn")
     return subprocess.Popen(
-        ["py-spy", "record", "-p", str(app.pid), "-r", "200", "-f", "raw", "-o", out,
+        ["py-spy", "record", "-p", str(app.pid), "-r", "250", "-f", "raw", "-o", out, "--gil",
          "--nonblocking"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
 
 
-def raw_burst(app: Any, total: int) -> tuple[float, int]:
+def raw_burst(stack: Devstack, app: Any, total: int) -> tuple[float, int, dict[str, float]]:
     errors = 0
+    meter = CpuMeter(stack, {})
     t0 = time.perf_counter()
     with ThreadPoolExecutor(max_workers=min(total, 64)) as pool:
         for outcome in pool.map(lambda _: _safe(app), range(total)):
             errors += outcome
-    return time.perf_counter() - t0, errors
+    took = time.perf_counter() - t0
+    print(f"Redis commands per raw round trip in the burst: {meter.commands_per_task(total)}")
+    return took, errors, meter.per_task(total)
 
 
 def _safe(app: Any) -> int:
@@ -168,6 +251,7 @@ def main() -> int:
     parser.add_argument("--n", type=int, default=200)
     parser.add_argument("--users", type=int, default=30)
     parser.add_argument("--per-user", type=int, default=10)
+    parser.add_argument("--rounds", type=int, default=3, help="invokes per connection in a row")
     parser.add_argument("--py-spy", help="profile the app during the burst into this file")
     parser.add_argument(
         "--env", action="append", default=[], help="KEY=VALUE for the stack (e.g. a setting)"
@@ -188,9 +272,11 @@ def main() -> int:
         cpu_before = _cpu(app_proc)
         http, raw = asyncio.run(sequential(stack, app, args.n))
         per_invoke_ms = (_cpu(app_proc) - cpu_before) / (args.n + 10) * 1000
-        total = args.users * args.per_user
-        http_s, http_err = asyncio.run(http_burst(stack, args.users, args.per_user, args.py_spy))
-        raw_s, raw_err = raw_burst(app, total)
+        total = args.users * args.per_user * args.rounds
+        http_s, http_err, http_cpu = asyncio.run(
+            http_burst(stack, args.users, args.per_user, args.rounds, args.py_spy)
+        )
+        raw_s, raw_err, raw_cpu = raw_burst(stack, app, total)
     h50, r50 = statistics.median(http), statistics.median(raw)
     print(f"\nNo-op echo on llm_q, n={args.n} each, interleaved; `make up`'s processes")
     print("| path | p50 ms | p99 ms | p50 vs Celery get() |")
@@ -200,7 +286,9 @@ def main() -> int:
         print(f"| {name} | {p50 * 1000:.1f} | {pct(values, 0.99) * 1000:.1f} | {p50 / r50:.2f}x |")
     print(f"goal HTTP p50 <= 2x get(): {'met' if h50 <= 2 * r50 else 'NOT met'}")
     print(f"app CPU per sequential invoke: {per_invoke_ms:.1f} ms")
-    print(f"\n{total} round trips at once ({args.users} users x {args.per_user})")
+    concurrent = args.users * args.per_user
+    print(f"\n{concurrent} round trips at once ({args.users} users x {args.per_user}), "
+          f"{args.rounds} in a row on each connection: {total} in all")  # fmt: skip
     print("| path | wall s | tasks/s | errors | vs raw |")
     print("|---|---|---|---|---|")
     print(f"| HTTP invoke | {http_s:.2f} | {total / http_s:.0f} | {http_err} | "
@@ -208,6 +296,14 @@ def main() -> int:
     print(f"| Celery send_task().get() (64 threads) | {raw_s:.2f} | {total / raw_s:.0f} | "
           f"{raw_err} | 1.00x |")  # fmt: skip
     print(f"goal throughput >= 80 % of raw: {'met' if raw_s / http_s >= 0.8 else 'NOT met'}")
+    print("\nCPU per task during each burst, ms (the machine has 2 cores: "
+          f"{2000 / (total / http_s):.1f} ms per task at the HTTP rate)")  # fmt: skip
+    names = list(dict.fromkeys([*http_cpu, *raw_cpu]))
+    print("| path | " + " | ".join(names) + " | all |")
+    print("|---" * (len(names) + 2) + "|")
+    for label, cpu in [("HTTP invoke", http_cpu), ("Celery send_task().get()", raw_cpu)]:
+        cells = " | ".join(f"{cpu[n]:.2f}" if n in cpu else "-" for n in names)
+        print(f"| {label} | {cells} | {sum(cpu.values()):.2f} |")
     return 0
 
 

@@ -273,8 +273,9 @@ async def test_thousand_concurrent_waits_use_few_redis_connections(
     admin.close()
     assert all(isinstance(o, TaskDone) for o in outcomes)
     assert [o.output["payload"] for o in outcomes] == list(range(1000))
-    assert 1 <= during <= 4
-    assert peak <= 4
+    few = services.hub.readers + 3  # the readers, control writes, result backend, a spare
+    assert 1 <= during <= few
+    assert peak <= few
     assert services.hub.waiting_keys == 0
 
 

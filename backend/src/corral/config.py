@@ -125,6 +125,12 @@ class StreamSettings(BaseModel):
         ge=0,
         description="Results whose JSON is smaller than this ride in the `done` event.",
     )
+    hub_readers: int = Field(
+        default=4,
+        ge=1,
+        le=64,
+        description="App only: blocking XREAD connections each app process splits its waits over.",
+    )
 
 
 class S3Settings(BaseModel):

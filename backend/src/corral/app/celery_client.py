@@ -335,7 +335,7 @@ class TaskSender:
                     )
                 except BaseException:
                     if wake is not None and self._hub is not None:
-                        self._hub.wake_later()  # other waiters counted on that wake
+                        self._hub.wake_later(wake)  # other waiters counted on that wake
                     raise
                 return
             pipe = self._streams.pipeline(transaction=False)

@@ -146,7 +146,7 @@ class Services:
             )
         )
         celery = build_celery_client(settings)
-        hub = StreamHub(settings.redis.streams_url)
+        hub = StreamHub(settings.redis.streams_url, readers=settings.streams.hub_readers)
         await hub.start()
         storage = await build_object_store(settings.storage)
         sender = TaskSender(celery, redis, settings.streams, settings.redis.streams_url, hub)

@@ -264,7 +264,7 @@ class _SnapshotCollector(Collector):
             GaugeMetricFamily(
                 "corral_open_waits",
                 "Subscriptions to task event streams open in this app process (waits, SSE).",
-                value=sum(len(s) for s in hub._subs.values()),
+                value=hub.open_subscriptions,
             )
         )
         out.append(
