@@ -149,6 +149,7 @@ async def http_burst(
     for conn, token in pairs:  # first sight creates the user: not part of the timing
         status, _ = await conn.request("GET", "/api/me", token)
         assert status == 200, status
+    held_before = await held_back(stack)
     spy = start_profile(stack, profile) if profile else None
     meter = CpuMeter(stack, {"app": stack.child("uvicorn")})
     t0 = time.perf_counter()
@@ -160,9 +161,25 @@ async def http_burst(
     if spy is not None:
         spy.send_signal(signal.SIGINT)  # py-spy writes its profile and exits
         spy.wait(60)
+    held = await held_back(stack) - held_before
+    print(f"held back by fair share (the user at its cap as the app counts): {held:.0f} of {total}")
     for conn, _ in pairs:
         conn.close()
     return took, errors, used
+
+
+async def held_back(stack: Devstack) -> float:
+    """Runs fair share has held back so far (``corral_fair_share_refusals_total``)."""
+    token = stack.headers["Authorization"].removeprefix("Bearer ")
+    conn = await LeanConnection.open(stack.url)  # uvicorn closes a connection idle for 5 s
+    status, text = await conn.request("GET", "/metrics", token)
+    conn.close()
+    assert status == 200, status
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.decode().splitlines()
+        if line.startswith("corral_fair_share_refusals_total")
+    )
 
 
 class CpuMeter:

@@ -315,3 +315,61 @@ async def test_messages_carry_owner_and_expiry(
     assert headers["id"] == task_id and headers["expires"]
     body = json.loads(__import__("base64").b64decode(message["body"]))
     assert body[1]["owner_id"] == "alice"
+
+
+async def test_a_run_whose_end_is_being_written_no_longer_counts_against_the_cap(
+    services: Services,
+) -> None:
+    """A user's next call, sent the moment an answer arrived, is not held back by the run that
+    answered it, although its row says ``running`` until the request writes the end."""
+    from sqlalchemy import update
+
+    from corral.app.db.base import utcnow
+    from corral.app.db.models import TaskRun
+    from corral.app.fairshare.scheduler import FairShare
+    from corral.app.task_runs.waited import WaitedRun
+
+    fair = services.fair = FairShare(services)  # admission only: no release loop needed here
+    assert fair.settings.enabled
+    owner = f"u-{uuid.uuid4().hex[:8]}"
+    cap = fair.settings.cap(owner, Queue.LLM.value)
+    await services.users.ensure(owner)
+
+    async def held() -> bool:
+        async with services.db.session() as session:
+            return await fair.must_wait(session, owner, Queue.LLM.value)
+
+    ids = [str(uuid.uuid4()) for _ in range(cap)]
+    async with services.db.session() as session:  # the user at its cap, as SQL says
+        session.add_all(
+            TaskRun(id=tid, owner_id=owner, task_name=SYSTEM_ECHO.name, queue=Queue.LLM.value,
+                    state="running", created_at=utcnow(), attempts=1, usage_recorded=False)
+            for tid in ids
+        )  # fmt: skip
+    assert await held()
+    fair.recording(owner, ids[0])  # one of them ended; its request is writing the end
+    assert not await held()
+    fair.recorded(owner, ids[0])
+    assert await held()
+    async with services.db.session() as session:  # end them: the next part needs room
+        await session.execute(update(TaskRun).where(TaskRun.id.in_(ids)).values(state="done"))
+
+    # The request's own path: its end is noted, the slot frees at once, the write follows.
+    task_id = await task_runs.submit(
+        services, SYSTEM_ECHO, EchoInput(payload=2), owner_id=owner, queue=Queue.LLM, watch=False
+    )
+    run = WaitedRun(task_id, owner_id=owner)
+    outcome = await long_poll_celery_result(
+        task_id, timeout_s=30, hub=services.hub, backend=services.results, on_event=run.note
+    )
+    assert isinstance(outcome, TaskDone)
+    run.settle(services, watch_timeout_s=30)
+    assert task_id in fair._recording.get(owner, set())
+    for _ in range(100):
+        if owner not in fair._recording:
+            break
+        await asyncio.sleep(0.05)
+    assert owner not in fair._recording  # nothing left behind once written
+    async with services.db.session() as session:
+        row = await session.get(TaskRun, task_id)
+    assert row is not None and row.state == "done" and row.started_at is not None

@@ -53,6 +53,8 @@ class FairShare:
         self._backlog = True
         self._started = utcnow()
         self._recovered = False  # the first sweep re-sends releases an earlier process cut off
+        # owner -> runs whose end a waiting request saw and is writing (``recording``)
+        self._recording: dict[str, set[str]] = {}
 
     # -- admission -------------------------------------------------------------------------
 
@@ -62,15 +64,14 @@ class FairShare:
         one that inserts the run: one transaction, no extra round trip)."""
         if not self.settings.enabled:
             return False
-        rows = await session.execute(
-            select(TaskRun.state, func.count())
-            .where(
-                TaskRun.owner_id == owner_id,
-                TaskRun.queue == queue,
-                TaskRun.state.in_((*_ACTIVE, "waiting")),
-            )
-            .group_by(TaskRun.state)
+        query = select(TaskRun.state, func.count()).where(
+            TaskRun.owner_id == owner_id,
+            TaskRun.queue == queue,
+            TaskRun.state.in_((*_ACTIVE, "waiting")),
         )
+        if recording := self._recording.get(owner_id):
+            query = query.where(TaskRun.id.not_in(recording))
+        rows = await session.execute(query.group_by(TaskRun.state))
         counts = {state: n for state, n in rows.all()}
         if counts.get("waiting", 0):
             return True
@@ -79,6 +80,21 @@ class FairShare:
             fair_share_refused("user_cap")
             return True
         return False
+
+    def recording(self, owner_id: str, task_id: str) -> None:
+        """A run has ended (its waiting request saw the terminal entry) and its row is being
+        written: it stops counting against its owner's cap now, not at the commit. Without
+        this, a user's next call, sent the moment the answer arrived, found the finished run
+        still ``running`` in SQL and was held back (33 of 900 in ``bench/http_invoke.py``)."""
+        self._recording.setdefault(owner_id, set()).add(task_id)
+
+    def recorded(self, owner_id: str, task_id: str) -> None:
+        """The end is written (or left to the tracker): SQL's state counts again."""
+        ids = self._recording.get(owner_id)
+        if ids is not None:
+            ids.discard(task_id)
+            if not ids:
+                del self._recording[owner_id]
 
     async def position(self, task_id: str, owner_id: str, queue: str) -> int:
         """How many of the user's waiting runs on ``queue`` go before ``task_id``."""

@@ -29,6 +29,7 @@ log = structlog.get_logger(__name__)
 @dataclass
 class WaitedRun:
     task_id: str
+    owner_id: str | None = None  # set: the run's end frees its fair-share slot before its write
     started: tuple[str, TaskEvent] | None = None
     ended: tuple[str, TaskEvent] | None = None
 
@@ -60,6 +61,9 @@ class WaitedRun:
         if self.ended is None:
             self.follow(services, watch_timeout_s)
             return
+        fair = services.fair if self.owner_id is not None else None
+        if fair is not None and self.owner_id is not None:
+            fair.recording(self.owner_id, self.task_id)
         try:
             services.background.spawn(
                 f"record-run:{self.task_id}", self._record_or_follow(services, watch_timeout_s)
@@ -68,6 +72,7 @@ class WaitedRun:
             # Shutting down: the next process resumes the run (still queued or running in
             # SQL) and records it from its stream.
             log.info("run left for the next process to record", task_id=self.task_id)
+            self._recorded(services)
 
     async def _record_or_follow(self, services: Services, watch_timeout_s: float) -> None:
         try:
@@ -76,3 +81,9 @@ class WaitedRun:
             log.warning("could not record a run's end; the tracker follows it",
                         task_id=self.task_id, error=repr(exc))  # fmt: skip
             self.follow(services, watch_timeout_s)
+        finally:
+            self._recorded(services)
+
+    def _recorded(self, services: Services) -> None:
+        if services.fair is not None and self.owner_id is not None:
+            services.fair.recorded(self.owner_id, self.task_id)

@@ -187,7 +187,7 @@ async def invoke(
             task_id=task_id, idempotency_key=idempotency_key, watch=False,
         )  # fmt: skip
         if sent == task_id:  # this request sent it: it records the run too (no tracker)
-            run = WaitedRun(task_id)
+            run = WaitedRun(task_id, owner_id=user.id)
             try:
                 return await wait(
                     services, user, tool, task_id, timeout_s,
