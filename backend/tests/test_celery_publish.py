@@ -34,6 +34,8 @@ from corral.task_schemas import (
     SYSTEM_ECHO,
     EchoInput,
     Queue,
+    QueuedEvent,
+    encode_event,
     message_kwargs,
     task_events_key,
 )
@@ -234,6 +236,59 @@ async def test_one_round_trip_send_queues_then_pushes_and_carries_the_hubs_wake(
         assert body[1] == message_kwargs(EchoInput(payload={"x": 1}), "u1")
     finally:
         await broker.delete(*(await broker.keys(f"{queue}*")))
+        await sender.aclose()
+        await hub.aclose()
+        await broker.aclose()
+        await streams.aclose()
+        client.close()
+
+
+async def test_a_wake_owed_to_a_send_waits_for_it_and_not_longer(
+    stack_env: dict[str, str], redis_server: RedisServer
+) -> None:
+    """``wake_with_send``: the hub writes no wake of its own when the send comes a moment later
+    (an HTTP invoke writes its SQL row in between), and wakes by itself when none comes."""
+    with env_vars(stack_env):
+        settings = AppSettings()
+    client = build_celery_client(settings)
+    streams = aioredis.Redis.from_url(settings.redis.streams_url, decode_responses=True)
+    broker = aioredis.Redis.from_url(settings.redis.broker_url)
+    hub = StreamHub(settings.redis.streams_url, readers=1)
+    await hub.start()
+    sender = TaskSender(client, streams, settings.streams, settings.redis.streams_url, hub)
+    assert sender.carries_wakes
+    queue = f"probe-{uuid.uuid4().hex[:8]}"
+    try:
+        await asyncio.sleep(0.05)  # the hub's reader is blocked on its XREAD
+        plain = task_events_key(str(uuid.uuid4()))
+        async with hub.subscribe(plain):
+            await asyncio.sleep(0.02)
+            assert hub.take_wake() is None  # the hub wrote its wake already: one round trip
+        task_id = str(uuid.uuid4())
+        async with hub.subscribe(task_events_key(task_id), wake_with_send=True) as sub:
+            await asyncio.sleep(0.02)  # the row's insert and commit
+            owed = hub.take_wake()
+            assert owed is not None  # still owed, for the send to carry
+            hub.wake_later(owed)  # given back: the send below takes it again
+            await sender.send(
+                SYSTEM_ECHO, EchoInput(payload=1), owner_id="u1", queue=Queue.LLM,
+                task_id=task_id, route=queue,
+            )  # fmt: skip
+            _, first = await asyncio.wait_for(sub.get(), 2)
+        assert first.type == "queued"
+        assert hub.take_wake() is None  # the send took it
+
+        # No send takes the wake (e.g. fair share held the run back): the hub sends it itself.
+        quiet = task_events_key(str(uuid.uuid4()))
+        async with hub.subscribe(quiet, wake_with_send=True) as sub:
+            await asyncio.sleep(0.2)
+            await streams.xadd(quiet, encode_event(QueuedEvent(task_name="x", queue="llm_q")))
+            _, event = await asyncio.wait_for(sub.get(), 2)
+        assert event.type == "queued"
+        await streams.delete(quiet)
+    finally:
+        if leftovers := await broker.keys(f"{queue}*"):
+            await broker.delete(*leftovers)
         await sender.aclose()
         await hub.aclose()
         await broker.aclose()

@@ -209,6 +209,12 @@ class TaskSender:
         entry_id, _ = await pipe.execute()
         return entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
 
+    @property
+    def carries_wakes(self) -> bool:
+        """A send writes the stream hub's owed wake in its own round trip (``take_wake``): the
+        Redis broker on the streams' server."""
+        return self._publisher is not None and self._dbs is not None and self._hub is not None
+
     def resolve_queue(self, spec: TaskSpec[Any, Any], queue: Queue | None) -> Queue:
         if queue is None:
             return spec.default_queue

@@ -35,6 +35,7 @@ from corral.task_schemas import TaskEvent, decode_event
 log = structlog.get_logger(__name__)
 
 
+_WAKE_GRACE_S = 0.05  # how long a wake may wait for the send expected to carry it
 _MAX_PART = 2**64 - 1  # Redis refuses larger stream id parts (and the whole XREAD with them)
 
 
@@ -168,11 +169,16 @@ class StreamHub:
                 log.warning("skipping malformed stream entry", key=key, entry_id=entry_id)
         return out
 
-    def subscribe(self, key: str, last_id: str = "0-0") -> Subscription:
-        """Follow ``key`` from after ``last_id``; use as ``async with`` to unsubscribe."""
+    def subscribe(
+        self, key: str, last_id: str = "0-0", *, wake_with_send: bool = False
+    ) -> Subscription:
+        """Follow ``key`` from after ``last_id``; use as ``async with`` to unsubscribe.
+        ``wake_with_send``: the caller is about to send a task, whose publish carries the
+        reader's wake (``take_wake``) in the same round trip; if no send takes it within
+        50 ms, the reader is woken by itself."""
         parse_entry_id(last_id)  # reject malformed cursors before they reach Redis
         reader = self._readers[zlib.crc32(key.encode()) % len(self._readers)]
-        return reader.subscribe(key, last_id)
+        return reader.subscribe(key, last_id, wake_with_send)
 
     def take_wake(self) -> str | None:
         """A control stream to write a wake entry to, if a reader of this hub is owed one: for
@@ -214,7 +220,8 @@ class _Reader:
         self.subs: dict[str, set[Subscription]] = {}
         self.control_key = f"corral:hub:{uuid.uuid4().hex}:control"
         self._control_last = "0-0"
-        self._wake_pending = False
+        self._wake_pending = False  # this reader is owed a wake
+        self._wake_sending = False  # a task that writes it is scheduled
         self._reading: dict[str, str] = {}  # the cursors of the XREAD in flight
         self._task: asyncio.Task[None] | None = None
         self._closed = False
@@ -234,14 +241,17 @@ class _Reader:
             await self._writer.delete(self.control_key)
         await self._reader.aclose()
 
-    def subscribe(self, key: str, last_id: str) -> Subscription:
+    def subscribe(self, key: str, last_id: str, wake_with_send: bool) -> Subscription:
         sub = Subscription(self, key, last_id)
         self.subs.setdefault(key, set()).add(sub)
         # The XREAD in flight already reads ``key`` from this cursor or an earlier one (another
         # waiter on the same task): it delivers to this subscription too, no wake needed.
         reading = self._reading.get(key)
         if reading is None or parse_entry_id(reading) > sub._last:
-            self.wake()
+            if wake_with_send:
+                self._wake_soon()
+            else:
+                self.wake()
         return sub
 
     def _remove(self, sub: Subscription) -> None:
@@ -252,9 +262,22 @@ class _Reader:
                 del self.subs[sub.key]
 
     def wake(self) -> None:
-        if not self._wake_pending and self._task is not None and not self._closed:
-            self._wake_pending = True
+        if self._task is None or self._closed:
+            return
+        self._wake_pending = True
+        if not self._wake_sending:
+            self._wake_sending = True
             asyncio.get_running_loop().create_task(self._send_wake())
+
+    def _wake_soon(self) -> None:
+        if self._task is None or self._closed:
+            return
+        self._wake_pending = True
+        asyncio.get_running_loop().call_later(_WAKE_GRACE_S, self._wake_if_owed)
+
+    def _wake_if_owed(self) -> None:
+        if self._wake_pending:
+            self.wake()
 
     def take_wake(self) -> str | None:
         if not self._wake_pending:
@@ -263,6 +286,7 @@ class _Reader:
         return self.control_key
 
     async def _send_wake(self) -> None:
+        self._wake_sending = False
         if not self._wake_pending:  # a sender took it (``take_wake``)
             return
         # Cleared before the write: a subscription added after this point schedules its own wake.

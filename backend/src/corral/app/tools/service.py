@@ -178,10 +178,13 @@ async def invoke(
     timeout_s: float,
     idempotency_key: str | None = None,
 ) -> InvokeResponse:
-    """Send and wait. The stream is subscribed before sending, so no event waits on a wake-up.
-    A repeated ``idempotency_key`` waits on the first request's task instead of sending."""
+    """Send and wait. The stream is subscribed before sending, and the hub's wake for it rides
+    in the send's round trip. A repeated ``idempotency_key`` waits on the first request's task
+    instead of sending."""
     task_id = str(uuid.uuid4())
-    async with services.hub.subscribe(task_events_key(task_id)) as subscription:
+    key = task_events_key(task_id)
+    carried = services.sender.carries_wakes
+    async with services.hub.subscribe(key, wake_with_send=carried) as subscription:
         tool, sent, holder = await start(
             services, user, name, arguments,
             task_id=task_id, idempotency_key=idempotency_key, watch=False,
