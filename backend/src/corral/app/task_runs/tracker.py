@@ -346,8 +346,14 @@ class TaskRunTracker:
         if needs_usage:
             values["usage_recorded"] = True  # in this statement: no second UPDATE at the flush
         values |= extra or {}
+        # The loaded ``row`` is not brought up to date (no ``synchronize_session``): only its
+        # unchanged columns (id, owner, thread, task) are read below, and evaluating the new
+        # values into it was ~5 % of an HTTP invoke's CPU.
         result: Any = await session.execute(
-            update(TaskRun).where(TaskRun.id == task_id, TaskRun.state.in_(_OPEN)).values(**values)
+            update(TaskRun)
+            .where(TaskRun.id == task_id, TaskRun.state.in_(_OPEN))
+            .values(**values)
+            .execution_options(synchronize_session=False)
         )
         if not result.rowcount:
             return False
