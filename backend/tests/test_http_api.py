@@ -33,6 +33,13 @@ async def test_tools_are_listed_with_json_schemas(api: httpx.AsyncClient) -> Non
     schema = tools["echo"]["parameters"]
     assert {"payload", "sleep_s", "steps", "queue"} <= set(schema["properties"])
     assert schema["$defs"]["Queue"]["enum"] == ["python_q", "circuit_q", "llm_q"]
+    # Built once per tool, handed out as copies: a caller changing its copy changes nothing.
+    from corral.app.tools.registry import TOOLS
+
+    mine = TOOLS["echo"].parameters_schema()
+    assert mine == schema
+    mine["properties"].clear()
+    assert TOOLS["echo"].parameters_schema() == schema
 
 
 @pytest.mark.parametrize("queue", ["python_q", "circuit_q", "llm_q"])
