@@ -61,9 +61,8 @@ class WaitedRun:
         if self.ended is None:
             self.follow(services, watch_timeout_s)
             return
-        fair = services.fair if self.owner_id is not None else None
-        if fair is not None and self.owner_id is not None:
-            fair.recording(self.owner_id, self.task_id)
+        if services.fair is not None and self.owner_id is not None:
+            services.fair.recording(self.owner_id, self.task_id)
         try:
             services.background.spawn(
                 f"record-run:{self.task_id}", self._record_or_follow(services, watch_timeout_s)
