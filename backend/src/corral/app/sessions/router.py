@@ -65,7 +65,8 @@ async def get_session(
     session_id: ResourceId, user: CurrentUser, services: ServicesDep
 ) -> SessionOut:
     """State (live, suspended), worker and the variables summary of the last call. A closed
-    session (deleted, or ended with its MCP session) is gone: 410 `session-closed`."""
+    session (deleted, its thread deleted, or ended with its MCP session) is gone: 410
+    `session-closed`."""
     row = await service.get_row(services, user, session_id)
     if row.state == "closed":
         raise ProblemError(

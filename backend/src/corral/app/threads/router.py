@@ -81,7 +81,8 @@ async def update_thread(
 async def delete_thread(
     thread_id: ResourceId, user: CurrentUser, services: ServicesDep, session: SessionDep
 ) -> Response:
-    """Deletes the thread, its messages and its artifacts (objects included); stops its tasks."""
+    """Deletes the thread, its messages and its artifacts (objects included); stops its tasks
+    and closes its Python session (afterwards 410 `session-closed`, as after its own DELETE)."""
     try:
         await service.delete(services, session, user, thread_id)
     except service.ThreadNotFound as exc:

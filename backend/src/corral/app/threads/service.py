@@ -6,12 +6,22 @@ import contextlib
 
 import structlog
 from sqlalchemy import select
+from sqlalchemy import update as sql_update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from corral.app.auth.service import User
 from corral.app.db.base import utcnow
-from corral.app.db.models import Artifact, Message, TaskRun, Thread, ToolCallRecord
+from corral.app.db.models import (
+    Artifact,
+    Message,
+    ResearchSession,
+    TaskRun,
+    Thread,
+    ToolCallRecord,
+)
+from corral.app.problems import ProblemError
 from corral.app.services import Services
+from corral.app.sessions import service as research_sessions
 from corral.app.storage.store import StorageError
 from corral.app.task_runs import service as task_runs
 from corral.app.threads import repository
@@ -117,6 +127,7 @@ async def delete(services: Services, session: AsyncSession, user: User, thread_i
     for task_id in list(active):
         with contextlib.suppress(task_runs.TaskAlreadyFinished, task_runs.TaskNotFound):
             await task_runs.cancel(services, task_id, user.id, reason="thread deleted")
+    await _close_sessions(services, session, user, thread_id)
     keys = list(await session.scalars(select(Artifact.key).where(Artifact.thread_id == thread_id)))
     for key in keys:
         try:
@@ -125,6 +136,34 @@ async def delete(services: Services, session: AsyncSession, user: User, thread_i
             log.warning("could not delete artifact", key=key, error=str(exc))
             raise
     await session.delete(row)
+
+
+async def _close_sessions(
+    services: Services, session: AsyncSession, user: User, thread_id: str
+) -> None:
+    """Close the thread's Python sessions as DELETE /api/sessions/{id} does (the process stops,
+    the snapshot is deleted), then keep each row only as a closed record with neither its
+    thread nor its cells, so its id answers 410 session-closed rather than vanishing."""
+    active = await session.scalars(
+        select(ResearchSession.id).where(
+            ResearchSession.thread_id == thread_id, ResearchSession.state == "active"
+        )
+    )
+    for session_id in list(active):
+        with contextlib.suppress(ProblemError):  # closed meanwhile
+            await research_sessions.close(services, user, session_id)
+    await session.execute(
+        sql_update(ResearchSession)
+        .where(ResearchSession.thread_id == thread_id)
+        .values(
+            thread_id=None,
+            state="closed",
+            cells=[],
+            variables=[],
+            input_files=[],
+            snapshot_key=None,
+        )
+    )
 
 
 async def messages(
