@@ -550,7 +550,8 @@ export type paths = {
         post?: never;
         /**
          * Delete Thread
-         * @description Deletes the thread, its messages and its artifacts (objects included); stops its tasks.
+         * @description Deletes the thread, its messages and its artifacts (objects included); stops its tasks
+         *     and closes its Python session (afterwards 410 `session-closed`, as after its own DELETE).
          */
         delete: operations["delete_thread_api_threads__thread_id__delete"];
         options?: never;
@@ -789,7 +790,8 @@ export type paths = {
         /**
          * Get Session
          * @description State (live, suspended), worker and the variables summary of the last call. A closed
-         *     session (deleted, or ended with its MCP session) is gone: 410 `session-closed`.
+         *     session (deleted, its thread deleted, or ended with its MCP session) is gone: 410
+         *     `session-closed`.
          */
         get: operations["get_session_api_sessions__session_id__get"];
         put?: never;
