@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import socket
 import time
 from collections.abc import Iterator
@@ -219,3 +220,56 @@ async def test_openapi_documents_every_status_as_problem_json(api: httpx.AsyncCl
                         assert "maximum" in v, f"{where}: unbounded integer {param['name']}"
                     if v.get("type") == "string" and "enum" not in v and "format" not in v:
                         assert "maxLength" in v, f"{where}: unbounded string {param['name']}"
+
+
+def _param_schema(doc: dict[str, Any], path: str, method: str, name: str) -> dict[str, Any]:
+    params = doc["paths"][path][method]["parameters"]
+    schema: dict[str, Any] = next(p["schema"] for p in params if p["name"] == name)
+    return schema
+
+
+async def test_documented_key_and_cursor_patterns_are_what_the_api_accepts(
+    api: httpx.AsyncClient,
+) -> None:
+    """A generated client validates against these patterns: what they allow must get past the
+    API's own checks (a key it handed out, an event id it sent), and what they refuse must be
+    refused by the API too, with a message that says what a valid value looks like."""
+    doc = (await api.get("/openapi.json")).json()
+    key_pattern = _param_schema(doc, "/api/storage/{key}", "get", "key")["pattern"]
+    assert key_pattern == _param_schema(doc, "/api/storage/{key}", "delete", "key")["pattern"]
+    uploaded = await api.post("/api/storage", files={"file": ("a.txt", b"x", "text/plain")})
+    key = uploaded.json()["key"]
+    assert re.search(key_pattern, key), (key_pattern, key)
+    assert (await api.get(f"/api/storage/{key}")).status_code == 307
+    for bad in ("a/B/c", "a/b/-c", "-a/b/c"):
+        assert not re.search(key_pattern, bad), bad
+        body = assert_problem(await api.get(f"/api/storage/{bad}"), 422, "validation-error")
+        assert "expected '<owner>/<kind>/<name>'" in body["detail"], body
+
+    resp = await api.post("/api/tools/echo/invoke", json={"arguments": {"payload": 1}})
+    task_id = resp.json()["task_id"]
+    ids = []
+    async with api.stream("GET", f"/api/tasks/{task_id}/events") as stream:
+        async for line in stream.aiter_lines():
+            if line.startswith("id:"):
+                ids.append(line.removeprefix("id:").strip())
+    assert ids
+    events = f"/api/tasks/{task_id}/events"
+    for where in ("header", "query"):
+        documented = (
+            _param_schema(doc, "/api/tasks/{task_id}/events", "get", "last-event-id")
+            if where == "header"
+            else _param_schema(doc, "/api/tasks/{task_id}/events", "get", "after")
+        )
+        assert documented["type"] == "string"  # optional, never null: no `Last-Event-ID: null`
+        for event_id in ids:
+            assert re.search(documented["pattern"], event_id), (where, event_id)
+        # Unicode digits are digits to Python's and pydantic's \\d, not to Redis.
+        for bad in ("99999999999999-0", "1-99999999999999999999", "1-", "\u0be7-0", "1-\u0968"):
+            assert not re.search(documented["pattern"], bad), bad
+            kw: dict[str, Any] = (
+                {"headers": {"Last-Event-ID": bad.encode()}}
+                if where == "header"
+                else {"params": {"after": bad}}
+            )
+            assert_problem(await api.get(events, **kw), 422, "validation-error")

@@ -43,8 +43,9 @@ async def test_a_cursor_redis_rejects_is_refused_and_the_hub_lives_on(
     await hub.start()
     writer = aioredis.Redis.from_url(url)
     try:
-        with pytest.raises(ValueError, match="stream id"):
-            hub.subscribe("test:poison:events", TOO_BIG)
+        for cursor in (TOO_BIG, "\u0be7-0", "1-\u0968"):  # Unicode digits are not Redis's
+            with pytest.raises(ValueError, match="stream id"):
+                hub.subscribe("test:poison:events", cursor)
         await _one_event_arrives(hub, writer)
         # Even a read Redis refuses for a reason we did not foresee leaves the reader alive.
         bad = hub.subscribe("test:wrongtype:events")

@@ -2860,11 +2860,11 @@ export interface operations {
         parameters: {
             query?: {
                 /** @description Resume after this event id (a stream id like 1700000000000-0). */
-                after?: string | null;
+                after?: string;
             };
             header?: {
                 /** @description Resume after this event id (sent by EventSource on reconnect). */
-                "last-event-id"?: string | null;
+                "last-event-id"?: string;
             };
             path: {
                 /** @description An id returned by this API. */
@@ -3482,11 +3482,11 @@ export interface operations {
         parameters: {
             query?: {
                 /** @description Resume after this event id (a stream id like 1700000000000-0). */
-                after?: string | null;
+                after?: string;
             };
             header?: {
                 /** @description Resume after this event id (sent by EventSource on reconnect). */
-                "last-event-id"?: string | null;
+                "last-event-id"?: string;
             };
             path: {
                 /** @description An id returned by this API. */
@@ -4551,11 +4551,11 @@ export interface operations {
         parameters: {
             query?: {
                 /** @description Resume after this event id (a stream id like 1700000000000-0). */
-                after?: string | null;
+                after?: string;
             };
             header?: {
                 /** @description Resume after this event id (sent by EventSource on reconnect). */
-                "last-event-id"?: string | null;
+                "last-event-id"?: string;
             };
             path: {
                 /** @description An id returned by this API. */

@@ -9,10 +9,19 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import Path, Query
+from pydantic import WithJsonSchema
+
+from corral.app.storage.store import KEY_RE
 
 # Ids the API hands out (UUIDs, hex tokens, tool names): letters, digits and . _ : -
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"
 MAX_INT64 = 2**63 - 1
+# A Redis stream id: milliseconds (13 digits last until the year 2286) and a sequence number
+# (19 digits stay below 2^64, as Redis requires).
+STREAM_ID_PATTERN = r"^[0-9]{1,13}-[0-9]{1,19}$"  # not \d: it takes any Unicode digit
+# An optional cursor is left out, never sent as null: documented as a plain string, so neither
+# generated clients nor fuzzers send the header `Last-Event-ID: null`.
+STREAM_ID_SCHEMA = WithJsonSchema({"type": "string", "maxLength": 48, "pattern": STREAM_ID_PATTERN})
 
 ResourceId = Annotated[
     str,
@@ -40,6 +49,8 @@ ObjectKey = Annotated[
         min_length=1,
         max_length=512,
         description="An object key returned by POST /api/storage: {user}/{kind}/{id}.",
+        # Documented, and checked by the store with a message that says what is wrong.
+        json_schema_extra={"pattern": f"^{KEY_RE.pattern}$"},
         examples=["dev-user/uploads/3f2b8c1e8d2a4c1e9f7a1b2c3d4e5f60"],
     ),
 ]
@@ -47,8 +58,9 @@ EventCursor = Annotated[
     str | None,
     Query(
         max_length=48,
-        pattern=r"^\d{1,20}-\d{1,20}$",
+        pattern=STREAM_ID_PATTERN,
         description="Resume after this event id (a stream id like 1700000000000-0).",
     ),
+    STREAM_ID_SCHEMA,
 ]
 PageLimit = Annotated[int, Query(ge=1, le=200, description="At most this many items.")]

@@ -40,7 +40,7 @@ PARQUET = "application/vnd.apache.parquet"
 
 URI_RE = re.compile(
     r"^corral://tasks/(?P<task>[A-Za-z0-9_.:-]{1,128})/(?P<part>result|table|table\.parquet|"
-    r"figures/(?P<n>\d{1,4}))$"
+    r"figures/(?P<n>[0-9]{1,4}))$"
 )
 
 TEMPLATES = [

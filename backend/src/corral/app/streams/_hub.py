@@ -42,7 +42,7 @@ _MAX_PART = 2**64 - 1  # Redis refuses larger stream id parts (and the whole XRE
 def parse_entry_id(entry_id: str) -> tuple[int, int]:
     """``ms-seq`` as numbers; ``ValueError`` for anything Redis would not take as a stream id."""
     ms, _, seq = entry_id.partition("-")
-    if not ms.isdigit() or not (seq or "0").isdigit():
+    if not entry_id.isascii() or not ms.isdigit() or not (seq or "0").isdigit():
         raise ValueError(f"{entry_id!r} is not a stream id like 1700000000000-0")
     parsed = int(ms), int(seq or 0)
     if max(parsed) > _MAX_PART:

@@ -17,10 +17,11 @@ from fastapi import Header, HTTPException, status
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from corral.app.observability.counters import SSE_CLIENTS
+from corral.app.params import STREAM_ID_PATTERN, STREAM_ID_SCHEMA
 from corral.app.streams._hub import StreamHub, parse_entry_id
 from corral.task_schemas import TaskEvent, is_terminal
 
-_ENTRY_ID = re.compile(r"^\d{1,20}-\d{1,20}$")
+_ENTRY_ID = re.compile(STREAM_ID_PATTERN)
 
 Render = Callable[[str, TaskEvent], ServerSentEvent]
 
@@ -28,9 +29,10 @@ LastEventId = Annotated[
     str | None,
     Header(
         max_length=48,
-        pattern=r"^\d{1,20}-\d{1,20}$",
+        pattern=STREAM_ID_PATTERN,
         description="Resume after this event id (sent by EventSource on reconnect).",
     ),
+    STREAM_ID_SCHEMA,
 ]
 
 # ``responses=`` for an SSE route: a text/event-stream body, not JSON.
