@@ -20,6 +20,7 @@ import json
 import os
 import signal
 import socket
+import tempfile
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -279,6 +280,26 @@ async def test_a_call_whose_caller_stopped_waiting_is_kept_and_recorded(
     info = (await api.get(f"/api/sessions/{sid}")).json()
     assert info["cells"] == cells + 2, info
     assert {v["name"] for v in info["variables"]} >= {"late"}
+
+
+async def test_a_cancelled_call_leaves_no_files_behind(api: httpx.AsyncClient) -> None:
+    """Cancelling a call kills its task's process, but the session host finishes the cell and
+    writes its figure for an upload that will never come: the host removes the files when the
+    answer finds nobody to take it."""
+    sid = await shared(api)
+    tmp = Path(tempfile.gettempdir())  # the workers' too: they set no TMPDIR
+    before = set(tmp.glob("corral-run-*"))
+    code = (
+        "import time; time.sleep(1.5)\n"
+        "import matplotlib.pyplot as plt\nplt.plot([1, 2])\nplt.show()\ncancelled = 1"
+    )
+    body = await run(api, sid, code, timeout_s=0.3)
+    assert body["status"] == "timeout", body
+    cancel = await api.post(f"/api/tasks/{body['task_id']}/cancel")
+    assert cancel.status_code == 200, cancel.text
+    # The next call runs after the cancelled one ended in the host (and builds on its state).
+    assert (await ok(api, sid, "cancelled"))["last_expr"] == "1"
+    wait_until(lambda: not set(tmp.glob("corral-run-*")) - before, 10, "files removed")
 
 
 async def test_escape_checks_inside_a_forked_kernel(api: httpx.AsyncClient) -> None:

@@ -16,6 +16,7 @@ import argparse
 import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import sys
@@ -366,12 +367,14 @@ class SessionHost:
     # -- serving ----------------------------------------------------------------------------
 
     def handle(self, conn: socket.socket) -> None:
-        with conn, conn.makefile("rwb") as stream:
+        with conn, conn.makefile("rb") as stream:  # answered with sendall: nothing buffered
             line = stream.readline(MAX_REQUEST)
+            output_dir: str | None = None
             try:
                 req = json.loads(line)
                 op = req.get("op")
                 if op == "run":
+                    output_dir = req["output_dir"]
                     answer = self.run(req)
                 elif op == "close":
                     answer = self.close_session(req)
@@ -384,9 +387,13 @@ class SessionHost:
             except (SandboxFailure, ValueError, KeyError) as exc:
                 log.exception("session call failed")
                 answer = {"ok": False, "error_type": "SandboxError", "message": str(exc)}
-            with contextlib.suppress(OSError):
-                stream.write(json.dumps(answer).encode() + b"\n")
-                stream.flush()
+            try:
+                conn.sendall(json.dumps(answer).encode() + b"\n")
+            except OSError:
+                # The caller is gone (its task was cancelled or its process killed): nobody is
+                # left to upload the files this call wrote, or to remove them.
+                if output_dir:
+                    shutil.rmtree(output_dir, ignore_errors=True)
 
     def serve(self, path: Path) -> None:
         server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
