@@ -130,9 +130,16 @@ def test_make_up_stack_runs_keeps_data_and_stops_cleanly(data_root: Path) -> Non
         assert names.count("corral.tasks.main worker") >= 3
         assert "corral.tasks.main beat" in names
         assert (data_root / "data" / "corral.db").is_file()  # migrated SQLite under the data dir
+        host = next(p.cmdline() for p in children if "corral.tasks.sessions.host" in p.cmdline())
+        host_folder = Path(host[host.index("--socket") + 1]).parent
+        assert host_folder.is_dir()
         assert stack.interrupt() == 0
         _gone, alive = psutil.wait_procs(children, timeout=10)
         assert not alive, f"orphans left: {[p.cmdline() for p in alive]}"
+        # Every child stopped on its own (Redis last, so the others could still reach it):
+        # none had to be killed, and the python_q worker removed its session host's folder.
+        assert "did not stop" not in stack.text(), stack.text()
+        assert not host_folder.exists()
     finally:
         if stack.proc.poll() is None:
             stack.proc.kill()

@@ -519,6 +519,29 @@ async def test_idle_and_lru_eviction_then_restore(stack: Stack, api: httpx.Async
     assert (await ok(api, keep, "v"))["last_expr"] == "2"
 
 
+def test_a_worker_stopped_with_its_process_group_stops_its_host_once(stack: Stack) -> None:
+    """make up and a terminal's Ctrl-C signal the worker's whole process group, so the host is
+    told to stop along with the worker. The worker used to restart it mid-shutdown: an error in
+    the log ("the session host exited; restarting it") and its socket folder left in /tmp."""
+    name = "sess-c@test"
+    worker = stack.start_worker(name)
+    try:
+        stack.wait_ready([name])
+        cmd = host_process(name).cmdline()
+        folder = Path(cmd[cmd.index("--socket") + 1]).parent
+        assert folder.is_dir()
+        os.killpg(worker.proc.pid, signal.SIGTERM)
+        assert worker.proc.wait(20) == 0
+    finally:
+        worker.stop()
+        del stack.workers[name]
+    assert "restarting it" not in worker.log()
+    assert not folder.exists()
+    assert not stack.redis.exists(worker_lease_key(name))
+    with pytest.raises(AssertionError, match="no session host"):
+        host_process(name)
+
+
 async def test_worker_killed_mid_call_then_restored_elsewhere(
     stack: Stack, api: httpx.AsyncClient
 ) -> None:

@@ -106,6 +106,7 @@ def run(args: argparse.Namespace, data_dir: Path, supervisor: Supervisor) -> Non
         dict(os.environ),
         "redis",
         death_signal=signal.SIGTERM,  # flushes its append-only file
+        stops_last=True,
     )
     redis_url = f"redis://127.0.0.1:{redis_port}"
     env = build_env(data_dir, redis_url, dev_secret(data_dir))

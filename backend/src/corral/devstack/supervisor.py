@@ -57,6 +57,9 @@ class Child:
     # Signal the kernel sends this child if the supervisor dies: SIGKILL, except Redis, which
     # gets SIGTERM so it flushes its append-only file.
     death_signal: int = signal.SIGKILL
+    # Stopped after every other child has exited: what the others need to shut down cleanly
+    # (Redis: workers finish their tasks and their session hosts drop their leases through it).
+    stops_last: bool = False
     proc: subprocess.Popen[bytes] | None = None
     started_at: float = 0.0
     restarts: int = 0
@@ -99,9 +102,16 @@ class Supervisor:
         log_name: str,
         *,
         death_signal: int = signal.SIGKILL,
+        stops_last: bool = False,
     ) -> Child:
         child = Child(
-            name, cmd, env, self.log_dir / f"{log_name}.log", self.cwd, death_signal=death_signal
+            name,
+            cmd,
+            env,
+            self.log_dir / f"{log_name}.log",
+            self.cwd,
+            death_signal=death_signal,
+            stops_last=stops_last,
         )
         child.start()
         self.children.append(child)
@@ -142,9 +152,19 @@ class Supervisor:
                 console.event(f"{child.name} restarted (pid {child.pid}, restart {child.restarts})")
 
     def stop(self) -> None:
-        """SIGTERM every child's process group (newest first), then SIGKILL what remains."""
+        """SIGTERM every child's process group, then SIGKILL what remains after
+        ``stop_timeout_s``; the children marked ``stops_last`` only once the others are gone."""
         self.stopping = True
-        running = [c for c in reversed(self.children) if c.proc and c.proc.poll() is None]
+        first = [c for c in reversed(self.children) if not c.stops_last]
+        self._stop_all(first)
+        self._stop_all([c for c in reversed(self.children) if c.stops_last])
+        for child in self.children:  # stragglers left in a group whose leader already exited
+            if child.proc is not None:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(child.proc.pid, signal.SIGKILL)
+
+    def _stop_all(self, children: list[Child]) -> None:
+        running = [c for c in children if c.proc and c.proc.poll() is None]
         for child in running:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(child.proc.pid, signal.SIGTERM)  # type: ignore[union-attr]
@@ -154,10 +174,7 @@ class Supervisor:
             try:
                 child.proc.wait(max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
+                console.event(f"{child.name} did not stop within {self.stop_timeout_s:g} s; killed")
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(child.proc.pid, signal.SIGKILL)
                 child.proc.wait(5)
-        for child in self.children:  # stragglers left in a group whose leader already exited
-            if child.proc is not None:
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.killpg(child.proc.pid, signal.SIGKILL)

@@ -418,7 +418,8 @@ def main(argv: list[str] | None = None) -> int:
     settings = TasksSettings()
     configure_logging(settings.log_level, json_logs=settings.log_json)
     host = SessionHost(settings, args.worker)
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # run the cleanup below
+    for signum in (signal.SIGTERM, signal.SIGINT):  # run the cleanup below, exit 0
+        signal.signal(signum, lambda *_: sys.exit(0))
     try:
         host.serve(args.socket)
     finally:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import structlog
-from celery.signals import celeryd_after_setup, worker_shutdown
+from celery.signals import celeryd_after_setup, worker_shutdown, worker_shutting_down
 
 from corral.task_schemas import Queue
 from corral.task_schemas.sessions import session_queue
@@ -38,6 +38,9 @@ log = structlog.get_logger(__name__)
 PR_SET_PDEATHSIG = 1
 RESTART_BACKOFF_S = (0.0, 0.5, 1.0, 2.0, 5.0)  # then every 5 s
 STABLE_S = 30.0  # a host that ran this long resets the backoff
+# A host that exits 0 was stopped by SIGTERM or SIGINT, most often sent to the worker's whole
+# process group (make up, Ctrl-C in a terminal): the worker's own shutdown is a moment behind.
+STOPPED_GRACE_S = 2.0
 _host: dict[str, Any] = {"proc": None, "socket": None, "worker": None, "restarts": 0}
 _stopping = threading.Event()
 
@@ -99,7 +102,7 @@ def _supervise(worker: str, path: Path, timeout_s: float) -> None:
         proc = _host["proc"]
         started = time.monotonic()
         code = proc.wait()
-        if _stopping.is_set():
+        if _stopping.is_set() or (code == 0 and _stopping.wait(STOPPED_GRACE_S)):
             return
         if time.monotonic() - started > STABLE_S:
             failures = 0
@@ -142,6 +145,12 @@ def _start_sessions(sender: str, instance: Any, **_: Any) -> None:
     log.info("session host started", socket=str(path), queue=session_queue(sender))
 
 
+@worker_shutting_down.connect
+def _shutting_down(**_: Any) -> None:
+    """Sent from the worker's signal handler, before the pool drains: no host restarts now."""
+    _stopping.set()
+
+
 @worker_shutdown.connect
 def _stop_sessions(**_: Any) -> None:
     _stopping.set()
@@ -153,7 +162,5 @@ def _stop_sessions(**_: Any) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
     path = socket_path()
-    if path is not None:
-        with contextlib.suppress(OSError):
-            path.unlink()
-            os.rmdir(path.parent)
+    if path is not None:  # the folder start_host made for this host alone
+        shutil.rmtree(path.parent, ignore_errors=True)
