@@ -9,7 +9,9 @@ there. The pool children inherit the socket path.
 A supervisor thread in the worker's main process restarts the host if it dies (a crash, the
 OOM killer, a stray SIGKILL), on the same socket path, with a short backoff. Its sessions'
 sandboxes die with it (``--die-with-parent``); the next call of each restores it from its
-snapshot, with the usual ``session restored on <worker>`` note. The supervisor starts every
+snapshot, with the usual ``session restored on <worker>`` note. A host that exits 0 (SIGTERM or
+SIGINT, usually sent to the whole process group) is restarted only if the worker is not
+shutting down two seconds later. The supervisor starts every
 host after the first itself and never exits, so ``PR_SET_PDEATHSIG`` (bound to the thread that
 started the process) keeps its meaning.
 """
